@@ -1,0 +1,135 @@
+#pragma once
+//! @file memory.hpp
+//! Memory accounted to the byte: the kinds of buffer the engine owns, its per-rank report, the
+//! closed-form expectation of that report, and the owning buffer the engine allocates with.
+//!
+//! The engine owns no part of the model: the framework keeps its parameters (and, where it
+//! hands gradients over as spans, its gradients). Everything the engine owns is allocated
+//! once, at construction, from the `std::pmr::memory_resource` the caller chooses.
+
+#include <algorithm>
+#include <array>
+#include <cstddef>
+#include <cstring>
+#include <memory_resource>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+
+#include "zero/precision.hpp"
+
+namespace zero {
+
+//! What a buffer of the engine holds.
+enum class memory_kind : std::uint8_t {
+  master_weights,   //!< fp32 (master-type) copy of the parameters this rank updates
+  optimizer_state,  //!< the rule's state slots for the elements this rank updates
+  gradients,        //!< accumulated gradients: the whole flat buffer (stages 0, 1) or the shard (stage 2)
+  gradient_slots,   //!< grad-type slots handed to the framework (only with `gradient_slots`)
+  parameter_shard,  //!< model-precision values of this rank's shard, which the all-gather sends
+  buckets,          //!< constant-size reduction and all-gather buffers
+};
+inline constexpr std::size_t memory_kinds = 6;
+
+constexpr std::string_view to_string(memory_kind k) noexcept {
+  constexpr std::string_view names[] = {"master_weights", "optimizer_state", "gradients",
+                                        "gradient_slots", "parameter_shard", "buckets"};
+  return names[static_cast<std::size_t>(k)];
+}
+
+//! Bytes per kind on one rank.
+struct memory_report {
+  std::array<std::size_t, memory_kinds> bytes{};
+
+  constexpr std::size_t of(memory_kind k) const noexcept { return bytes[static_cast<std::size_t>(k)]; }
+  constexpr std::size_t& operator[](memory_kind k) noexcept { return bytes[static_cast<std::size_t>(k)]; }
+  constexpr std::size_t total() const noexcept {
+    std::size_t t = 0;
+    for (auto b : bytes) t += b;
+    return t;
+  }
+  friend constexpr bool operator==(const memory_report&, const memory_report&) = default;
+};
+
+//! The run-time choices that shape the engine's buffers.
+struct layout_options {
+  std::size_t alignment = 16;              //!< every shard slice is a multiple of this many elements
+  std::size_t bucket_elements = 1u << 22;  //!< elements per reduction (all ranks together)
+  bool gradient_slots = false;             //!< hand out engine-owned gradient slots (see optimizer::grad_slot)
+};
+
+//! The engine's per-rank bytes, in closed form, for the shipped partitioners: `param_count`
+//! elements in total, `state_count` state slots per element (the rule's `state_count`).
+template <precision_bundle P>
+constexpr memory_report expected_memory(std::size_t param_count, int world_size, stage s, std::size_t state_count,
+                                        const layout_options& o = {}) noexcept {
+  using param = typename P::param_type;
+  using comm = typename P::comm_type;
+  const std::size_t n = static_cast<std::size_t>(world_size);
+  const std::size_t quantum = o.alignment * n;
+  const std::size_t padded = (param_count + quantum - 1) / quantum * quantum;
+  const std::size_t shard = padded / n;
+  const std::size_t per_rank = (o.bucket_elements + n - 1) / n;
+  const std::size_t slice = std::min((per_rank + o.alignment - 1) / o.alignment * o.alignment, shard);
+  const bool sharded = s != stage::stage0;
+  const std::size_t updated = sharded ? shard : param_count;  // elements this rank updates
+
+  memory_report r;
+  if constexpr (P::has_master) r[memory_kind::master_weights] = updated * sizeof(typename P::master_type);
+  r[memory_kind::optimizer_state] = state_count * updated * sizeof(typename P::state_type);
+  r[memory_kind::gradients] = (s == stage::stage2 ? shard : padded) * sizeof(typename P::accum_type);
+  r[memory_kind::gradient_slots] = o.gradient_slots ? param_count * sizeof(typename P::grad_type) : 0;
+  r[memory_kind::parameter_shard] = sharded ? shard * sizeof(param) : 0;
+  const std::size_t staging_element = sharded ? std::max(sizeof(comm), sizeof(param)) : sizeof(comm);
+  const bool separate_receive = sharded && !std::is_same_v<comm, typename P::accum_type>;
+  r[memory_kind::buckets] = n * slice * staging_element + (separate_receive ? slice * sizeof(comm) : 0);
+  return r;
+}
+
+namespace detail {
+
+//! An owning, zero-initialized array of trivially copyable T from a memory resource, aligned to
+//! 64 bytes; the byte count it reports is exactly what it allocated.
+template <class T>
+class owned_buffer {
+ public:
+  owned_buffer() = default;
+  owned_buffer(std::size_t count, std::pmr::memory_resource* resource) : resource_(resource), count_(count) {
+    if (count_ != 0) {
+      data_ = static_cast<T*>(resource_->allocate(count_ * sizeof(T), 64));
+      std::memset(static_cast<void*>(data_), 0, count_ * sizeof(T));
+    }
+  }
+  owned_buffer(owned_buffer&& o) noexcept
+      : resource_(o.resource_), data_(std::exchange(o.data_, nullptr)), count_(std::exchange(o.count_, 0)) {}
+  owned_buffer& operator=(owned_buffer&& o) noexcept {
+    if (this != &o) {
+      release();
+      resource_ = o.resource_;
+      data_ = std::exchange(o.data_, nullptr);
+      count_ = std::exchange(o.count_, 0);
+    }
+    return *this;
+  }
+  ~owned_buffer() { release(); }
+
+  T* data() const noexcept { return data_; }
+  std::size_t size() const noexcept { return count_; }
+  std::size_t bytes() const noexcept { return count_ * sizeof(T); }
+  T& operator[](std::size_t i) const noexcept { return data_[i]; }
+  void zero() noexcept {
+    if (count_ != 0) std::memset(static_cast<void*>(data_), 0, bytes());
+  }
+
+ private:
+  void release() noexcept {
+    if (data_ != nullptr) resource_->deallocate(data_, count_ * sizeof(T), 64);
+    data_ = nullptr;
+  }
+  std::pmr::memory_resource* resource_ = nullptr;
+  T* data_ = nullptr;
+  std::size_t count_ = 0;
+};
+
+}  // namespace detail
+}  // namespace zero

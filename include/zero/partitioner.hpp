@@ -1,0 +1,223 @@
+#pragma once
+//! @file partitioner.hpp
+//! The Partitioner policy: where each parameter lives in one flat buffer, and which rank owns
+//! which slice of it. Ships `contiguous_partitioner` (DeepSpeed's layout: rank r owns one
+//! range) and `bucketed_partitioner` (Megatron's layout: fixed-size buckets, each split evenly
+//! across the ranks).
+//!
+//! A partition is described by *reduction units*. Unit k holds `world_size` slices of
+//! `slice` elements; rank r's slice starts at flat index `flat_begin + r * rank_stride`. One
+//! reduce-scatter of a unit leaves each rank the sum of its own slice, and each rank's
+//! shard is the concatenation of its slices in unit order (`shard_begin` is where unit k's
+//! slice starts in the shard). Units keep every reduction buffer at a constant size.
+
+#include <algorithm>
+#include <concepts>
+#include <cstddef>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "zero/error.hpp"
+
+namespace zero {
+
+//! Run-time choices of a partition.
+struct partition_options {
+  int world_size = 1;                     //!< ranks sharing the optimizer state; >= 1
+  std::size_t alignment = 16;             //!< every slice is a multiple of this many elements; >= 1
+  std::size_t bucket_elements = 1u << 22;  //!< elements reduced per collective (all ranks together); >= 1
+};
+
+//! One reduce-scatter's worth of the flat buffer (see the file comment).
+struct reduction_unit {
+  std::size_t flat_begin = 0;   //!< flat index of rank 0's slice
+  std::size_t rank_stride = 0;  //!< distance between consecutive ranks' slices
+  std::size_t slice = 0;        //!< elements per rank
+  std::size_t shard_begin = 0;  //!< where this unit's slice starts in each rank's shard
+
+  constexpr std::size_t flat_index(int rank, std::size_t i) const noexcept {
+    return flat_begin + static_cast<std::size_t>(rank) * rank_stride + i;
+  }
+  friend constexpr bool operator==(const reduction_unit&, const reduction_unit&) = default;
+};
+
+//! A piece of one parameter that lies in one rank's slice of one unit.
+struct owned_piece {
+  std::size_t param = 0;         //!< index of the parameter
+  std::size_t unit = 0;          //!< index of the reduction unit
+  int rank = 0;                  //!< the rank that owns it
+  std::size_t param_offset = 0;  //!< first element, counted within the parameter
+  std::size_t flat_offset = 0;   //!< first element, counted in the flat buffer
+  std::size_t shard_offset = 0;  //!< first element, counted in the owner's shard
+  std::size_t count = 0;         //!< elements
+  friend constexpr bool operator==(const owned_piece&, const owned_piece&) = default;
+};
+
+//! The complete answer of a partitioner for one layout and world size.
+struct partition_plan {
+  int world_size = 1;
+  std::vector<std::size_t> param_offset;  //!< flat index of each parameter's first element
+  std::vector<std::size_t> param_size;    //!< elements of each parameter
+  std::size_t element_count = 0;          //!< sum of the parameter sizes
+  std::size_t padded_size = 0;            //!< flat buffer size, padding included
+  std::size_t shard_size = 0;             //!< elements each rank owns (padded_size / world_size)
+  std::vector<reduction_unit> units;
+
+  //! The largest slice of any unit (sizes the constant reduction buffers).
+  std::size_t max_slice() const noexcept {
+    std::size_t m = 0;
+    for (const auto& u : units) m = std::max(m, u.slice);
+    return m;
+  }
+
+  //! Every piece of every parameter, ordered by unit, then rank, then flat offset.
+  std::vector<owned_piece> pieces() const {
+    std::vector<owned_piece> out;
+    // params sorted by flat offset, so each slice is matched by a forward sweep
+    std::vector<std::size_t> order(param_offset.size());
+    for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return param_offset[a] < param_offset[b]; });
+    for (std::size_t k = 0; k < units.size(); ++k) {
+      const auto& u = units[k];
+      for (int r = 0; r < world_size; ++r) {
+        const std::size_t lo = u.flat_index(r, 0), hi = lo + u.slice;
+        // first parameter that ends after lo
+        auto it = std::partition_point(order.begin(), order.end(), [&](std::size_t p) {
+          return param_offset[p] + param_size[p] <= lo;
+        });
+        for (; it != order.end() && param_offset[*it] < hi; ++it) {
+          const std::size_t p = *it;
+          const std::size_t b = std::max(lo, param_offset[p]);
+          const std::size_t e = std::min(hi, param_offset[p] + param_size[p]);
+          if (b >= e) continue;
+          out.push_back({p, k, r, b - param_offset[p], b, u.shard_begin + (b - lo), e - b});
+        }
+      }
+    }
+    return out;
+  }
+
+  //! Which ranks own which pieces of parameter `param`.
+  std::vector<owned_piece> pieces_of(std::size_t param) const {
+    std::vector<owned_piece> all = pieces();
+    std::erase_if(all, [&](const owned_piece& p) { return p.param != param; });
+    return all;
+  }
+};
+
+//! Packs parameters back to back and pads the total to a multiple of alignment * world size.
+//! The starting point of both shipped partitioners, and of user-written ones.
+inline partition_plan flat_layout(std::span<const std::size_t> sizes, const partition_options& options) {
+  if (options.world_size < 1) throw usage_error("zero: partition world_size must be >= 1, got " + std::to_string(options.world_size));
+  if (options.alignment < 1) throw usage_error("zero: partition alignment must be >= 1 element");
+  if (options.bucket_elements < 1) throw usage_error("zero: partition bucket_elements must be >= 1");
+  partition_plan plan;
+  plan.world_size = options.world_size;
+  plan.param_offset.reserve(sizes.size());
+  plan.param_size.assign(sizes.begin(), sizes.end());
+  for (std::size_t s : sizes) {
+    plan.param_offset.push_back(plan.element_count);
+    plan.element_count += s;
+  }
+  const std::size_t quantum = options.alignment * static_cast<std::size_t>(options.world_size);
+  plan.padded_size = (plan.element_count + quantum - 1) / quantum * quantum;
+  plan.shard_size = plan.padded_size / static_cast<std::size_t>(options.world_size);
+  return plan;
+}
+
+//! Elements per rank in one unit: the bucket split across the ranks, rounded up to the
+//! alignment, never more than a whole shard.
+inline std::size_t unit_slice(std::size_t shard_size, const partition_options& options) {
+  const std::size_t n = static_cast<std::size_t>(options.world_size);
+  const std::size_t per_rank = (options.bucket_elements + n - 1) / n;
+  const std::size_t aligned = (per_rank + options.alignment - 1) / options.alignment * options.alignment;
+  return std::min(aligned, shard_size);
+}
+
+//! Checks that a plan covers its layout: every flat element in exactly one slice, shards
+//! consistent, parameters inside the buffer. Throws `usage_error` naming the first violation.
+inline void validate_plan(const partition_plan& plan, std::span<const std::size_t> sizes, int world_size) {
+  auto fail = [](const std::string& what) { throw usage_error("zero: invalid partition plan: " + what); };
+  if (plan.world_size != world_size) fail("world_size " + std::to_string(plan.world_size) + " != communicator's " + std::to_string(world_size));
+  if (plan.param_size.size() != sizes.size() || plan.param_offset.size() != sizes.size()) fail("parameter count differs from the layout");
+  if (plan.padded_size != plan.shard_size * static_cast<std::size_t>(world_size)) fail("padded_size != shard_size * world_size");
+  std::size_t count = 0;
+  for (std::size_t p = 0; p < sizes.size(); ++p) {
+    if (plan.param_size[p] != sizes[p]) fail("size of parameter #" + std::to_string(p) + " differs from the layout");
+    if (plan.param_offset[p] + sizes[p] > plan.padded_size) fail("parameter #" + std::to_string(p) + " lies outside the flat buffer");
+    count += sizes[p];
+  }
+  if (plan.element_count != count) fail("element_count differs from the sum of the sizes");
+  // parameters must not overlap in the flat buffer
+  std::vector<std::size_t> order(sizes.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return plan.param_offset[a] < plan.param_offset[b]; });
+  for (std::size_t i = 1; i < order.size(); ++i) {
+    if (plan.param_offset[order[i - 1]] + sizes[order[i - 1]] > plan.param_offset[order[i]])
+      fail("parameters #" + std::to_string(order[i - 1]) + " and #" + std::to_string(order[i]) + " overlap in the flat buffer");
+  }
+  // slices must tile [0, padded_size) and units must tile each shard in order
+  struct interval { std::size_t begin, end; };
+  std::vector<interval> slices;
+  std::size_t shard_at = 0;
+  for (std::size_t k = 0; k < plan.units.size(); ++k) {
+    const auto& u = plan.units[k];
+    if (u.slice == 0) fail("unit " + std::to_string(k) + " is empty");
+    if (u.shard_begin != shard_at) fail("unit " + std::to_string(k) + " does not continue the shard");
+    shard_at += u.slice;
+    for (int r = 0; r < world_size; ++r) slices.push_back({u.flat_index(r, 0), u.flat_index(r, u.slice)});
+  }
+  if (shard_at != plan.shard_size) fail("units cover " + std::to_string(shard_at) + " shard elements, not " + std::to_string(plan.shard_size));
+  std::sort(slices.begin(), slices.end(), [](interval a, interval b) { return a.begin < b.begin; });
+  std::size_t at = 0;
+  for (const auto& s : slices) {
+    if (s.begin != at) fail("slices do not tile the flat buffer at element " + std::to_string(at));
+    at = s.end;
+  }
+  if (at != plan.padded_size) fail("slices end at " + std::to_string(at) + ", not at padded_size " + std::to_string(plan.padded_size));
+}
+
+//! A Partitioner maps a layout (parameter sizes) and options to a `partition_plan`.
+//! The engine validates the plan (`validate_plan`), so a user-written partitioner that
+//! returns an inconsistent plan is refused at construction with the reason.
+template <class P>
+concept partitioner = std::default_initializable<P> &&
+                      requires(const P& p, std::span<const std::size_t> sizes, const partition_options& o) {
+                        { p.plan(sizes, o) } -> std::same_as<partition_plan>;
+                      };
+
+//! DeepSpeed's layout: rank r owns the contiguous range [r * shard, (r + 1) * shard) of the
+//! flat buffer. A unit takes the k-th slice of every rank's range, so a reduce-scatter of a
+//! unit gathers elements from `world_size` places of the model.
+struct contiguous_partitioner {
+  partition_plan plan(std::span<const std::size_t> sizes, const partition_options& options) const {
+    partition_plan plan = flat_layout(sizes, options);
+    const std::size_t slice = unit_slice(plan.shard_size, options);
+    for (std::size_t at = 0; at < plan.shard_size; at += slice) {
+      plan.units.push_back({at, plan.shard_size, std::min(slice, plan.shard_size - at), at});
+    }
+    return plan;
+  }
+};
+
+//! Megatron's layout: the flat buffer is cut into buckets of (world_size * slice) elements and
+//! rank r owns the r-th slice of every bucket, so each bucket's reduction is one reduce-scatter
+//! of contiguous memory and a bucket is ready as soon as the parameters inside it are.
+struct bucketed_partitioner {
+  partition_plan plan(std::span<const std::size_t> sizes, const partition_options& options) const {
+    partition_plan plan = flat_layout(sizes, options);
+    const std::size_t slice = unit_slice(plan.shard_size, options);
+    const std::size_t n = static_cast<std::size_t>(options.world_size);
+    for (std::size_t at = 0; at < plan.shard_size; at += slice) {
+      const std::size_t s = std::min(slice, plan.shard_size - at);
+      plan.units.push_back({at * n, s, s, at});
+    }
+    return plan;
+  }
+};
+
+static_assert(partitioner<contiguous_partitioner>);
+static_assert(partitioner<bucketed_partitioner>);
+
+}  // namespace zero

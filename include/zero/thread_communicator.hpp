@@ -1,0 +1,314 @@
+#pragma once
+//! @file thread_communicator.hpp
+//! N ranks as threads of one process, sharing memory. Each collective publishes its buffers,
+//! meets the other ranks at a barrier, lets every rank compute its own part of the result
+//! directly from the others' buffers (sums in rank order, so results are bitwise reproducible
+//! and independent of thread timing), and meets them again before returning.
+//!
+//! A waiting rank sleeps on a condition variable: eight ranks run well on two cores. Every
+//! collective has a deadline; a rank that never arrives makes the others throw a
+//! `timeout_error` naming the collective, its sequence number and the missing ranks. Ranks
+//! that call different collectives (kind, count, element type, operation, root) all throw the
+//! same `mismatch_error` naming the rank that diverges, before any memory is touched.
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <exception>
+#include <map>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "zero/communicator.hpp"
+
+namespace zero {
+
+struct thread_group_options {
+  std::chrono::milliseconds timeout{std::chrono::minutes(5)};  //!< deadline of each collective
+};
+
+class thread_communicator;
+
+//! The shared state of N thread ranks. Create one, then give rank r `communicator(r)` (or let
+//! `run` start the threads). A group that a failure broke stays broken: make a new one.
+class thread_group {
+ public:
+  explicit thread_group(int world_size, thread_group_options options = {})
+      : world_size_(world_size), options_(options) {
+    if (world_size < 1) throw usage_error("zero: thread_group world_size must be >= 1, got " + std::to_string(world_size));
+    if (options.timeout.count() <= 0) throw usage_error("zero: thread_group timeout must be positive");
+    slots_.resize(static_cast<std::size_t>(world_size));
+    arrivals_.resize(static_cast<std::size_t>(world_size));
+  }
+  thread_group(const thread_group&) = delete;
+  thread_group& operator=(const thread_group&) = delete;
+
+  int world_size() const noexcept { return world_size_; }
+  const thread_group_options& options() const noexcept { return options_; }
+
+  //! The endpoint of rank `rank`. @pre 0 <= rank < world_size; one endpoint per rank in use.
+  inline thread_communicator communicator(int rank);
+
+  //! Runs `fn(thread_communicator&)` on world_size threads, one per rank, and waits for all.
+  //! A rank whose `fn` throws leaves the group, so the others fail fast instead of waiting
+  //! for their deadline; the first root-cause exception (lowest rank) is rethrown.
+  template <class F>
+  void run(F&& fn);
+
+  //! Marks rank `rank` as gone: every rank waiting in or entering a collective throws a
+  //! `communicator_error` naming it.
+  void leave(int rank, const std::string& reason) {
+    std::lock_guard lock(mutex_);
+    if (!broken_) {
+      broken_ = true;
+      broken_kind_ = failure::left;
+      broken_reason_ = "zero: rank " + std::to_string(rank) + " left the thread group: " + reason;
+    }
+    cv_.notify_all();
+  }
+
+ private:
+  friend class thread_communicator;
+  enum class failure { none, timeout, left };
+
+  struct slot {
+    collective kind{};
+    reduce_op op{};
+    std::string_view type;
+    std::size_t count = 0;
+    int root = 0;
+    const void* send = nullptr;
+    void* recv = nullptr;
+    std::uint64_t sequence = 0;
+  };
+
+  [[noreturn]] void throw_broken() const {
+    if (broken_kind_ == failure::timeout) throw timeout_error(broken_reason_);
+    throw communicator_error(broken_reason_);
+  }
+
+  //! Waits until every rank has arrived at this barrier, or throws at the deadline.
+  void arrive(int rank, std::chrono::steady_clock::time_point deadline, collective kind, std::uint64_t sequence) {
+    std::unique_lock lock(mutex_);
+    if (broken_) throw_broken();
+    const std::uint64_t mine = ++arrivals_[static_cast<std::size_t>(rank)];
+    const std::uint64_t generation = generation_;
+    if (++arrived_ == world_size_) {
+      arrived_ = 0;
+      ++generation_;
+      cv_.notify_all();
+      return;
+    }
+    if (cv_.wait_until(lock, deadline, [&] { return generation_ != generation || broken_; })) {
+      if (generation_ != generation) return;
+      throw_broken();
+    }
+    std::string missing;
+    for (int r = 0; r < world_size_; ++r) {
+      if (arrivals_[static_cast<std::size_t>(r)] < mine) missing += (missing.empty() ? "" : ", ") + std::to_string(r);
+    }
+    const auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(options_.timeout).count();
+    broken_ = true;
+    broken_kind_ = failure::timeout;
+    broken_reason_ = "zero: thread_communicator " + std::string(to_string(kind)) + " #" + std::to_string(sequence) +
+                     " timed out after " + std::to_string(waited) + " ms (waiting on rank " + std::to_string(rank) +
+                     " of " + std::to_string(world_size_) + "): rank(s) " + missing + " never arrived";
+    cv_.notify_all();
+    throw timeout_error(broken_reason_);
+  }
+
+  int world_size_;
+  thread_group_options options_;
+  std::vector<slot> slots_;
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::vector<std::uint64_t> arrivals_;
+  std::uint64_t generation_ = 0;
+  int arrived_ = 0;
+  bool broken_ = false;
+  failure broken_kind_ = failure::none;
+  std::string broken_reason_;
+};
+
+//! One rank's endpoint of a `thread_group`. Satisfies `zero::communicator`.
+class thread_communicator {
+ public:
+  thread_communicator(thread_group& group, int rank) : group_(&group), rank_(rank) {
+    if (rank < 0 || rank >= group.world_size())
+      throw usage_error("zero: thread_communicator rank " + std::to_string(rank) + " outside a group of " +
+                        std::to_string(group.world_size()));
+  }
+
+  int rank() const noexcept { return rank_; }
+  int world_size() const noexcept { return group_->world_size(); }
+  const traffic_counters& traffic() const noexcept { return traffic_; }
+  //! Collectives this rank has started (the sequence number of the next one, minus one).
+  std::uint64_t sequence() const noexcept { return sequence_; }
+
+  //! recv[i] = op over ranks of send_r[rank * count + i]. In place: recv == send + rank * count.
+  template <reducible T>
+  void reduce_scatter(const T* send, T* recv, std::size_t count, reduce_op op = reduce_op::sum) {
+    const auto d = begin<T>(collective::reduce_scatter, send, recv, count, op, 0);
+    const std::size_t offset = static_cast<std::size_t>(rank_) * count;
+    detail::reduce_ranks(recv, count, world_size(), [&](int r) { return send_of<T>(r) + offset; }, op);
+    end(d, collective::reduce_scatter, count * sizeof(T) * static_cast<std::size_t>(world_size()));
+  }
+
+  //! recv[r * count + i] = send_r[i]. In place: send == recv + rank * count.
+  template <class T>
+  void all_gather(const T* send, T* recv, std::size_t count) {
+    const auto d = begin<T>(collective::all_gather, send, recv, count, reduce_op::sum, 0);
+    for (int r = 0; r < world_size(); ++r) {
+      T* to = recv + static_cast<std::size_t>(r) * count;
+      const T* from = send_of<T>(r);
+      if (from != to && count != 0) std::memmove(to, from, count * sizeof(T));
+    }
+    end(d, collective::all_gather, count * sizeof(T) * static_cast<std::size_t>(world_size()));
+  }
+
+  //! recv[i] = op over ranks of send_r[i]. In place: send == recv.
+  template <reducible T>
+  void all_reduce(const T* send, T* recv, std::size_t count, reduce_op op = reduce_op::sum) {
+    const auto d = begin<T>(collective::all_reduce, send, recv, count, op, 0);
+    const auto [lo, hi] = chunk(count, rank_);
+    // Phase 1: this rank reduces its chunk into its own recv; nobody else reads that chunk of it.
+    detail::reduce_ranks(recv + lo, hi - lo, world_size(), [&](int r) { return send_of<T>(r) + lo; }, op);
+    group_->arrive(rank_, d, collective::all_reduce, sequence_);
+    // Phase 2: copy every other rank's finished chunk.
+    for (int r = 0; r < world_size(); ++r) {
+      if (r == rank_) continue;
+      const auto [b, e] = chunk(count, r);
+      if (e > b) std::memcpy(recv + b, recv_of<T>(r) + b, (e - b) * sizeof(T));
+    }
+    end(d, collective::all_reduce, 2 * count * sizeof(T));
+  }
+
+  //! data on every rank = data on `root`.
+  template <class T>
+  void broadcast(T* data, std::size_t count, int root) {
+    if (root < 0 || root >= world_size())
+      throw usage_error("zero: broadcast root " + std::to_string(root) + " outside a group of " + std::to_string(world_size()));
+    const auto d = begin<T>(collective::broadcast, data, data, count, reduce_op::sum, root);
+    if (rank_ != root && count != 0) std::memcpy(data, recv_of<T>(root), count * sizeof(T));
+    end(d, collective::broadcast, count * sizeof(T));
+  }
+
+  void barrier() {
+    const auto d = begin<std::uint8_t>(collective::barrier, nullptr, nullptr, 0, reduce_op::sum, 0);
+    end(d, collective::barrier, 0);
+  }
+
+ private:
+  using time_point = std::chrono::steady_clock::time_point;
+
+  template <class T>
+  const T* send_of(int r) const noexcept { return static_cast<const T*>(group_->slots_[static_cast<std::size_t>(r)].send); }
+  template <class T>
+  T* recv_of(int r) const noexcept { return static_cast<T*>(group_->slots_[static_cast<std::size_t>(r)].recv); }
+
+  std::pair<std::size_t, std::size_t> chunk(std::size_t count, int r) const noexcept {
+    const std::size_t n = static_cast<std::size_t>(world_size());
+    const std::size_t per = count / n, extra = count % n, ur = static_cast<std::size_t>(r);
+    const std::size_t b = ur * per + std::min(ur, extra);
+    return {b, b + per + (ur < extra ? 1 : 0)};
+  }
+
+  template <class T>
+  time_point begin(collective kind, const void* send, void* recv, std::size_t count, reduce_op op, int root) {
+    const time_point deadline = std::chrono::steady_clock::now() + group_->options_.timeout;
+    ++sequence_;
+    auto& mine = group_->slots_[static_cast<std::size_t>(rank_)];
+    mine = {kind, op, type_name<T>(), count, root, send, recv, sequence_};
+    group_->arrive(rank_, deadline, kind, sequence_);
+    check_agreement();
+    return deadline;
+  }
+
+  void end(time_point deadline, collective kind, std::uint64_t bytes) {
+    group_->arrive(rank_, deadline, kind, sequence_);
+    traffic_.add(kind, bytes);
+  }
+
+  static std::string describe(const thread_group::slot& s) {
+    std::string d = std::string(to_string(s.kind)) + "<" + std::string(s.type) + ">(count " + std::to_string(s.count);
+    if (s.kind == collective::broadcast) d += ", root " + std::to_string(s.root);
+    if (s.kind == collective::reduce_scatter || s.kind == collective::all_reduce)
+      d += s.op == reduce_op::sum ? ", sum" : ", max";
+    return d + ")";
+  }
+
+  //! Every rank sees the same slots, so every rank throws the same error, after a barrier that
+  //! keeps the slots unchanged until all have read them.
+  void check_agreement() {
+    const auto& slots = group_->slots_;
+    std::map<std::string, std::vector<int>> calls;
+    bool same = true;
+    for (int r = 1; r < world_size() && same; ++r) {
+      const auto &a = slots[0], &b = slots[static_cast<std::size_t>(r)];
+      same = a.kind == b.kind && a.op == b.op && a.type == b.type && a.count == b.count && a.root == b.root;
+    }
+    if (same) return;
+    for (int r = 0; r < world_size(); ++r) calls[describe(slots[static_cast<std::size_t>(r)])].push_back(r);
+    // the call most ranks make is taken as intended (ties: the one rank 0 makes)
+    const std::string expected = std::max_element(calls.begin(), calls.end(), [&](const auto& a, const auto& b) {
+                                   if (a.second.size() != b.second.size()) return a.second.size() < b.second.size();
+                                   return a.second.front() > b.second.front();
+                                 })->first;
+    std::string message = "zero: collective mismatch at call #" + std::to_string(sequence_) + " of a thread group of " +
+                          std::to_string(world_size()) + ": most ranks call " + expected;
+    for (const auto& [call, ranks] : calls) {
+      if (call == expected) continue;
+      for (int r : ranks) message += "; rank " + std::to_string(r) + " calls " + call;
+    }
+    group_->arrive(rank_, std::chrono::steady_clock::now() + group_->options_.timeout, slots[static_cast<std::size_t>(rank_)].kind, sequence_);
+    throw mismatch_error(message);
+  }
+
+  thread_group* group_;
+  int rank_;
+  std::uint64_t sequence_ = 0;
+  traffic_counters traffic_;
+};
+
+static_assert(communicator<thread_communicator>);
+
+inline thread_communicator thread_group::communicator(int rank) { return thread_communicator(*this, rank); }
+
+template <class F>
+void thread_group::run(F&& fn) {
+  std::vector<std::exception_ptr> errors(static_cast<std::size_t>(world_size_));
+  std::vector<bool> root_cause(static_cast<std::size_t>(world_size_), false);
+  {
+    std::vector<std::jthread> threads;
+    threads.reserve(static_cast<std::size_t>(world_size_));
+    for (int r = 0; r < world_size_; ++r) {
+      threads.emplace_back([&, r] {
+        const auto ur = static_cast<std::size_t>(r);
+        try {
+          thread_communicator comm(*this, r);
+          fn(comm);
+        } catch (const communicator_error& e) {  // a consequence of another rank's failure
+          errors[ur] = std::current_exception();
+          leave(r, e.what());
+        } catch (const std::exception& e) {
+          errors[ur] = std::current_exception();
+          root_cause[ur] = true;
+          leave(r, e.what());
+        } catch (...) {
+          errors[ur] = std::current_exception();
+          root_cause[ur] = true;
+          leave(r, "an exception not derived from std::exception");
+        }
+      });
+    }
+  }
+  for (std::size_t r = 0; r < errors.size(); ++r)
+    if (errors[r] && root_cause[r]) std::rethrow_exception(errors[r]);
+  for (auto& e : errors)
+    if (e) std::rethrow_exception(e);
+}
+
+}  // namespace zero

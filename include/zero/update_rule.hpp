@@ -1,0 +1,186 @@
+#pragma once
+//! @file update_rule.hpp
+//! The Optimizer policy (an update rule): how one element of the master weights moves given its
+//! gradient and its optimizer state. Ships `adamw`, `adam` and `sgd` with PyTorch's semantics.
+//!
+//! A rule has run-time `hyperparameters` (which may change between steps: schedulers live in
+//! the framework), computes its per-step `constants` once per step (`prepare`: bias
+//! corrections, decay factors), and applies `update` to each element. `update` is a
+//! host-and-device function, so host tests cover the math a device backend runs.
+
+#include <cmath>
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "zero/config.hpp"
+#include "zero/error.hpp"
+
+namespace zero {
+
+//! One element's optimizer state: slot k of element `index`, state stored slot by slot.
+struct state_ref {
+  float* const* slots;
+  std::size_t index;
+  ZERO_HOST_DEVICE float& operator[](std::size_t k) const noexcept { return slots[k][index]; }
+};
+
+//! An update rule (the Optimizer policy).
+template <class R>
+concept update_rule =
+    requires { typename R::hyperparameters; typename R::constants; } &&
+    std::default_initializable<typename R::hyperparameters> &&
+    requires(const typename R::hyperparameters& h, std::uint64_t step, const typename R::constants& c, float& value,
+             float grad, state_ref s) {
+      { R::name } -> std::convertible_to<std::string_view>;
+      { R::state_count(h) } -> std::convertible_to<std::size_t>;  // fp32 state slots per element
+      R::validate(h);                                              // throws usage_error
+      { R::prepare(h, step) } -> std::same_as<typename R::constants>;  // step counts from 1
+      { R::update(c, value, grad, s) } -> std::same_as<void>;
+    };
+
+namespace detail {
+ZERO_HOST_DEVICE inline float sqrt_nonnegative(float x) noexcept {
+#if defined(__CUDA_ARCH__)
+  return ::sqrtf(x);
+#else
+  return __builtin_sqrtf(x);
+#endif
+}
+
+inline void require(bool ok, std::string_view rule, const std::string& what) {
+  if (!ok) throw usage_error("zero: invalid " + std::string(rule) + " hyperparameter: " + what);
+}
+
+//! Checks the hyperparameters Adam and AdamW share.
+template <class H>
+void validate_adam(const H& h, std::string_view rule) {
+  require(h.lr >= 0, rule, "lr = " + std::to_string(h.lr) + " must be >= 0");
+  require(h.eps >= 0, rule, "eps = " + std::to_string(h.eps) + " must be >= 0");
+  require(h.beta1 >= 0 && h.beta1 < 1, rule, "beta1 = " + std::to_string(h.beta1) + " must be in [0, 1)");
+  require(h.beta2 >= 0 && h.beta2 < 1, rule, "beta2 = " + std::to_string(h.beta2) + " must be in [0, 1)");
+  require(h.weight_decay >= 0, rule, "weight_decay = " + std::to_string(h.weight_decay) + " must be >= 0");
+}
+
+//! Per-step constants of Adam and AdamW.
+struct adam_constants {
+  float lr, decay, weight_decay, beta1, beta2, one_minus_beta1, one_minus_beta2, step_size, bias2_sqrt, eps;
+  bool amsgrad, maximize;
+};
+
+template <class H>
+adam_constants prepare_adam(const H& h, std::uint64_t step, bool decoupled) {
+  const double bias1 = 1.0 - std::pow(h.beta1, static_cast<double>(step));
+  const double bias2 = 1.0 - std::pow(h.beta2, static_cast<double>(step));
+  return {static_cast<float>(h.lr),
+          decoupled ? static_cast<float>(1.0 - h.lr * h.weight_decay) : 1.0f,
+          decoupled ? 0.0f : static_cast<float>(h.weight_decay),
+          static_cast<float>(h.beta1),
+          static_cast<float>(h.beta2),
+          static_cast<float>(1.0 - h.beta1),
+          static_cast<float>(1.0 - h.beta2),
+          static_cast<float>(h.lr / bias1),
+          static_cast<float>(std::sqrt(bias2)),
+          static_cast<float>(h.eps),
+          h.amsgrad,
+          h.maximize};
+}
+
+//! The element update shared by Adam (L2 decay folded into g) and AdamW (decoupled decay).
+ZERO_HOST_DEVICE inline void adam_update(const adam_constants& c, float& p, float g, state_ref s) noexcept {
+  if (c.maximize) g = -g;
+  g = g + c.weight_decay * p;  // Adam's L2 term; 0 for AdamW
+  p = p * c.decay;             // AdamW's decoupled decay; 1 for Adam
+  float& m = s[0];
+  float& v = s[1];
+  m = c.beta1 * m + c.one_minus_beta1 * g;
+  v = c.beta2 * v + c.one_minus_beta2 * (g * g);
+  float second = v;
+  if (c.amsgrad) {
+    float& v_max = s[2];
+    v_max = v_max > v ? v_max : v;
+    second = v_max;
+  }
+  const float denom = sqrt_nonnegative(second) / c.bias2_sqrt + c.eps;
+  p = p - c.step_size * (m / denom);
+}
+}  // namespace detail
+
+//! AdamW (Loshchilov & Hutter), as `torch.optim.AdamW`: p *= 1 - lr*wd; m, v moments;
+//! p -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps). amsgrad keeps max(v).
+struct adamw {
+  static constexpr std::string_view name = "adamw";
+  struct hyperparameters {
+    double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 1e-2;
+    bool amsgrad = false, maximize = false;
+  };
+  using constants = detail::adam_constants;
+  static constexpr std::size_t state_count(const hyperparameters& h) noexcept { return h.amsgrad ? 3 : 2; }
+  static void validate(const hyperparameters& h) { detail::validate_adam(h, name); }
+  static constants prepare(const hyperparameters& h, std::uint64_t step) { return detail::prepare_adam(h, step, true); }
+  ZERO_HOST_DEVICE static void update(const constants& c, float& p, float g, state_ref s) noexcept {
+    detail::adam_update(c, p, g, s);
+  }
+};
+
+//! Adam, as `torch.optim.Adam`: like AdamW, but weight decay is L2 (g += wd * p before the
+//! moments).
+struct adam {
+  static constexpr std::string_view name = "adam";
+  struct hyperparameters {
+    double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0;
+    bool amsgrad = false, maximize = false;
+  };
+  using constants = detail::adam_constants;
+  static constexpr std::size_t state_count(const hyperparameters& h) noexcept { return h.amsgrad ? 3 : 2; }
+  static void validate(const hyperparameters& h) { detail::validate_adam(h, name); }
+  static constants prepare(const hyperparameters& h, std::uint64_t step) { return detail::prepare_adam(h, step, false); }
+  ZERO_HOST_DEVICE static void update(const constants& c, float& p, float g, state_ref s) noexcept {
+    detail::adam_update(c, p, g, s);
+  }
+};
+
+//! SGD, as `torch.optim.SGD`: g += wd * p; with momentum: buf = momentum * buf +
+//! (1 - dampening) * g (first step: buf = g), g = nesterov ? g + momentum * buf : buf;
+//! p -= lr * g.
+struct sgd {
+  static constexpr std::string_view name = "sgd";
+  struct hyperparameters {
+    double lr = 1e-3, momentum = 0, dampening = 0, weight_decay = 0;
+    bool nesterov = false, maximize = false;
+  };
+  struct constants {
+    float lr, momentum, one_minus_dampening, weight_decay;
+    bool nesterov, maximize, first;
+  };
+  static constexpr std::size_t state_count(const hyperparameters& h) noexcept { return h.momentum != 0 ? 1 : 0; }
+  static void validate(const hyperparameters& h) {
+    detail::require(h.lr >= 0, name, "lr = " + std::to_string(h.lr) + " must be >= 0");
+    detail::require(h.momentum >= 0, name, "momentum = " + std::to_string(h.momentum) + " must be >= 0");
+    detail::require(h.weight_decay >= 0, name, "weight_decay = " + std::to_string(h.weight_decay) + " must be >= 0");
+    detail::require(!h.nesterov || (h.momentum > 0 && h.dampening == 0), name,
+                    "nesterov needs momentum > 0 and dampening = 0");
+  }
+  static constants prepare(const hyperparameters& h, std::uint64_t step) {
+    return {static_cast<float>(h.lr), static_cast<float>(h.momentum), static_cast<float>(1.0 - h.dampening),
+            static_cast<float>(h.weight_decay), h.nesterov, h.maximize, step == 1};
+  }
+  ZERO_HOST_DEVICE static void update(const constants& c, float& p, float g, state_ref s) noexcept {
+    if (c.maximize) g = -g;
+    g = g + c.weight_decay * p;
+    if (c.momentum != 0) {
+      float& buf = s[0];
+      buf = c.first ? g : c.momentum * buf + c.one_minus_dampening * g;
+      g = c.nesterov ? g + c.momentum * buf : buf;
+    }
+    p = p - c.lr * g;
+  }
+};
+
+static_assert(update_rule<adamw>);
+static_assert(update_rule<adam>);
+static_assert(update_rule<sgd>);
+
+}  // namespace zero

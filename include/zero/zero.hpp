@@ -1,0 +1,27 @@
+#pragma once
+//! @file zero.hpp
+//! The whole host-side library: include this one header.
+//!
+//! | header                        | what it holds                                              |
+//! |-------------------------------|------------------------------------------------------------|
+//! | types.hpp                     | fp32/bf16/fp16, conversions, raw_span                      |
+//! | precision.hpp                 | the precision bundle, the stage                            |
+//! | partitioner.hpp               | Partitioner concept; contiguous and bucketed partitioners  |
+//! | communicator.hpp              | Communicator concept; single-rank communicator             |
+//! | thread_communicator.hpp       | N ranks as threads of one process                          |
+//! | update_rule.hpp               | Optimizer (update rule) concept; adamw, adam, sgd          |
+//! | activation_checkpointer.hpp   | ActivationCheckpointer concept; pass-through policy        |
+//! | memory.hpp                    | memory kinds, per-rank report, expected_memory             |
+//! | optimizer.hpp                 | zero::optimizer, the composed engine                       |
+
+#include "zero/activation_checkpointer.hpp"
+#include "zero/communicator.hpp"
+#include "zero/config.hpp"
+#include "zero/error.hpp"
+#include "zero/memory.hpp"
+#include "zero/optimizer.hpp"
+#include "zero/partitioner.hpp"
+#include "zero/precision.hpp"
+#include "zero/thread_communicator.hpp"
+#include "zero/types.hpp"
+#include "zero/update_rule.hpp"
