@@ -208,8 +208,12 @@ class optimizer {
   //! The pieces of parameters this rank updates (stage 0: every parameter, whole).
   std::span<const owned_piece> owned_pieces() const noexcept { return owned_; }
   //! The values this rank updates: its shard (stages 1, 2, indexed by `shard_offset`) or all
-  //! parameters back to back (stage 0, indexed by `flat_offset`).
-  std::span<const value_type> values() const noexcept { return {value_base(), updated_count()}; }
+  //! parameters back to back (stage 0, indexed by `flat_offset`). Empty in stage 0 without
+  //! master weights, where the update runs on the framework's parameters themselves.
+  std::span<const value_type> values() const noexcept {
+    if (value_base() == nullptr) return {};
+    return {value_base(), updated_count()};
+  }
   //! State slot `k` of the values this rank updates, indexed like `values()`.
   std::span<const float> state(std::size_t k) const {
     if (k >= state_count_) throw usage_error("zero: state slot " + std::to_string(k) + " of " + std::to_string(state_count_));

@@ -1,0 +1,259 @@
+#pragma once
+// The equivalence harness: runs a zero::optimizer configuration with N thread ranks on a small
+// model whose parameter sizes do not divide evenly, each rank reporting its own gradients in
+// its own random order, and compares every step with a plain double-precision reference
+// applied to the rank-averaged gradients.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <mutex>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "zero/zero.hpp"
+
+namespace harness {
+
+// 12 parameters, 511 elements: 1-element ones, ones smaller than any world size > 3, primes.
+inline const std::vector<std::size_t> model_sizes = {1, 3, 17, 1, 64, 5, 129, 2, 31, 7, 250, 1};
+
+inline std::uint64_t mix(std::uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+// A deterministic value in [-1, 1) for (step, rank, param, element).
+inline float noise(std::uint64_t a, std::uint64_t b, std::uint64_t c, std::uint64_t d) {
+  const std::uint64_t h = mix(mix(mix(mix(a) ^ b) ^ c) ^ d);
+  return static_cast<float>(static_cast<double>(h >> 11) * 0x1.0p-53 * 2.0 - 1.0);
+}
+
+// Initial parameter values, magnitude in [0.5, 1.5] so relative errors are meaningful.
+inline float initial_value(std::size_t param, std::size_t i) {
+  const float u = noise(0xfeed, 0, param, i);
+  return (u < 0 ? -1.0f : 1.0f) * (1.0f + 0.5f * std::fabs(u) * 2.0f - 0.5f);
+}
+
+// The gradient rank r reports for element i of parameter p at step t, in the gradient type.
+template <class G>
+G gradient(int step, int rank, std::size_t param, std::size_t i) {
+  return G(noise(static_cast<std::uint64_t>(step) + 1, static_cast<std::uint64_t>(rank), param, i));
+}
+
+// ---- double-precision references of the update rules (PyTorch's algorithms) ----------------
+
+struct reference_state {
+  std::vector<double> p, m, v, vmax, buf;
+};
+
+inline void reference_update(const zero::adamw::hyperparameters& h, std::uint64_t t, reference_state& s,
+                             const std::vector<double>& grad) {
+  for (std::size_t i = 0; i < s.p.size(); ++i) {
+    double g = h.maximize ? -grad[i] : grad[i];
+    s.p[i] *= 1 - h.lr * h.weight_decay;
+    s.m[i] = h.beta1 * s.m[i] + (1 - h.beta1) * g;
+    s.v[i] = h.beta2 * s.v[i] + (1 - h.beta2) * g * g;
+    s.vmax[i] = std::max(s.vmax[i], s.v[i]);
+    const double second = h.amsgrad ? s.vmax[i] : s.v[i];
+    const double bc1 = 1 - std::pow(h.beta1, static_cast<double>(t));
+    const double bc2 = 1 - std::pow(h.beta2, static_cast<double>(t));
+    s.p[i] -= h.lr / bc1 * s.m[i] / (std::sqrt(second) / std::sqrt(bc2) + h.eps);
+  }
+}
+
+inline void reference_update(const zero::adam::hyperparameters& h, std::uint64_t t, reference_state& s,
+                             const std::vector<double>& grad) {
+  for (std::size_t i = 0; i < s.p.size(); ++i) {
+    double g = h.maximize ? -grad[i] : grad[i];
+    g += h.weight_decay * s.p[i];
+    s.m[i] = h.beta1 * s.m[i] + (1 - h.beta1) * g;
+    s.v[i] = h.beta2 * s.v[i] + (1 - h.beta2) * g * g;
+    s.vmax[i] = std::max(s.vmax[i], s.v[i]);
+    const double second = h.amsgrad ? s.vmax[i] : s.v[i];
+    const double bc1 = 1 - std::pow(h.beta1, static_cast<double>(t));
+    const double bc2 = 1 - std::pow(h.beta2, static_cast<double>(t));
+    s.p[i] -= h.lr / bc1 * s.m[i] / (std::sqrt(second) / std::sqrt(bc2) + h.eps);
+  }
+}
+
+inline void reference_update(const zero::sgd::hyperparameters& h, std::uint64_t t, reference_state& s,
+                             const std::vector<double>& grad) {
+  for (std::size_t i = 0; i < s.p.size(); ++i) {
+    double g = h.maximize ? -grad[i] : grad[i];
+    g += h.weight_decay * s.p[i];
+    if (h.momentum != 0) {
+      s.buf[i] = t == 1 ? g : h.momentum * s.buf[i] + (1 - h.dampening) * g;
+      g = h.nesterov ? g + h.momentum * s.buf[i] : s.buf[i];
+    }
+    s.p[i] -= h.lr * g;
+  }
+}
+
+// ---- one configuration ---------------------------------------------------------------------
+
+struct run_options {
+  int world = 1;
+  int steps = 20;
+  std::size_t bucket_elements = 1u << 22;
+  std::size_t alignment = 16;
+  bool slots = false;            // write gradients into engine slots instead of handing spans
+  bool skip_some = false;        // rank-dependent: leave a parameter unreported in some steps
+  std::uint64_t order_seed = 1;  // seeds each rank's random report order
+};
+
+struct run_result {
+  std::vector<std::vector<double>> reference;  // final reference parameters
+  // per rank: final framework parameters (as float) and master/updated values (as float)
+  std::vector<std::vector<std::vector<float>>> params;
+  std::vector<std::vector<float>> values;  // the full updated values, reassembled from all ranks
+  double max_value_error = 0;              // max relative error of updated values, all steps
+  double max_param_error = 0;              // max relative error of framework params vs reference
+  std::size_t param_rounding_mismatches = 0;  // framework param != param_type(updated value)
+  std::size_t rank_disagreements = 0;         // framework params differ between ranks
+  zero::traffic_counters step_traffic;        // rank 0, one step
+  zero::memory_report memory;                 // rank 0
+};
+
+template <class Optimizer>
+run_result run(const run_options& o, const typename Optimizer::hyperparameters_type& h = {}) {
+  using P = typename Optimizer::param_type;
+  using G = typename Optimizer::grad_type;
+  const auto& sizes = model_sizes;
+  const std::size_t n_params = sizes.size();
+  const int world = o.world;
+  const int steps = o.steps;
+
+  // whether rank r reports parameter p at step t (a never-reported gradient counts as zero)
+  auto reported = [&](int t, int r, std::size_t p) { return !o.skip_some || (mix(t * 131 + r * 17 + p) % 5) != 0; };
+
+  // reference trajectory
+  std::vector<reference_state> ref(n_params);
+  for (std::size_t p = 0; p < n_params; ++p) {
+    auto& s = ref[p];
+    s.p.resize(sizes[p]);
+    for (std::size_t i = 0; i < sizes[p]; ++i) s.p[i] = static_cast<double>(static_cast<float>(P(initial_value(p, i))));
+    s.m.assign(sizes[p], 0);
+    s.v.assign(sizes[p], 0);
+    s.vmax.assign(sizes[p], 0);
+    s.buf.assign(sizes[p], 0);
+  }
+  std::vector<std::vector<std::vector<double>>> trajectory(static_cast<std::size_t>(steps));
+  for (int t = 0; t < steps; ++t) {
+    for (std::size_t p = 0; p < n_params; ++p) {
+      std::vector<double> avg(sizes[p], 0.0);
+      for (int r = 0; r < world; ++r)
+        if (reported(t, r, p))
+          for (std::size_t i = 0; i < sizes[p]; ++i) avg[i] += static_cast<double>(static_cast<float>(gradient<G>(t, r, p, i)));
+      for (auto& a : avg) a /= world;
+      reference_update(h, static_cast<std::uint64_t>(t) + 1, ref[p], avg);
+      trajectory[static_cast<std::size_t>(t)].push_back(ref[p].p);
+    }
+  }
+
+  run_result result;
+  result.params.resize(static_cast<std::size_t>(world));
+  result.values.resize(n_params);
+  for (std::size_t p = 0; p < n_params; ++p) result.values[p].assign(sizes[p], 0.0f);
+  std::mutex lock;
+  auto relative = [](double a, double b) { return std::fabs(a - b) / std::max(std::fabs(b), 1e-30); };
+
+  zero::thread_group group(world, {std::chrono::seconds(60)});
+  group.run([&](zero::thread_communicator& comm) {
+    const int rank = comm.rank();
+    std::vector<std::vector<P>> storage(n_params);
+    std::vector<zero::parameter<P>> params;
+    for (std::size_t p = 0; p < n_params; ++p) {
+      storage[p].resize(sizes[p]);
+      for (std::size_t i = 0; i < sizes[p]; ++i) storage[p][i] = P(initial_value(p, i));
+    }
+    for (std::size_t p = 0; p < n_params; ++p)
+      params.push_back({"p" + std::to_string(p), {storage[p].data(), storage[p].size()}});
+    typename Optimizer::options_type options;
+    options.hyperparameters = h;
+    options.layout.bucket_elements = o.bucket_elements;
+    options.layout.alignment = o.alignment;
+    options.layout.gradient_slots = o.slots;
+    Optimizer opt(comm, params, options);
+
+    std::vector<std::vector<G>> grads(n_params);
+    std::vector<std::size_t> order(n_params);
+    std::iota(order.begin(), order.end(), 0);
+    std::mt19937_64 rng(o.order_seed * 1000 + static_cast<std::uint64_t>(rank));
+    double value_error = 0, param_error = 0;
+    std::size_t rounding = 0;
+    zero::traffic_counters traffic;
+    for (int t = 0; t < steps; ++t) {
+      const auto before = comm.traffic();  // stage 2 reduces while gradients are reported
+      std::shuffle(order.begin(), order.end(), rng);
+      for (std::size_t p : order) {
+        if (!reported(t, rank, p)) continue;
+        grads[p].resize(sizes[p]);
+        for (std::size_t i = 0; i < sizes[p]; ++i) grads[p][i] = gradient<G>(t, rank, p, i);
+        if (o.slots) {
+          auto slot = opt.grad_slot(p);
+          std::copy(grads[p].begin(), grads[p].end(), slot.data);
+          opt.gradient_ready(p);
+        } else {
+          opt.gradient_ready(p, {grads[p].data(), grads[p].size()});
+        }
+      }
+      opt.step();
+      if (t == 0) traffic = comm.traffic() - before;
+      // the values this rank updates, against the reference
+      const auto values = opt.values();
+      for (const auto& piece : opt.owned_pieces()) {
+        const std::size_t at = Optimizer::stage_value == zero::stage0 ? piece.flat_offset : piece.shard_offset;
+        for (std::size_t i = 0; i < piece.count; ++i) {
+          const double expected = trajectory[static_cast<std::size_t>(t)][piece.param][piece.param_offset + i];
+          double got;
+          if constexpr (Optimizer::precision_type::has_master || Optimizer::stage_value != zero::stage0)
+            got = static_cast<double>(static_cast<float>(values[at + i]));
+          else
+            got = static_cast<double>(static_cast<float>(storage[piece.param][piece.param_offset + i]));
+          value_error = std::max(value_error, relative(got, expected));
+          if constexpr (Optimizer::precision_type::has_master || Optimizer::stage_value != zero::stage0) {
+            if (!(P(static_cast<float>(values[at + i])) == storage[piece.param][piece.param_offset + i])) ++rounding;
+          }
+        }
+      }
+      // the framework's parameters, all of them, against the reference
+      for (std::size_t p = 0; p < n_params; ++p)
+        for (std::size_t i = 0; i < sizes[p]; ++i) {
+          const double expected = static_cast<double>(static_cast<float>(P(static_cast<float>(trajectory[static_cast<std::size_t>(t)][p][i]))));
+          param_error = std::max(param_error, relative(static_cast<double>(static_cast<float>(storage[p][i])), expected));
+        }
+    }
+    std::vector<std::vector<float>> final_params(n_params);
+    for (std::size_t p = 0; p < n_params; ++p)
+      for (auto v : storage[p]) final_params[p].push_back(static_cast<float>(v));
+    std::lock_guard guard(lock);
+    result.max_value_error = std::max(result.max_value_error, value_error);
+    result.max_param_error = std::max(result.max_param_error, param_error);
+    result.param_rounding_mismatches += rounding;
+    result.params[static_cast<std::size_t>(rank)] = std::move(final_params);
+    const auto values = opt.values();
+    for (const auto& piece : opt.owned_pieces()) {
+      const std::size_t at = Optimizer::stage_value == zero::stage0 ? piece.flat_offset : piece.shard_offset;
+      for (std::size_t i = 0; i < piece.count; ++i)
+        result.values[piece.param][piece.param_offset + i] =
+            Optimizer::precision_type::has_master || Optimizer::stage_value != zero::stage0
+                ? static_cast<float>(values[at + i])
+                : static_cast<float>(storage[piece.param][piece.param_offset + i]);
+    }
+    if (rank == 0) {
+      result.step_traffic = traffic;
+      result.memory = opt.memory();
+    }
+  });
+  for (int r = 1; r < world; ++r)
+    if (result.params[static_cast<std::size_t>(r)] != result.params[0]) ++result.rank_disagreements;
+  for (std::size_t p = 0; p < n_params; ++p) result.reference.push_back(ref[p].p);
+  return result;
+}
+
+}  // namespace harness
