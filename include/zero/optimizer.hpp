@@ -250,7 +250,11 @@ class optimizer {
   // ---- construction ------------------------------------------------------------------------
 
   std::string name_of(std::size_t i) const {
-    return names_.empty() || names_[i].empty() ? "#" + std::to_string(i) : "'" + names_[i] + "' (#" + std::to_string(i) + ")";
+    std::string text;
+    if (i < names_.size() && !names_[i].empty()) text.append("'").append(names_[i]).append("' (");
+    text.append("#").append(std::to_string(i));
+    if (i < names_.size() && !names_[i].empty()) text.append(")");
+    return text;
   }
 
   void validate_locally(std::span<const parameter<param_type>> params) {

@@ -77,7 +77,10 @@ struct partition_plan {
     // params sorted by flat offset, so each slice is matched by a forward sweep
     std::vector<std::size_t> order(param_offset.size());
     for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
-    std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return param_offset[a] < param_offset[b]; });
+    // by offset, then size: an empty parameter sorts before the one starting where it does
+    std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+      return param_offset[a] != param_offset[b] ? param_offset[a] < param_offset[b] : param_size[a] < param_size[b];
+    });
     for (std::size_t k = 0; k < units.size(); ++k) {
       const auto& u = units[k];
       for (int r = 0; r < world_size; ++r) {
@@ -152,7 +155,9 @@ inline void validate_plan(const partition_plan& plan, std::span<const std::size_
   // parameters must not overlap in the flat buffer
   std::vector<std::size_t> order(sizes.size());
   for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return plan.param_offset[a] < plan.param_offset[b]; });
+  std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+    return plan.param_offset[a] != plan.param_offset[b] ? plan.param_offset[a] < plan.param_offset[b] : sizes[a] < sizes[b];
+  });
   for (std::size_t i = 1; i < order.size(); ++i) {
     if (plan.param_offset[order[i - 1]] + sizes[order[i - 1]] > plan.param_offset[order[i]])
       fail("parameters #" + std::to_string(order[i - 1]) + " and #" + std::to_string(order[i]) + " overlap in the flat buffer");

@@ -85,6 +85,16 @@ class thread_group {
     std::uint64_t sequence = 0;
   };
 
+  void break_group(const std::string& reason) {
+    std::lock_guard lock(mutex_);
+    if (!broken_) {
+      broken_ = true;
+      broken_kind_ = failure::left;
+      broken_reason_ = "zero: thread group unusable after an earlier failure: " + reason;
+    }
+    cv_.notify_all();
+  }
+
   [[noreturn]] void throw_broken() const {
     if (broken_kind_ == failure::timeout) throw timeout_error(broken_reason_);
     throw communicator_error(broken_reason_);
@@ -264,6 +274,7 @@ class thread_communicator {
       for (int r : ranks) message += "; rank " + std::to_string(r) + " calls " + call;
     }
     group_->arrive(rank_, std::chrono::steady_clock::now() + group_->options_.timeout, slots[static_cast<std::size_t>(rank_)].kind, sequence_);
+    group_->break_group(message);  // the ranks are out of step: later collectives must not run
     throw mismatch_error(message);
   }
 
@@ -280,7 +291,7 @@ inline thread_communicator thread_group::communicator(int rank) { return thread_
 template <class F>
 void thread_group::run(F&& fn) {
   std::vector<std::exception_ptr> errors(static_cast<std::size_t>(world_size_));
-  std::vector<bool> root_cause(static_cast<std::size_t>(world_size_), false);
+  std::vector<char> root_cause(static_cast<std::size_t>(world_size_), 0);  // not vector<bool>: written concurrently
   {
     std::vector<std::jthread> threads;
     threads.reserve(static_cast<std::size_t>(world_size_));
@@ -295,18 +306,18 @@ void thread_group::run(F&& fn) {
           leave(r, e.what());
         } catch (const std::exception& e) {
           errors[ur] = std::current_exception();
-          root_cause[ur] = true;
+          root_cause[ur] = 1;
           leave(r, e.what());
         } catch (...) {
           errors[ur] = std::current_exception();
-          root_cause[ur] = true;
+          root_cause[ur] = 1;
           leave(r, "an exception not derived from std::exception");
         }
       });
     }
   }
   for (std::size_t r = 0; r < errors.size(); ++r)
-    if (errors[r] && root_cause[r]) std::rethrow_exception(errors[r]);
+    if (errors[r] && root_cause[r] != 0) std::rethrow_exception(errors[r]);
   for (auto& e : errors)
     if (e) std::rethrow_exception(e);
 }

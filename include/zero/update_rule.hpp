@@ -12,6 +12,7 @@
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <string>
 #include <string_view>
 
@@ -50,6 +51,13 @@ ZERO_HOST_DEVICE inline float sqrt_nonnegative(float x) noexcept {
 #endif
 }
 
+//! A double as it should read in a message: 1e-08, not 0.000000.
+inline std::string format(double value) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%g", value);
+  return text;
+}
+
 inline void require(bool ok, std::string_view rule, const std::string& what) {
   if (!ok) throw usage_error("zero: invalid " + std::string(rule) + " hyperparameter: " + what);
 }
@@ -57,11 +65,11 @@ inline void require(bool ok, std::string_view rule, const std::string& what) {
 //! Checks the hyperparameters Adam and AdamW share.
 template <class H>
 void validate_adam(const H& h, std::string_view rule) {
-  require(h.lr >= 0, rule, "lr = " + std::to_string(h.lr) + " must be >= 0");
-  require(h.eps >= 0, rule, "eps = " + std::to_string(h.eps) + " must be >= 0");
-  require(h.beta1 >= 0 && h.beta1 < 1, rule, "beta1 = " + std::to_string(h.beta1) + " must be in [0, 1)");
-  require(h.beta2 >= 0 && h.beta2 < 1, rule, "beta2 = " + std::to_string(h.beta2) + " must be in [0, 1)");
-  require(h.weight_decay >= 0, rule, "weight_decay = " + std::to_string(h.weight_decay) + " must be >= 0");
+  require(h.lr >= 0, rule, "lr = " + format(h.lr) + " must be >= 0");
+  require(h.eps >= 0, rule, "eps = " + format(h.eps) + " must be >= 0");
+  require(h.beta1 >= 0 && h.beta1 < 1, rule, "beta1 = " + format(h.beta1) + " must be in [0, 1)");
+  require(h.beta2 >= 0 && h.beta2 < 1, rule, "beta2 = " + format(h.beta2) + " must be in [0, 1)");
+  require(h.weight_decay >= 0, rule, "weight_decay = " + format(h.weight_decay) + " must be >= 0");
 }
 
 //! Per-step constants of Adam and AdamW.
@@ -157,9 +165,9 @@ struct sgd {
   };
   static constexpr std::size_t state_count(const hyperparameters& h) noexcept { return h.momentum != 0 ? 1 : 0; }
   static void validate(const hyperparameters& h) {
-    detail::require(h.lr >= 0, name, "lr = " + std::to_string(h.lr) + " must be >= 0");
-    detail::require(h.momentum >= 0, name, "momentum = " + std::to_string(h.momentum) + " must be >= 0");
-    detail::require(h.weight_decay >= 0, name, "weight_decay = " + std::to_string(h.weight_decay) + " must be >= 0");
+    detail::require(h.lr >= 0, name, "lr = " + detail::format(h.lr) + " must be >= 0");
+    detail::require(h.momentum >= 0, name, "momentum = " + detail::format(h.momentum) + " must be >= 0");
+    detail::require(h.weight_decay >= 0, name, "weight_decay = " + detail::format(h.weight_decay) + " must be >= 0");
     detail::require(!h.nesterov || (h.momentum > 0 && h.dampening == 0), name,
                     "nesterov needs momentum > 0 and dampening = 0");
   }

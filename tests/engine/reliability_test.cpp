@@ -59,7 +59,7 @@ struct model {
 }  // namespace
 
 TEST_SUITE("reliability") {
-  TEST_CASE("a null parameter span is refused on every rank, naming the parameter and the rank") {
+  TEST_CASE("a null parameter span is refused on every rank / naming the parameter and the rank") {
     const auto out = run_each(3, [](zero::thread_communicator& comm) {
       model m;
       auto params = m.params();
@@ -76,7 +76,7 @@ TEST_SUITE("reliability") {
     }
   }
 
-  TEST_CASE("a zero-length parameter span is refused, naming the parameter") {
+  TEST_CASE("a zero-length parameter span is refused / naming the parameter") {
     const auto out = run_each(2, [](zero::thread_communicator& comm) {
       model m;
       auto params = m.params();
@@ -90,7 +90,7 @@ TEST_SUITE("reliability") {
     }
   }
 
-  TEST_CASE("overlapping parameter spans are refused, naming both parameters") {
+  TEST_CASE("overlapping parameter spans are refused / naming both parameters") {
     const auto out = run_each(2, [](zero::thread_communicator& comm) {
       std::vector<float> storage(20, 1.0f);
       std::vector<zero::parameter<float>> params{{"first", {storage.data(), 12}}, {"second", {storage.data() + 8, 12}}};
@@ -131,7 +131,7 @@ TEST_SUITE("reliability") {
     }
   }
 
-  TEST_CASE("a gradient span of the wrong length, a null one or a bad index is refused and changes nothing") {
+  TEST_CASE("a gradient span of the wrong length / a null one or a bad index is refused and changes nothing") {
     // Train two steps while making bad calls in between; the result equals a clean run.
     auto train = [](bool with_bad_calls) {
       std::vector<std::vector<float>> finals(2);
@@ -167,7 +167,7 @@ TEST_SUITE("reliability") {
     CHECK(train(true) == train(false));
   }
 
-  TEST_CASE("a gradient reported more often than registered is refused; a shared weight reported per use is summed") {
+  TEST_CASE("a gradient reported more often than registered is refused and a shared weight reported per use is summed") {
     for (int stage = 0; stage < 3; ++stage) {
       CAPTURE(stage);
       zero::single_rank_communicator comm;
@@ -194,7 +194,7 @@ TEST_SUITE("reliability") {
     }
   }
 
-  TEST_CASE("a rank that never joins the step makes the others throw within the deadline, naming it") {
+  TEST_CASE("a rank that never joins the step makes the others throw within the deadline / naming it") {
     const auto started = clock_type::now();
     const auto out = run_each(
         3,
@@ -225,7 +225,7 @@ TEST_SUITE("reliability") {
     }
   }
 
-  TEST_CASE("a rank that never constructs its optimizer makes the others throw at construction, naming it") {
+  TEST_CASE("a rank that never constructs its optimizer makes the others throw at construction / naming it") {
     const auto out = run_each(
         4,
         [](zero::thread_communicator& comm) {

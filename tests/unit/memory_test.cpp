@@ -101,7 +101,7 @@ void operator delete(void* p) noexcept { std::free(p); }
 void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 
 TEST_SUITE("unit") {
-  TEST_CASE("memory: the engine's report equals expected_memory and the resource's bytes, stages 0-2") {
+  TEST_CASE("memory: the engine's report equals expected_memory and the resource's bytes / stages 0-2") {
     for (int world : {1, 2, 3, 5, 8}) {
       for (std::size_t bucket : {std::size_t{37}, std::size_t{1} << 20}) {
         for (bool slots : {false, true}) {
@@ -122,7 +122,7 @@ TEST_SUITE("unit") {
     }
   }
 
-  TEST_CASE("memory: stage 2 keeps (4 + 8 + 4 + 2) / N bytes per parameter for bf16 AdamW, as ZeRO's model says") {
+  TEST_CASE("memory: stage 2 keeps (4 + 8 + 4 + 2) / N bytes per parameter for bf16 AdamW / as ZeRO's model says") {
     // Per rank, for psi parameters: stage 0 keeps fp32 master (4), Adam m and v (8), fp32
     // gradients (4); stage 1 divides master and state by N; stage 2 also the gradients, and adds
     // the bf16 shard the all-gather sends (2). Buckets are constant: they do not grow with psi.

@@ -150,7 +150,7 @@ static_assert(!zero::precision_bundle<float>);
 }  // namespace
 
 TEST_SUITE("unit") {
-  TEST_CASE("policies: a user-written partitioner, communicator, rule and checkpointer compose into one optimizer") {
+  TEST_CASE("policies: a user-written partitioner / communicator / rule and checkpointer compose into one optimizer") {
     using O = zero::optimizer<zero::stage2, zero::fp32_precision, sign_sgd, backward_order_partitioner,
                               logging_communicator<zero::thread_communicator>, copying_checkpointer>;
     constexpr int world = 3;
