@@ -56,6 +56,10 @@ struct layout_options {
   std::size_t alignment = 16;              //!< every shard slice is a multiple of this many elements
   std::size_t bucket_elements = 1u << 22;  //!< elements per reduction (all ranks together)
   bool gradient_slots = false;             //!< hand out engine-owned gradient slots (see optimizer::grad_slot)
+  //! Stage 2 with gradient accumulation: accumulate the micro-steps in a full local buffer and
+  //! reduce once, at the step (DDP's no_sync), instead of reducing every micro-step (DeepSpeed).
+  //! Costs a full gradient buffer; saves (micro-steps - 1) reductions.
+  bool defer_reduction = false;
 };
 
 //! The engine's per-rank bytes, in closed form, for the shipped partitioners: `param_count`
@@ -77,12 +81,12 @@ constexpr memory_report expected_memory(std::size_t param_count, int world_size,
   memory_report r;
   if constexpr (P::has_master) r[memory_kind::master_weights] = updated * sizeof(typename P::master_type);
   r[memory_kind::optimizer_state] = state_count * updated * sizeof(typename P::state_type);
-  r[memory_kind::gradients] = (s == stage::stage2 ? shard : padded) * sizeof(typename P::accum_type);
+  const bool streaming = s == stage::stage2 && !o.defer_reduction;  // reduced while backward runs
+  r[memory_kind::gradients] = (streaming ? shard : padded) * sizeof(typename P::accum_type);
   r[memory_kind::gradient_slots] = o.gradient_slots ? param_count * sizeof(typename P::grad_type) : 0;
   r[memory_kind::parameter_shard] = sharded ? shard * sizeof(param) : 0;
   const std::size_t staging_element = sharded ? std::max(sizeof(comm), sizeof(param)) : sizeof(comm);
-  const bool separate_receive = sharded && !std::is_same_v<comm, typename P::accum_type>;
-  r[memory_kind::buckets] = n * slice * staging_element + (separate_receive ? slice * sizeof(comm) : 0);
+  r[memory_kind::buckets] = n * slice * staging_element;
   return r;
 }
 

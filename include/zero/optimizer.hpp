@@ -3,26 +3,35 @@
 //! `zero::optimizer`: the four policies composed into one ZeRO engine, on the host.
 //!
 //! One step (see docs/design.md):
-//!  1. The framework reports each parameter's gradient (`gradient_ready`), in any order.
-//!     Stages 0 and 1 add it into a full accumulation buffer. Stage 2 reduces the gradients
-//!     unit by unit (constant-size reduce-scatters, in unit order on every rank) as soon as all
-//!     parameters of the next unit have been reported, and keeps only its own shard.
-//!  2. `step()` reduces what is left (a parameter never reported counts as zero), updates the
-//!     rank's shard of master weights and optimizer state with the averaged gradients, writes
-//!     the new model-precision values, and all-gathers them into every rank's parameters.
+//!  1. The framework reports each parameter's gradient (`gradient_ready`), in any order, over
+//!     one or more micro-steps (`end_micro_step()` between them). Stages 0 and 1 add it into a
+//!     full accumulation buffer. Stage 2 reduces the gradients unit by unit (constant-size
+//!     reduce-scatters, in unit order on every rank) as soon as all parameters of the next unit
+//!     have been reported, and keeps only its own shard.
+//!  2. `step()` reduces what is left (a parameter never reported counts as zero), exchanges
+//!     each rank's sum of squares and overflow findings (one small all-gather), skips the step
+//!     on every rank together if any gradient was not finite, or else updates this rank's shard
+//!     of master weights and optimizer state with the averaged, unscaled and clipped gradients
+//!     (one factor), writes the new model-precision values, and all-gathers them into every
+//!     rank's parameters.
 
 #include <algorithm>
 #include <array>
+#include <bit>
+#include <cmath>
 #include <cstdint>
+#include <limits>
 #include <memory_resource>
 #include <span>
 #include <string>
+#include <string_view>
 #include <typeinfo>
 #include <vector>
 
 #include "zero/activation_checkpointer.hpp"
 #include "zero/communicator.hpp"
 #include "zero/error.hpp"
+#include "zero/loss_scaler.hpp"
 #include "zero/memory.hpp"
 #include "zero/partitioner.hpp"
 #include "zero/precision.hpp"
@@ -35,9 +44,22 @@ namespace zero {
 //! A parameter the framework registers: its values (model precision, framework-owned).
 template <class T>
 struct parameter {
-  std::string name;            //!< used in messages; empty means "#index"
-  raw_span<T> values;          //!< @pre non-null, non-empty, not overlapping another parameter
-  std::uint32_t reports = 1;   //!< gradient reports per step: the uses of a shared weight (>= 1)
+  std::string name;           //!< used in messages; empty means "#index"
+  raw_span<T> values;         //!< @pre non-null, non-empty, not overlapping another parameter
+  std::uint32_t reports = 1;  //!< gradient reports per micro-step: the uses of a shared weight (>= 1)
+};
+
+//! What to do when a gradient is not finite (inf or NaN) on some rank.
+enum class nonfinite_policy : std::uint8_t {
+  automatic,  //!< skip the step when the loss is scaled (fp16), propagate otherwise
+  skip_step,  //!< every rank skips the step together; nothing changes but the loss scale
+  propagate,  //!< no check: the update sees the values (as plain data parallelism would)
+};
+
+//! How the new model-precision values are rounded when there are no master weights.
+enum class rounding : std::uint8_t {
+  nearest_even,  //!< round to nearest, ties to even
+  stochastic,    //!< bf16 without master weights: round up with probability of the remainder
 };
 
 //! Run-time options of the engine.
@@ -45,20 +67,37 @@ template <update_rule Rule>
 struct optimizer_options {
   typename Rule::hyperparameters hyperparameters{};
   layout_options layout{};
+  double max_grad_norm = 0;  //!< clip the global gradient norm to this (PyTorch's rule); <= 0: no clipping
+  loss_scale_options loss_scale{};
+  nonfinite_policy on_nonfinite = nonfinite_policy::automatic;
+  rounding value_rounding = rounding::nearest_even;
+  std::uint64_t seed = 0;  //!< seeds stochastic rounding
   //! Where every persistent buffer is allocated, once, at construction.
   std::pmr::memory_resource* memory = std::pmr::new_delete_resource();
 };
 
-//! What `step()` did.
+//! What `step()` did. Every field is equal on every rank.
 struct step_report {
-  std::uint64_t step = 0;  //!< optimizer steps taken so far (this one included)
+  static constexpr std::size_t no_parameter = static_cast<std::size_t>(-1);
+
+  std::uint64_t step = 0;     //!< optimizer steps taken so far (a skipped step does not count)
+  bool skipped = false;       //!< true when a gradient was not finite and the step was skipped
+  double grad_norm = 0;       //!< L2 norm of the averaged, unscaled gradient, before clipping
+  double clip_factor = 1;     //!< what clipping multiplied the gradient by (1: no clipping)
+  double loss_scale = 1;      //!< the scale this step's gradients carried
+  std::uint32_t micro_steps = 1;
+  //! The first non-finite gradient found (lowest rank, first in that rank's reduction order):
+  int nonfinite_rank = -1;
+  std::size_t nonfinite_parameter = no_parameter;
+  std::string_view nonfinite_parameter_name;  //!< valid while the optimizer lives
 };
 
 //! The ZeRO engine: stage, precision and policies fixed at compile time; sizes and
 //! hyperparameters at run time. One object per rank, used by that rank's thread only.
 //! @tparam Stage        what is partitioned (`stage0`, `stage1`, `stage2`)
 //! @tparam Precision    a `zero::precision` bundle
-//! @tparam Rule         the update rule (`adamw`, `adam`, `sgd` or a user-written rule)
+//! @tparam Rule         the update rule (`adamw`, `adam`, `sgd`, `lion`, `adagrad`, `lamb` or a
+//!                      user-written rule)
 //! @tparam Partitioner  `contiguous_partitioner`, `bucketed_partitioner` or a user-written one
 //! @tparam Comm         the communicator type; the engine uses the caller's object
 //! @tparam Checkpointer the activation checkpointer the engine carries for the framework
@@ -80,6 +119,8 @@ class optimizer {
   using checkpointer_type = Checkpointer;
   static constexpr zero::stage stage_value = Stage;
   static constexpr std::size_t max_state_slots = 8;
+  //! 64-bit words each rank contributes to the one all-gather of per-step statistics.
+  static constexpr std::size_t statistics_words = 4;
 
   //! Registers the parameters and allocates every buffer. Collective: every rank of `comm`
   //! constructs its engine with the same layout and options; a rank whose layout differs, or
@@ -109,8 +150,11 @@ class optimizer {
 
   // ---- gradients ---------------------------------------------------------------------------
 
+  //! The loss scale: multiply the loss by it before backward (1 unless loss scaling is on).
+  double loss_scale() const noexcept { return scaler_.scale(); }
+
   //! The engine-owned slot the framework writes (or accumulates) parameter `param`'s gradient
-  //! into; zeroed at construction and after every step. Needs `layout.gradient_slots`.
+  //! into; zeroed at construction and after every micro-step. Needs `layout.gradient_slots`.
   raw_span<grad_type> grad_slot(std::size_t param) {
     check_index(param, "grad_slot");
     if (!options_.layout.gradient_slots)
@@ -128,9 +172,9 @@ class optimizer {
       throw usage_error("zero: gradient_ready(" + name_of(param) + ") without a gradient on rank " +
                         std::to_string(rank_) + ": gradient slots are off; pass the gradient span");
     count_report(param);
-    if constexpr (Stage == stage::stage2) {
+    if (!local_accumulation_) {
       if (reports_[param] == 1) add_record(param, slots_.data() + plan_.param_offset[param]);
-      note_reported(param);
+      guarded([&] { note_reported(param); });
     }
   }
 
@@ -138,7 +182,8 @@ class optimizer {
   //! contribution: a shared parameter is reported once per use and the uses are summed.
   //! Stages 0 and 1 read the span during this call; stage 2 reads it when the reduction unit
   //! holding `param` is reduced.
-  //! @pre stage 2: `grad` stays valid and unchanged until `step()` returns.
+  //! @pre stage 2: `grad` stays valid and unchanged until the micro-step ends
+  //!      (`end_micro_step()` or `step()` returns).
   void gradient_ready(std::size_t param, raw_span<const grad_type> grad) {
     check_usable();
     check_index(param, "gradient_ready");
@@ -153,33 +198,52 @@ class optimizer {
                         std::to_string(grad.size) + " elements; the parameter has " +
                         std::to_string(plan_.param_size[param]));
     count_report(param);
-    if constexpr (Stage == stage::stage2) {
-      add_record(param, grad.data);
-      note_reported(param);
+    if (local_accumulation_) {
+      accumulate(param, grad.data);
     } else {
-      accum_type* to = gradients_.data() + plan_.param_offset[param];
-      for (std::size_t i = 0; i < grad.size; ++i) to[i] = convert<accum_type>(static_cast<float>(to[i]) + static_cast<float>(grad.data[i]));
+      add_record(param, grad.data);
+      guarded([&] { note_reported(param); });
     }
+  }
+
+  //! Ends a micro-step that is not the last of the step (gradient accumulation): the
+  //! gradients reported so far are kept (stage 2: reduced now, as DeepSpeed does, unless
+  //! `layout.defer_reduction`), and every parameter may be reported again. Collective in stage 2.
+  void end_micro_step() {
+    check_usable();
+    guarded([&] { finish_micro_step(); });
+    ++micro_steps_;
   }
 
   // ---- the step ----------------------------------------------------------------------------
 
-  //! Reduces the gradients not yet reduced, updates this rank's shard with their average over
-  //! the ranks, and leaves every rank's parameters holding the full updated values. Collective.
-  //! Allocates nothing.
+  //! Ends the last micro-step, reduces the gradients not yet reduced, and either skips the step
+  //! (a non-finite gradient on any rank, with `on_nonfinite` skipping) or updates this rank's
+  //! shard with the gradients averaged over ranks and micro-steps, unscaled and clipped, and
+  //! leaves every rank's parameters holding the full updated values. Collective. Allocates
+  //! nothing. @throws loss_scale_error when a step overflows at the minimum loss scale (the
+  //! step is skipped and the gradients cleared first).
   step_report step() {
     check_usable();
-    try {
-      reduce_gradients();
-      update_shard();
+    step_report report;
+    guarded([&] {
+      finish_micro_step();
+      if (local_accumulation_)
+        for (std::size_t k = 0; k < plan_.units.size(); ++k) reduce_unit(k);
+      report = exchange_statistics();
+      if (report.skipped) return;
+      update_shard(static_cast<float>(inverse_average_ * report.clip_factor));
       if constexpr (Stage != stage::stage0) gather_parameters();
-    } catch (...) {
-      broken_ = true;
-      throw;
+    });
+    reset_step();
+    if (report.skipped) {
+      scaler_.update(true);
+    } else {
+      scaler_.update(false);
+      report.step = ++step_;
     }
-    ++step_;
-    reset_reports();
-    return {step_};
+    if (report.skipped) report.step = step_;
+    return report;
   }
 
   // ---- hyperparameters and state -----------------------------------------------------------
@@ -201,6 +265,7 @@ class optimizer {
   int world_size() const noexcept { return world_; }
   const partition_plan& plan() const noexcept { return plan_; }
   const options_type& options() const noexcept { return options_; }
+  const loss_scaler& scaler() const noexcept { return scaler_; }
   Comm& communicator() noexcept { return *comm_; }
   Checkpointer& checkpointer() noexcept { return checkpointer_; }
   const std::string& parameter_name(std::size_t i) const { return names_.at(i); }
@@ -230,7 +295,7 @@ class optimizer {
     r[memory_kind::gradients] = gradients_.bytes();
     r[memory_kind::gradient_slots] = slots_.bytes();
     r[memory_kind::parameter_shard] = param_shard_.bytes();
-    r[memory_kind::buckets] = staging_.bytes() + receive_.bytes();
+    r[memory_kind::buckets] = staging_.bytes();
     return r;
   }
 
@@ -242,9 +307,10 @@ class optimizer {
   struct segment {
     value_type* values;
     const accum_type* grads;
-    std::size_t state_offset;
-    param_type* out;  // where the model-precision value goes; null when values are the parameters
+    std::size_t state_offset;  // also the element's id for stochastic rounding (plus a rank offset)
+    param_type* out;           // where the model-precision value goes; null when values are the parameters
     std::size_t count;
+    std::size_t param;         // the parameter (tensor-wise rules); none for merged segments
   };
 
   // ---- construction ------------------------------------------------------------------------
@@ -282,6 +348,13 @@ class optimizer {
     if (state_count_ > max_state_slots)
       throw usage_error("zero: rule " + std::string(Rule::name) + " needs " + std::to_string(state_count_) +
                         " state slots; at most " + std::to_string(max_state_slots) + " are supported");
+    if (std::isnan(options_.max_grad_norm)) throw usage_error("zero: max_grad_norm is NaN" + where);
+    if (options_.value_rounding == rounding::stochastic && !(std::is_same_v<value_type, bf16> && !Precision::has_master))
+      throw usage_error("zero: stochastic rounding needs bf16 parameters without master weights (e.g. zero::bf16_pure)" + where);
+    scaler_ = loss_scaler(options_.loss_scale, std::is_same_v<param_type, fp16>);
+    local_accumulation_ = Stage != stage::stage2 || options_.layout.defer_reduction;
+    check_nonfinite_ = options_.on_nonfinite == nonfinite_policy::skip_step ||
+                       (options_.on_nonfinite == nonfinite_policy::automatic && scaler_.active());
   }
 
   std::uint64_t layout_digest(std::span<const parameter<param_type>> params) const {
@@ -293,6 +366,7 @@ class optimizer {
       }
     };
     auto mix = [&](std::uint64_t v) { mix_bytes(&v, sizeof v); };
+    auto mix_real = [&](double v) { mix(std::bit_cast<std::uint64_t>(v)); };
     auto mix_text = [&](std::string_view s) {
       mix(s.size());
       mix_bytes(s.data(), s.size());
@@ -305,9 +379,21 @@ class optimizer {
     mix_text(Rule::name);
     mix(state_count_);
     mix_text(typeid(Partitioner).name());
-    mix(options_.layout.alignment);
-    mix(options_.layout.bucket_elements);
-    mix(options_.layout.gradient_slots);
+    const auto& l = options_.layout;
+    for (std::uint64_t v : {std::uint64_t{l.alignment}, std::uint64_t{l.bucket_elements}, std::uint64_t{l.gradient_slots},
+                            std::uint64_t{l.defer_reduction}})
+      mix(v);
+    mix_real(options_.max_grad_norm);
+    const auto& ls = scaler_.options();
+    mix(static_cast<std::uint64_t>(ls.kind));
+    mix_real(ls.fixed_scale);
+    mix(static_cast<std::uint64_t>(ls.initial_scale_power));
+    mix(ls.window);
+    mix(ls.hysteresis);
+    mix_real(ls.min_scale);
+    mix(static_cast<std::uint64_t>(options_.on_nonfinite));
+    mix(static_cast<std::uint64_t>(options_.value_rounding));
+    mix(options_.seed);
     mix(params.size());
     for (const auto& p : params) {
       mix(p.values.size);
@@ -398,24 +484,28 @@ class optimizer {
   void allocate_and_initialize() {
     auto* mr = options_.memory;
     const std::size_t updated = updated_count();
-    const std::size_t slice = plan_.max_slice();
     const std::size_t n = static_cast<std::size_t>(world_);
     if constexpr (Precision::has_master) master_ = detail::owned_buffer<value_type>(updated, mr);
     state_ = detail::owned_buffer<float>(state_count_ * updated, mr);
-    gradients_ = detail::owned_buffer<accum_type>(Stage == stage::stage2 ? plan_.shard_size : plan_.padded_size, mr);
+    gradients_ = detail::owned_buffer<accum_type>(local_accumulation_ ? plan_.padded_size : plan_.shard_size, mr);
     if (options_.layout.gradient_slots) slots_ = detail::owned_buffer<grad_type>(plan_.element_count, mr);
     if constexpr (sharded) param_shard_ = detail::owned_buffer<param_type>(plan_.shard_size, mr);
     const std::size_t staging_element = sharded ? std::max(sizeof(comm_type), sizeof(param_type)) : sizeof(comm_type);
-    staging_ = detail::owned_buffer<std::byte>(n * slice * staging_element, mr);
-    if constexpr (sharded && !std::is_same_v<comm_type, accum_type>) receive_ = detail::owned_buffer<comm_type>(slice, mr);
+    staging_ = detail::owned_buffer<std::byte>(n * plan_.max_slice() * staging_element, mr);
+
+    // metadata of the step (ordinary heap, not accounted as engine buffers)
     std::size_t report_capacity = 0;
     for (auto r : expected_reports_) report_capacity += r;
-    if constexpr (Stage == stage::stage2) {
-      record_data_.assign(report_capacity, nullptr);
-      record_next_.assign(report_capacity, none);
-      record_head_.assign(params_.size(), none);
-    }
+    record_data_.assign(report_capacity, nullptr);
+    record_next_.assign(report_capacity, none);
+    record_head_.assign(params_.size(), none);
+    statistics_.assign(statistics_words * n, 0);
+    if constexpr (tensorwise_rule<Rule>) tensor_sums_.assign(2 * params_.size(), 0.0);
 
+    for (std::size_t k = 0; k < state_count_; ++k) {
+      const float start = static_cast<float>(initial_state<Rule>(options_.hyperparameters, k));
+      std::fill(state_.data() + k * updated, state_.data() + (k + 1) * updated, start);
+    }
     // initial values: the parameters this rank updates, widened to the value type
     for (const auto& piece : owned_) {
       const param_type* from = params_[piece.param].data + piece.param_offset;
@@ -427,28 +517,39 @@ class optimizer {
     build_segments();
   }
 
+  //! The run of the update for one owned piece of a parameter.
+  segment piece_segment(const owned_piece& piece) const {
+    const std::size_t at = sharded ? piece.shard_offset : piece.flat_offset;
+    const accum_type* grads = gradients_.data() + (local_accumulation_ ? piece.flat_offset : piece.shard_offset);
+    value_type* values;
+    param_type* out = nullptr;
+    if constexpr (Precision::has_master) {
+      values = master_.data() + at;
+      out = sharded ? param_shard_.data() + at : params_[piece.param].data + piece.param_offset;
+    } else if constexpr (sharded) {
+      values = param_shard_.data() + at;
+    } else {
+      values = params_[piece.param].data + piece.param_offset;
+    }
+    return {values, grads, at, out, piece.count, piece.param};
+  }
+
+  //! Element-wise rules walk whole units (padding included), merged where contiguous;
+  //! tensor-wise rules walk the pieces of each parameter.
   void build_segments() {
-    const std::size_t updated = updated_count();
-    (void)updated;
+    for (const auto& piece : owned_) piece_segments_.push_back(piece_segment(piece));
     if constexpr (!sharded) {
-      for (const auto& piece : owned_) {
-        param_type* params = params_[piece.param].data;
-        value_type* values;
-        param_type* out = nullptr;
-        if constexpr (Precision::has_master) values = master_.data() + piece.flat_offset, out = params;
-        else values = params;
-        segments_.push_back({values, gradients_.data() + piece.flat_offset, piece.flat_offset, out, piece.count});
-      }
+      segments_ = piece_segments_;
     } else {
       for (const auto& u : plan_.units) {
-        const accum_type* grads = Stage == stage::stage2 ? gradients_.data() + u.shard_begin
-                                                         : gradients_.data() + u.flat_index(rank_, 0);
+        const accum_type* grads = gradients_.data() + (local_accumulation_ ? u.flat_index(rank_, 0) : u.shard_begin);
         param_type* out = Precision::has_master ? param_shard_.data() + u.shard_begin : nullptr;
-        segment s{value_base() + u.shard_begin, grads, u.shard_begin, out, u.slice};
-        auto& last = segments_.empty() ? s : segments_.back();
-        const bool extends = !segments_.empty() && last.values + last.count == s.values && last.grads + last.count == s.grads;
-        if (extends) last.count += s.count;
-        else segments_.push_back(s);
+        const segment s{value_base() + u.shard_begin, grads, u.shard_begin, out, u.slice, none};
+        if (!segments_.empty() && segments_.back().values + segments_.back().count == s.values &&
+            segments_.back().grads + segments_.back().count == s.grads)
+          segments_.back().count += s.count;
+        else
+          segments_.push_back(s);
       }
     }
   }
@@ -461,6 +562,18 @@ class optimizer {
                                " is unusable after an earlier failure of a collective");
   }
 
+  //! Runs f; a failure inside a collective leaves the ranks out of step, so the engine refuses
+  //! further use.
+  template <class F>
+  void guarded(F&& f) {
+    try {
+      f();
+    } catch (...) {
+      broken_ = true;
+      throw;
+    }
+  }
+
   void check_index(std::size_t param, const char* call) const {
     if (param >= params_.size())
       throw usage_error(std::string("zero: ") + call + ": parameter index " + std::to_string(param) + " on rank " +
@@ -470,10 +583,37 @@ class optimizer {
   void count_report(std::size_t param) {
     if (reports_[param] >= expected_reports_[param])
       throw usage_error("zero: gradient of parameter " + name_of(param) + " on rank " + std::to_string(rank_) +
-                        " reported " + std::to_string(reports_[param] + 1) + " times this step; it was registered with " +
+                        " reported " + std::to_string(reports_[param] + 1) + " times in one micro-step; it was registered with " +
                         std::to_string(expected_reports_[param]) +
-                        " report(s) per step (set parameter::reports to the number of uses of a shared weight)");
+                        " report(s) (set parameter::reports to the number of uses of a shared weight)");
     ++reports_[param];
+  }
+
+  //! Index of the first non-finite value of data[0, n), or n. The common all-finite case is
+  //! one vectorizable pass: x * 0 is 0 for finite x and NaN otherwise.
+  template <class T>
+  static std::size_t first_nonfinite(const T* data, std::size_t n) noexcept {
+    float probe = 0;
+    for (std::size_t i = 0; i < n; ++i) probe += static_cast<float>(data[i]) * 0.0f;
+    if (probe == 0) return n;
+    for (std::size_t i = 0; i < n; ++i)
+      if (!std::isfinite(static_cast<float>(data[i]))) return i;
+    return n;
+  }
+
+  //! Notes the first non-finite gradient this rank saw this step (checked before reduction).
+  template <class T>
+  void check_finite(std::size_t param, const T* data, std::size_t n) noexcept {
+    if (!check_nonfinite_ || nonfinite_param_ != none) return;
+    if (first_nonfinite(data, n) != n) nonfinite_param_ = param;
+  }
+
+  //! Stages 0 and 1 (and stage 2 with deferred reduction): add a gradient into the full buffer.
+  void accumulate(std::size_t param, const grad_type* from) {
+    const std::size_t n = plan_.param_size[param];
+    check_finite(param, from, n);
+    accum_type* to = gradients_.data() + plan_.param_offset[param];
+    for (std::size_t i = 0; i < n; ++i) to[i] = convert<accum_type>(static_cast<float>(to[i]) + static_cast<float>(from[i]));
   }
 
   void add_record(std::size_t param, const grad_type* data) {
@@ -491,25 +631,45 @@ class optimizer {
   //! issues the same collectives in the same order whatever order its gradients arrive in.
   void note_reported(std::size_t param) {
     for (std::size_t i = param_units_begin_[param]; i < param_units_begin_[param + 1]; ++i) --pending_[param_units_[i]];
-    try {
-      while (next_unit_ < plan_.units.size() && pending_[next_unit_] == 0) reduce_unit(next_unit_++);
-    } catch (...) {
-      broken_ = true;
-      throw;
+    while (next_unit_ < plan_.units.size() && pending_[next_unit_] == 0) reduce_unit(next_unit_++);
+  }
+
+  //! Ends a micro-step: slot contents are taken in (local accumulation) or the units not yet
+  //! reduced are reduced (stage 2), and the micro-step's reports are forgotten.
+  void finish_micro_step() {
+    if (local_accumulation_) {
+      if (options_.layout.gradient_slots)
+        for (std::size_t p = 0; p < params_.size(); ++p)
+          if (reports_[p] != 0) accumulate(p, slots_.data() + plan_.param_offset[p]);
+    } else {
+      while (next_unit_ < plan_.units.size()) reduce_unit(next_unit_++);
+      std::fill(record_head_.begin(), record_head_.end(), none);
+      records_used_ = 0;
+      next_unit_ = 0;
+      std::copy(pending_initial_.begin(), pending_initial_.end(), pending_.begin());
     }
+    std::fill(reports_.begin(), reports_.end(), 0u);
+    slots_.zero();
   }
 
   comm_type* staging_comm() const noexcept { return reinterpret_cast<comm_type*>(staging_.data()); }
   param_type* staging_param() const noexcept { return reinterpret_cast<param_type*>(staging_.data()); }
 
-  //! Reduces unit k: fills the staging buffer (rank-major slices, comm type), then all-reduce
-  //! (stage 0) or reduce-scatter (stages 1, 2), and stores the result as accumulated gradients.
+  //! Reduces unit k: fills the staging buffer (rank-major slices, comm type), then all-reduces
+  //! it (stage 0) or reduce-scatters it in place (stages 1, 2), and stores the result: into the
+  //! full buffer (local accumulation) or added to the gradient shard (stage 2, per micro-step).
   void reduce_unit(std::size_t k) {
     const auto& u = plan_.units[k];
-    const int n = world_;
+    const std::size_t n = static_cast<std::size_t>(world_);
     comm_type* staging = staging_comm();
-    const std::size_t count = static_cast<std::size_t>(n) * u.slice;
-    if constexpr (Stage == stage::stage2) {
+    const std::size_t count = n * u.slice;
+    if (local_accumulation_) {
+      for (std::size_t r = 0; r < n; ++r) {
+        const accum_type* from = gradients_.data() + u.flat_index(static_cast<int>(r), 0);
+        comm_type* to = staging + r * u.slice;
+        for (std::size_t j = 0; j < u.slice; ++j) to[j] = convert<comm_type>(from[j]);
+      }
+    } else {
       std::fill(staging, staging + count, comm_type(0.0f));
       for (std::size_t i = unit_pieces_begin_[k]; i < unit_pieces_begin_[k + 1]; ++i) {
         const auto& piece = unit_pieces_[i];
@@ -523,63 +683,131 @@ class optimizer {
             for (std::size_t j = 0; j < piece.count; ++j)
               to[j] = convert<comm_type>(static_cast<float>(to[j]) + static_cast<float>(from[j]));
         }
-      }
-    } else {
-      for (int r = 0; r < n; ++r) {
-        const accum_type* from = gradients_.data() + u.flat_index(r, 0);
-        comm_type* to = staging + static_cast<std::size_t>(r) * u.slice;
-        for (std::size_t j = 0; j < u.slice; ++j) to[j] = convert<comm_type>(from[j]);
+        check_finite(piece.param, to, piece.count);
       }
     }
 
     if constexpr (Stage == stage::stage0) {
       comm_->all_reduce(staging, staging, count, reduce_op::sum);
-      for (int r = 0; r < n; ++r) {
-        const comm_type* from = staging + static_cast<std::size_t>(r) * u.slice;
-        accum_type* to = gradients_.data() + u.flat_index(r, 0);
+      for (std::size_t r = 0; r < n; ++r) {
+        const comm_type* from = staging + r * u.slice;
+        accum_type* to = gradients_.data() + u.flat_index(static_cast<int>(r), 0);
         for (std::size_t j = 0; j < u.slice; ++j) to[j] = convert<accum_type>(from[j]);
       }
     } else {
-      accum_type* to = Stage == stage::stage2 ? gradients_.data() + u.shard_begin : gradients_.data() + u.flat_index(rank_, 0);
-      if constexpr (std::is_same_v<comm_type, accum_type>) {
-        comm_->reduce_scatter(staging, to, u.slice, reduce_op::sum);
+      comm_type* mine = staging + static_cast<std::size_t>(rank_) * u.slice;
+      comm_->reduce_scatter(staging, mine, u.slice, reduce_op::sum);
+      if (local_accumulation_) {
+        accum_type* to = gradients_.data() + u.flat_index(rank_, 0);
+        for (std::size_t j = 0; j < u.slice; ++j) to[j] = convert<accum_type>(mine[j]);
       } else {
-        comm_->reduce_scatter(staging, receive_.data(), u.slice, reduce_op::sum);
-        for (std::size_t j = 0; j < u.slice; ++j) to[j] = convert<accum_type>(receive_[j]);
+        accum_type* to = gradients_.data() + u.shard_begin;
+        for (std::size_t j = 0; j < u.slice; ++j)
+          to[j] = convert<accum_type>(static_cast<float>(to[j]) + static_cast<float>(mine[j]));
       }
     }
   }
 
-  void reduce_gradients() {
-    if constexpr (Stage == stage::stage2) {
-      while (next_unit_ < plan_.units.size()) reduce_unit(next_unit_++);
-    } else {
-      if (options_.layout.gradient_slots) {  // slot mode: read each reported slot once
-        for (std::size_t p = 0; p < params_.size(); ++p) {
-          if (reports_[p] == 0) continue;
-          const grad_type* from = slots_.data() + plan_.param_offset[p];
-          accum_type* to = gradients_.data() + plan_.param_offset[p];
-          for (std::size_t i = 0; i < plan_.param_size[p]; ++i) to[i] = convert<accum_type>(static_cast<float>(to[i]) + static_cast<float>(from[i]));
+  // ---- statistics, update and all-gather ---------------------------------------------------
+
+  //! One all-gather of four words per rank: the rank's sum of squares of its (summed, scaled)
+  //! gradients, whether and where it saw a non-finite input, and its micro-step count. Every
+  //! rank computes the same norm, overflow decision and clip factor from them.
+  step_report exchange_statistics() {
+    double sum_of_squares = 0;
+    for (const auto& s : segments_)
+      for (std::size_t i = 0; i < s.count; ++i) {
+        const double g = static_cast<double>(static_cast<float>(s.grads[i]));
+        sum_of_squares += g * g;
+      }
+    const std::uint64_t mine[statistics_words] = {std::bit_cast<std::uint64_t>(sum_of_squares), nonfinite_param_ != none ? 1u : 0u,
+                                   nonfinite_param_, micro_steps_};
+    comm_->all_gather(mine, statistics_.data(), statistics_words);
+
+    step_report report;
+    report.loss_scale = scaler_.scale();
+    report.micro_steps = micro_steps_;
+    double total = 0;
+    for (int r = 0; r < world_; ++r) {
+      const std::uint64_t* theirs = statistics_.data() + statistics_words * static_cast<std::size_t>(r);
+      if (theirs[3] != micro_steps_)
+        throw mismatch_error("zero: rank " + std::to_string(r) + " ran " + std::to_string(theirs[3]) +
+                             " micro-steps this step; rank " + std::to_string(rank_) + " ran " + std::to_string(micro_steps_));
+      if (theirs[1] != 0 && report.nonfinite_rank < 0) {
+        report.nonfinite_rank = r;
+        report.nonfinite_parameter = static_cast<std::size_t>(theirs[2]);
+        report.nonfinite_parameter_name = names_[report.nonfinite_parameter];
+      }
+      if (sharded || r == rank_) total += std::bit_cast<double>(theirs[0]);  // stage 0: every rank has it all
+    }
+    inverse_average_ = 1.0 / (static_cast<double>(world_) * report.loss_scale * static_cast<double>(micro_steps_));
+    report.grad_norm = std::sqrt(total) * inverse_average_;
+    const bool overflow = report.nonfinite_rank >= 0 || !std::isfinite(report.grad_norm);
+    report.skipped = overflow && check_nonfinite_;
+    if (options_.max_grad_norm > 0) report.clip_factor = std::min(1.0, options_.max_grad_norm / (report.grad_norm + 1e-6));
+    return report;
+  }
+
+  void store(value_type& to, float value, std::size_t id) const noexcept {
+    if constexpr (std::is_same_v<value_type, bf16> && !Precision::has_master) {
+      if (options_.value_rounding == rounding::stochastic && std::isfinite(value)) {
+        // add 16 random bits below bf16's last bit, then truncate: rounds up with probability
+        // equal to the remainder
+        std::uint64_t x = options_.seed ^ (step_ * 0x9e3779b97f4a7c15ull) ^ (id * 0xbf58476d1ce4e5b9ull);
+        x = (x ^ (x >> 31)) * 0x94d049bb133111ebull;
+        x ^= x >> 29;
+        const std::uint32_t bits = std::bit_cast<std::uint32_t>(value) + static_cast<std::uint32_t>(x & 0xffffu);
+        to = bf16::from_bits(static_cast<std::uint16_t>(bits >> 16));
+        return;
+      }
+    }
+    to = convert<value_type>(value);
+  }
+
+  std::array<float*, max_state_slots> state_slots(std::size_t offset) const noexcept {
+    std::array<float*, max_state_slots> slots{};
+    for (std::size_t k = 0; k < state_count_; ++k) slots[k] = state_.data() + k * updated_count() + offset;
+    return slots;
+  }
+
+  void update_shard(float factor) {
+    const auto c = Rule::prepare(options_.hyperparameters, step_ + 1);
+    const std::size_t id_base = sharded ? static_cast<std::size_t>(rank_) * plan_.shard_size : 0;
+    if constexpr (elementwise_rule<Rule>) {
+      for (const auto& s : segments_) {
+        const auto slots = state_slots(s.state_offset);
+        for (std::size_t i = 0; i < s.count; ++i) {
+          float value = static_cast<float>(s.values[i]);
+          Rule::update(c, value, static_cast<float>(s.grads[i]) * factor, state_ref{slots.data(), i});
+          store(s.values[i], value, id_base + s.state_offset + i);
+          if (s.out != nullptr) s.out[i] = convert<param_type>(value);
         }
       }
-      for (std::size_t k = 0; k < plan_.units.size(); ++k) reduce_unit(k);
-    }
-  }
-
-  // ---- update and all-gather ---------------------------------------------------------------
-
-  void update_shard() {
-    const auto constants = Rule::prepare(options_.hyperparameters, step_ + 1);
-    const float average = 1.0f / static_cast<float>(world_);
-    const std::size_t updated = updated_count();
-    for (const auto& s : segments_) {
-      std::array<float*, max_state_slots> slots{};
-      for (std::size_t k = 0; k < state_count_; ++k) slots[k] = state_.data() + k * updated + s.state_offset;
-      for (std::size_t i = 0; i < s.count; ++i) {
-        float value = static_cast<float>(s.values[i]);
-        Rule::update(constants, value, static_cast<float>(s.grads[i]) * average, state_ref{slots.data(), i});
-        s.values[i] = convert<value_type>(value);
-        if (s.out != nullptr) s.out[i] = convert<param_type>(value);
+    } else {
+      // pass 1: state and per-tensor sums over the pieces this rank holds
+      std::fill(tensor_sums_.begin(), tensor_sums_.end(), 0.0);
+      for (const auto& s : piece_segments_) {
+        const auto slots = state_slots(s.state_offset);
+        tensor_sums sums;
+        for (std::size_t i = 0; i < s.count; ++i) {
+          float value = static_cast<float>(s.values[i]);
+          Rule::first_pass(c, value, static_cast<float>(s.grads[i]) * factor, state_ref{slots.data(), i}, sums);
+        }
+        tensor_sums_[2 * s.param] += sums.a;
+        tensor_sums_[2 * s.param + 1] += sums.b;
+      }
+      // a tensor split across ranks gets the sums of all its pieces
+      if constexpr (sharded) comm_->all_reduce(tensor_sums_.data(), tensor_sums_.data(), tensor_sums_.size(), reduce_op::sum);
+      // pass 2: the update with each tensor's factor
+      for (const auto& s : piece_segments_) {
+        const auto slots = state_slots(s.state_offset);
+        const float tensor_factor = Rule::tensor_factor(c, {tensor_sums_[2 * s.param], tensor_sums_[2 * s.param + 1]});
+        for (std::size_t i = 0; i < s.count; ++i) {
+          float value = static_cast<float>(s.values[i]);
+          Rule::second_pass(c, value, state_ref{slots.data(), i}, tensor_factor);
+          store(s.values[i], value, id_base + s.state_offset + i);
+          if (s.out != nullptr) s.out[i] = convert<param_type>(value);
+        }
       }
     }
   }
@@ -598,17 +826,11 @@ class optimizer {
     }
   }
 
-  void reset_reports() {
-    std::fill(reports_.begin(), reports_.end(), 0u);
-    if constexpr (Stage == stage::stage2) {
-      std::fill(record_head_.begin(), record_head_.end(), none);
-      records_used_ = 0;
-      next_unit_ = 0;
-      std::copy(pending_initial_.begin(), pending_initial_.end(), pending_.begin());
-    } else {
-      gradients_.zero();
-    }
-    slots_.zero();
+  //! Clears what one step accumulated (after an update, and when a step is skipped).
+  void reset_step() noexcept {
+    gradients_.zero();
+    micro_steps_ = 1;
+    nonfinite_param_ = none;
   }
 
   Comm* comm_;
@@ -616,9 +838,15 @@ class optimizer {
   int rank_;
   int world_;
   Checkpointer checkpointer_{};
+  loss_scaler scaler_;
   std::size_t state_count_ = 0;
   std::uint64_t step_ = 0;
+  std::uint32_t micro_steps_ = 1;
   bool broken_ = false;
+  bool local_accumulation_ = true;  // gradients accumulate in a full buffer, reduced at the step
+  bool check_nonfinite_ = false;
+  std::size_t nonfinite_param_ = none;  // first non-finite gradient seen on this rank this step
+  double inverse_average_ = 1;          // 1 / (world * loss scale * micro-steps), this step
 
   partition_plan plan_;
   std::vector<std::string> names_;
@@ -626,18 +854,21 @@ class optimizer {
   std::vector<std::uint32_t> expected_reports_;
   std::vector<std::uint32_t> reports_;
   std::vector<owned_piece> owned_;
-  std::vector<owned_piece> unit_pieces_;         // all pieces, grouped by unit
-  std::vector<std::size_t> unit_pieces_begin_;   // unit k's pieces: [begin[k], begin[k+1])
-  std::vector<std::size_t> param_units_;         // the units each parameter touches
+  std::vector<owned_piece> unit_pieces_;        // all pieces, grouped by unit
+  std::vector<std::size_t> unit_pieces_begin_;  // unit k's pieces: [begin[k], begin[k+1])
+  std::vector<std::size_t> param_units_;        // the units each parameter touches
   std::vector<std::size_t> param_units_begin_;
-  std::vector<std::uint32_t> pending_initial_;   // reports each unit waits for
+  std::vector<std::uint32_t> pending_initial_;  // reports each unit waits for
   std::vector<std::uint32_t> pending_;
   std::size_t next_unit_ = 0;
-  std::vector<const grad_type*> record_data_;    // stage 2: reported gradients, per parameter a list
+  std::vector<const grad_type*> record_data_;   // stage 2: reported gradients, per parameter a list
   std::vector<std::size_t> record_next_;
   std::vector<std::size_t> record_head_;
   std::size_t records_used_ = 0;
-  std::vector<segment> segments_;
+  std::vector<segment> segments_;        // element-wise update: merged runs
+  std::vector<segment> piece_segments_;  // tensor-wise update: one run per owned piece
+  std::vector<std::uint64_t> statistics_;
+  std::vector<double> tensor_sums_;
 
   detail::owned_buffer<value_type> master_;
   detail::owned_buffer<float> state_;
@@ -645,7 +876,6 @@ class optimizer {
   detail::owned_buffer<grad_type> slots_;
   detail::owned_buffer<param_type> param_shard_;
   detail::owned_buffer<std::byte> staging_;
-  detail::owned_buffer<comm_type> receive_;
 };
 
 }  // namespace zero

@@ -46,7 +46,14 @@ using bf16_mixed = precision<bf16, bf16, float, float, float, float>;
 //! bf16 parameters and gradients reduced in bf16, fp32 master weights, state and accumulation.
 using bf16_mixed_bf16_comm = precision<bf16, bf16, float, float, float, bf16>;
 //! fp16 parameters and gradients, fp32 master weights, state, accumulation and reduction.
+//! Loss scaling is dynamic by default.
 using fp16_mixed = precision<fp16, fp16, float, float, float, float>;
+//! bf16 parameters and no master copy: the update runs in fp32 and is rounded to bf16 (use
+//! `rounding::stochastic` so that updates below half a bf16 ulp still move the parameters).
+using bf16_pure = precision<bf16, bf16, void, float, float, float>;
+//! bf16 parameters with fp32 master weights, gradients accumulated in bf16 (DeepSpeed's bf16
+//! accumulation: half the gradient memory, less precise).
+using bf16_mixed_bf16_accum = precision<bf16, bf16, float, float, bf16, float>;
 
 template <class T>
 inline constexpr bool is_precision_v = false;

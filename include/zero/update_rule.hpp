@@ -1,7 +1,8 @@
 #pragma once
 //! @file update_rule.hpp
 //! The Optimizer policy (an update rule): how one element of the master weights moves given its
-//! gradient and its optimizer state. Ships `adamw`, `adam` and `sgd` with PyTorch's semantics.
+//! gradient and its optimizer state. Ships `adamw`, `adam`, `sgd` and `adagrad` with PyTorch's
+//! semantics, `lion`, and the tensor-wise `lamb`.
 //!
 //! A rule has run-time `hyperparameters` (which may change between steps: schedulers live in
 //! the framework), computes its per-step `constants` once per step (`prepare`: bias
@@ -28,19 +29,57 @@ struct state_ref {
   ZERO_HOST_DEVICE float& operator[](std::size_t k) const noexcept { return slots[k][index]; }
 };
 
-//! An update rule (the Optimizer policy).
+//! What every update rule has: run-time hyperparameters, per-step constants computed once per
+//! step (`prepare`, step counting from 1), a number of fp32 state slots per element, and a
+//! validation that throws `usage_error` naming the bad value. A rule may also define
+//! `initial_state(h, slot)`, the value a state slot starts at (0 otherwise).
 template <class R>
-concept update_rule =
+concept rule_common =
     requires { typename R::hyperparameters; typename R::constants; } &&
     std::default_initializable<typename R::hyperparameters> &&
-    requires(const typename R::hyperparameters& h, std::uint64_t step, const typename R::constants& c, float& value,
-             float grad, state_ref s) {
+    requires(const typename R::hyperparameters& h, std::uint64_t step) {
       { R::name } -> std::convertible_to<std::string_view>;
-      { R::state_count(h) } -> std::convertible_to<std::size_t>;  // fp32 state slots per element
-      R::validate(h);                                              // throws usage_error
-      { R::prepare(h, step) } -> std::same_as<typename R::constants>;  // step counts from 1
-      { R::update(c, value, grad, s) } -> std::same_as<void>;
+      { R::state_count(h) } -> std::convertible_to<std::size_t>;
+      R::validate(h);
+      { R::prepare(h, step) } -> std::same_as<typename R::constants>;
     };
+
+//! An element-wise rule: each element moves given only its own gradient and state.
+template <class R>
+concept elementwise_rule = rule_common<R> && requires(const typename R::constants& c, float& value, float grad, state_ref s) {
+  { R::update(c, value, grad, s) } -> std::same_as<void>;
+};
+
+//! Per-tensor sums a tensor-wise rule needs (e.g. LAMB's squared norms of p and of the update).
+struct tensor_sums {
+  double a = 0;
+  double b = 0;
+};
+
+//! A tensor-wise rule (LAMB, LARS): the update of an element depends on norms over its whole
+//! tensor. `first_pass` updates the state and adds the element's contributions to its tensor's
+//! sums; the engine reduces the sums across the ranks that hold pieces of the tensor, so a
+//! tensor split across ranks gets the norms of the whole tensor; `tensor_factor` turns the
+//! totals into a factor, and `second_pass` applies the update with it.
+template <class R>
+concept tensorwise_rule =
+    rule_common<R> && requires(const typename R::constants& c, float& value, float grad, state_ref s, tensor_sums& sums,
+                               const tensor_sums& totals, float factor) {
+      { R::first_pass(c, value, grad, s, sums) } -> std::same_as<void>;
+      { R::tensor_factor(c, totals) } -> std::convertible_to<float>;
+      { R::second_pass(c, value, s, factor) } -> std::same_as<void>;
+    };
+
+//! An update rule (the Optimizer policy): element-wise or tensor-wise.
+template <class R>
+concept update_rule = elementwise_rule<R> || tensorwise_rule<R>;
+
+//! The value state slot `slot` of rule R starts at.
+template <update_rule R>
+double initial_state(const typename R::hyperparameters& h, std::size_t slot) {
+  if constexpr (requires { R::initial_state(h, slot); }) return R::initial_state(h, slot);
+  else return 0.0;
+}
 
 namespace detail {
 ZERO_HOST_DEVICE inline float sqrt_nonnegative(float x) noexcept {
@@ -187,8 +226,118 @@ struct sgd {
   }
 };
 
-static_assert(update_rule<adamw>);
-static_assert(update_rule<adam>);
-static_assert(update_rule<sgd>);
+//! Lion (Chen et al., "Symbolic Discovery of Optimization Algorithms"): c = beta1 m +
+//! (1 - beta1) g; p = p (1 - lr wd) - lr sign(c); m = beta2 m + (1 - beta2) g.
+struct lion {
+  static constexpr std::string_view name = "lion";
+  struct hyperparameters {
+    double lr = 1e-4, beta1 = 0.9, beta2 = 0.99, weight_decay = 0;
+  };
+  struct constants {
+    float lr, decay, beta1, one_minus_beta1, beta2, one_minus_beta2;
+  };
+  static constexpr std::size_t state_count(const hyperparameters&) noexcept { return 1; }
+  static void validate(const hyperparameters& h) {
+    detail::require(h.lr >= 0, name, "lr = " + detail::format(h.lr) + " must be >= 0");
+    detail::require(h.beta1 >= 0 && h.beta1 <= 1, name, "beta1 = " + detail::format(h.beta1) + " must be in [0, 1]");
+    detail::require(h.beta2 >= 0 && h.beta2 <= 1, name, "beta2 = " + detail::format(h.beta2) + " must be in [0, 1]");
+    detail::require(h.weight_decay >= 0, name, "weight_decay = " + detail::format(h.weight_decay) + " must be >= 0");
+  }
+  static constants prepare(const hyperparameters& h, std::uint64_t) {
+    return {static_cast<float>(h.lr),         static_cast<float>(1.0 - h.lr * h.weight_decay),
+            static_cast<float>(h.beta1),      static_cast<float>(1.0 - h.beta1),
+            static_cast<float>(h.beta2),      static_cast<float>(1.0 - h.beta2)};
+  }
+  ZERO_HOST_DEVICE static void update(const constants& c, float& p, float g, state_ref s) noexcept {
+    float& m = s[0];
+    const float direction = c.beta1 * m + c.one_minus_beta1 * g;
+    const float sign = direction > 0 ? 1.0f : (direction < 0 ? -1.0f : 0.0f);
+    p = p * c.decay - c.lr * sign;
+    m = c.beta2 * m + c.one_minus_beta2 * g;
+  }
+};
+
+//! Adagrad, as `torch.optim.Adagrad`: g += wd p; s += g^2;
+//! p -= lr / (1 + (t - 1) lr_decay) g / (sqrt(s) + eps); s starts at initial_accumulator_value.
+struct adagrad {
+  static constexpr std::string_view name = "adagrad";
+  struct hyperparameters {
+    double lr = 1e-2, lr_decay = 0, weight_decay = 0, initial_accumulator_value = 0, eps = 1e-10;
+    bool maximize = false;
+  };
+  struct constants {
+    float clr, weight_decay, eps;
+    bool maximize;
+  };
+  static constexpr std::size_t state_count(const hyperparameters&) noexcept { return 1; }
+  static double initial_state(const hyperparameters& h, std::size_t) noexcept { return h.initial_accumulator_value; }
+  static void validate(const hyperparameters& h) {
+    detail::require(h.lr >= 0, name, "lr = " + detail::format(h.lr) + " must be >= 0");
+    detail::require(h.lr_decay >= 0, name, "lr_decay = " + detail::format(h.lr_decay) + " must be >= 0");
+    detail::require(h.weight_decay >= 0, name, "weight_decay = " + detail::format(h.weight_decay) + " must be >= 0");
+    detail::require(h.initial_accumulator_value >= 0, name,
+                    "initial_accumulator_value = " + detail::format(h.initial_accumulator_value) + " must be >= 0");
+    detail::require(h.eps >= 0, name, "eps = " + detail::format(h.eps) + " must be >= 0");
+  }
+  static constants prepare(const hyperparameters& h, std::uint64_t step) {
+    return {static_cast<float>(h.lr / (1.0 + static_cast<double>(step - 1) * h.lr_decay)),
+            static_cast<float>(h.weight_decay), static_cast<float>(h.eps), h.maximize};
+  }
+  ZERO_HOST_DEVICE static void update(const constants& c, float& p, float g, state_ref s) noexcept {
+    if (c.maximize) g = -g;
+    g = g + c.weight_decay * p;
+    float& sum = s[0];
+    sum = sum + g * g;
+    p = p - c.clr * (g / (detail::sqrt_nonnegative(sum) + c.eps));
+  }
+};
+
+//! LAMB (You et al.), with bias correction: m, v as Adam; u = m_hat / (sqrt(v_hat) + eps) +
+//! wd p; r = |p| / |u| over the whole tensor (1 where either norm is 0); p -= lr r u.
+//! Tensor-wise: a tensor split across ranks gets its norms from all of its pieces.
+struct lamb {
+  static constexpr std::string_view name = "lamb";
+  struct hyperparameters {
+    double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-6, weight_decay = 0.01;
+  };
+  struct constants {
+    float lr, beta1, beta2, one_minus_beta1, one_minus_beta2, inverse_bias1, inverse_bias2, eps, weight_decay;
+  };
+  static constexpr std::size_t state_count(const hyperparameters&) noexcept { return 2; }
+  static void validate(const hyperparameters& h) { detail::validate_adam(h, name); }
+  static constants prepare(const hyperparameters& h, std::uint64_t step) {
+    const double bias1 = 1.0 - std::pow(h.beta1, static_cast<double>(step));
+    const double bias2 = 1.0 - std::pow(h.beta2, static_cast<double>(step));
+    return {static_cast<float>(h.lr),         static_cast<float>(h.beta1),       static_cast<float>(h.beta2),
+            static_cast<float>(1.0 - h.beta1), static_cast<float>(1.0 - h.beta2), static_cast<float>(1.0 / bias1),
+            static_cast<float>(1.0 / bias2),  static_cast<float>(h.eps),         static_cast<float>(h.weight_decay)};
+  }
+  ZERO_HOST_DEVICE static float direction(const constants& c, float p, state_ref s) noexcept {
+    const float m_hat = s[0] * c.inverse_bias1;
+    const float v_hat = s[1] * c.inverse_bias2;
+    return m_hat / (detail::sqrt_nonnegative(v_hat) + c.eps) + c.weight_decay * p;
+  }
+  ZERO_HOST_DEVICE static void first_pass(const constants& c, float& p, float g, state_ref s, tensor_sums& sums) noexcept {
+    s[0] = c.beta1 * s[0] + c.one_minus_beta1 * g;
+    s[1] = c.beta2 * s[1] + c.one_minus_beta2 * (g * g);
+    const float u = direction(c, p, s);
+    sums.a += static_cast<double>(p) * static_cast<double>(p);
+    sums.b += static_cast<double>(u) * static_cast<double>(u);
+  }
+  static float tensor_factor(const constants&, const tensor_sums& totals) noexcept {
+    const double p_norm = std::sqrt(totals.a), u_norm = std::sqrt(totals.b);
+    return p_norm > 0 && u_norm > 0 ? static_cast<float>(p_norm / u_norm) : 1.0f;
+  }
+  ZERO_HOST_DEVICE static void second_pass(const constants& c, float& p, state_ref s, float trust) noexcept {
+    p = p - c.lr * trust * direction(c, p, s);
+  }
+};
+
+static_assert(elementwise_rule<adamw> && update_rule<adamw>);
+static_assert(elementwise_rule<adam> && update_rule<adam>);
+static_assert(elementwise_rule<sgd> && update_rule<sgd>);
+static_assert(elementwise_rule<lion> && update_rule<lion>);
+static_assert(elementwise_rule<adagrad> && update_rule<adagrad>);
+static_assert(tensorwise_rule<lamb> && update_rule<lamb> && !elementwise_rule<lamb>);
 
 }  // namespace zero
