@@ -10,7 +10,10 @@
 //! | communicator.hpp              | Communicator concept; single-rank communicator             |
 //! | thread_communicator.hpp       | N ranks as threads of one process                          |
 //! | update_rule.hpp               | Optimizer (update rule) concept; adamw, adam, sgd          |
-//! | activation_checkpointer.hpp   | ActivationCheckpointer concept; pass-through policy        |
+//! | activation_checkpointer.hpp   | ActivationCheckpointer concept; plain, keep-everything,    |
+//! |                               | pass-through; heap storage, contiguous arena (MD)          |
+//! | partitioned_checkpointer.hpp  | checkpoints partitioned over a group (P_a)                 |
+//! | offloaded_checkpointer.hpp    | checkpoints offloaded to host memory (P_a+cpu)             |
 //! | memory.hpp                    | memory kinds, per-rank report, expected_memory             |
 //! | optimizer.hpp                 | zero::optimizer, the composed engine                       |
 
@@ -19,7 +22,9 @@
 #include "zero/config.hpp"
 #include "zero/error.hpp"
 #include "zero/memory.hpp"
+#include "zero/offloaded_checkpointer.hpp"
 #include "zero/optimizer.hpp"
+#include "zero/partitioned_checkpointer.hpp"
 #include "zero/partitioner.hpp"
 #include "zero/precision.hpp"
 #include "zero/thread_communicator.hpp"
