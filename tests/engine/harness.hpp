@@ -39,10 +39,13 @@ inline float initial_value(std::size_t param, std::size_t i) {
   return (u < 0 ? -1.0f : 1.0f) * (1.0f + 0.5f * std::fabs(u) * 2.0f - 0.5f);
 }
 
-// The gradient rank r reports for element i of parameter p at step t, in the gradient type.
+// The gradient rank r reports for element i of parameter p at step t (micro-step m, use u of
+// a shared weight), multiplied by the loss scale, in the gradient type.
 template <class G>
-G gradient(int step, int rank, std::size_t param, std::size_t i) {
-  return G(noise(static_cast<std::uint64_t>(step) + 1, static_cast<std::uint64_t>(rank), param, i));
+G gradient(int step, int rank, std::size_t param, std::size_t i, int micro = 0, int use = 0, double scale = 1) {
+  const std::uint64_t t = static_cast<std::uint64_t>(step) + 1 + 1000u * static_cast<std::uint64_t>(micro) +
+                          100000u * static_cast<std::uint64_t>(use);
+  return G(static_cast<float>(noise(t, static_cast<std::uint64_t>(rank), param, i) * scale));
 }
 
 // ---- double-precision references of the update rules (PyTorch's algorithms) ----------------
@@ -94,6 +97,45 @@ inline void reference_update(const zero::sgd::hyperparameters& h, std::uint64_t 
   }
 }
 
+inline void reference_update(const zero::lion::hyperparameters& h, std::uint64_t, reference_state& s,
+                             const std::vector<double>& grad) {
+  for (std::size_t i = 0; i < s.p.size(); ++i) {
+    const double c = h.beta1 * s.m[i] + (1 - h.beta1) * grad[i];
+    s.p[i] = s.p[i] * (1 - h.lr * h.weight_decay) - h.lr * (c > 0 ? 1.0 : c < 0 ? -1.0 : 0.0);
+    s.m[i] = h.beta2 * s.m[i] + (1 - h.beta2) * grad[i];
+  }
+}
+
+inline void reference_update(const zero::adagrad::hyperparameters& h, std::uint64_t t, reference_state& s,
+                             const std::vector<double>& grad) {
+  if (t == 1) s.v.assign(s.p.size(), h.initial_accumulator_value);
+  for (std::size_t i = 0; i < s.p.size(); ++i) {
+    double g = h.maximize ? -grad[i] : grad[i];
+    g += h.weight_decay * s.p[i];
+    s.v[i] += g * g;
+    s.p[i] -= h.lr / (1 + static_cast<double>(t - 1) * h.lr_decay) * g / (std::sqrt(s.v[i]) + h.eps);
+  }
+}
+
+inline void reference_update(const zero::lamb::hyperparameters& h, std::uint64_t t, reference_state& s,
+                             const std::vector<double>& grad) {
+  const double bc1 = 1 - std::pow(h.beta1, static_cast<double>(t));
+  const double bc2 = 1 - std::pow(h.beta2, static_cast<double>(t));
+  std::vector<double> u(s.p.size());
+  double p_norm = 0, u_norm = 0;
+  for (std::size_t i = 0; i < s.p.size(); ++i) {
+    s.m[i] = h.beta1 * s.m[i] + (1 - h.beta1) * grad[i];
+    s.v[i] = h.beta2 * s.v[i] + (1 - h.beta2) * grad[i] * grad[i];
+    u[i] = (s.m[i] / bc1) / (std::sqrt(s.v[i] / bc2) + h.eps) + h.weight_decay * s.p[i];
+    p_norm += s.p[i] * s.p[i];
+    u_norm += u[i] * u[i];
+  }
+  p_norm = std::sqrt(p_norm);
+  u_norm = std::sqrt(u_norm);
+  const double trust = p_norm > 0 && u_norm > 0 ? p_norm / u_norm : 1.0;
+  for (std::size_t i = 0; i < s.p.size(); ++i) s.p[i] -= h.lr * trust * u[i];
+}
+
 // ---- one configuration ---------------------------------------------------------------------
 
 struct run_options {
@@ -104,6 +146,11 @@ struct run_options {
   bool slots = false;            // write gradients into engine slots instead of handing spans
   bool skip_some = false;        // rank-dependent: leave a parameter unreported in some steps
   std::uint64_t order_seed = 1;  // seeds each rank's random report order
+  int micro_steps = 1;           // gradient accumulation: micro-steps per step
+  bool defer_reduction = false;  // stage 2: reduce once at the step instead of every micro-step
+  double max_grad_norm = 0;      // clip (0: off)
+  double loss_scale = 0;         // a fixed loss scale (0: the engine's default for the precision)
+  bool shared_weight = false;    // parameter 4 is used twice per micro-step (reported twice)
 };
 
 struct run_result {
@@ -115,6 +162,8 @@ struct run_result {
   double max_param_error = 0;              // max relative error of framework params vs reference
   std::size_t param_rounding_mismatches = 0;  // framework param != param_type(updated value)
   std::size_t rank_disagreements = 0;         // framework params differ between ranks
+  double max_norm_error = 0;                  // max relative error of the reported gradient norm
+  std::size_t norm_disagreements = 0;         // ranks reporting different norms or factors
   zero::traffic_counters step_traffic;        // rank 0, one step
   zero::memory_report memory;                 // rank 0
 };
@@ -142,15 +191,36 @@ run_result run(const run_options& o, const typename Optimizer::hyperparameters_t
     s.vmax.assign(sizes[p], 0);
     s.buf.assign(sizes[p], 0);
   }
+  // the scale the gradients carry (fp16: a fixed loss scale the engine is told about)
+  const double scale = o.loss_scale > 0 ? o.loss_scale : 1.0;
+  const int uses_of_shared = o.shared_weight ? 2 : 1;
+  auto uses = [&](std::size_t p) { return p == 4 ? uses_of_shared : 1; };
   std::vector<std::vector<std::vector<double>>> trajectory(static_cast<std::size_t>(steps));
+  std::vector<double> reference_norms;
   for (int t = 0; t < steps; ++t) {
+    // the gradient averaged over ranks and micro-steps, summed over the uses of a shared weight,
+    // exactly as the engine receives it (rounded to the gradient type, then unscaled)
+    std::vector<std::vector<double>> avg(n_params);
+    double norm = 0;
     for (std::size_t p = 0; p < n_params; ++p) {
-      std::vector<double> avg(sizes[p], 0.0);
+      avg[p].assign(sizes[p], 0.0);
       for (int r = 0; r < world; ++r)
-        if (reported(t, r, p))
-          for (std::size_t i = 0; i < sizes[p]; ++i) avg[i] += static_cast<double>(static_cast<float>(gradient<G>(t, r, p, i)));
-      for (auto& a : avg) a /= world;
-      reference_update(h, static_cast<std::uint64_t>(t) + 1, ref[p], avg);
+        for (int m = 0; m < o.micro_steps; ++m)
+          if (reported(t * o.micro_steps + m, r, p))
+            for (int u = 0; u < uses(p); ++u)
+              for (std::size_t i = 0; i < sizes[p]; ++i)
+                avg[p][i] += static_cast<double>(static_cast<float>(gradient<G>(t, r, p, i, m, u, scale))) / scale;
+      for (auto& a : avg[p]) {
+        a /= world * o.micro_steps;
+        norm += a * a;
+      }
+    }
+    norm = std::sqrt(norm);
+    reference_norms.push_back(norm);
+    const double clip = o.max_grad_norm > 0 ? std::min(1.0, o.max_grad_norm / (norm + 1e-6)) : 1.0;
+    for (std::size_t p = 0; p < n_params; ++p) {
+      for (auto& a : avg[p]) a *= clip;
+      reference_update(h, static_cast<std::uint64_t>(t) + 1, ref[p], avg[p]);
       trajectory[static_cast<std::size_t>(t)].push_back(ref[p].p);
     }
   }
@@ -160,6 +230,7 @@ run_result run(const run_options& o, const typename Optimizer::hyperparameters_t
   result.values.resize(n_params);
   for (std::size_t p = 0; p < n_params; ++p) result.values[p].assign(sizes[p], 0.0f);
   std::mutex lock;
+  std::vector<double> shared_norms(static_cast<std::size_t>(steps), -1.0);
   auto relative = [](double a, double b) { return std::fabs(a - b) / std::max(std::fabs(b), 1e-30); };
 
   zero::thread_group group(world, {std::chrono::seconds(60)});
@@ -172,15 +243,24 @@ run_result run(const run_options& o, const typename Optimizer::hyperparameters_t
       for (std::size_t i = 0; i < sizes[p]; ++i) storage[p][i] = P(initial_value(p, i));
     }
     for (std::size_t p = 0; p < n_params; ++p)
-      params.push_back({"p" + std::to_string(p), {storage[p].data(), storage[p].size()}});
+      params.push_back({"p" + std::to_string(p), {storage[p].data(), storage[p].size()},
+                        static_cast<std::uint32_t>(uses(p))});
     typename Optimizer::options_type options;
     options.hyperparameters = h;
     options.layout.bucket_elements = o.bucket_elements;
     options.layout.alignment = o.alignment;
     options.layout.gradient_slots = o.slots;
+    options.layout.defer_reduction = o.defer_reduction;
+    options.max_grad_norm = o.max_grad_norm;
+    if (o.loss_scale > 0) {
+      options.loss_scale.kind = zero::loss_scale_options::mode::fixed;
+      options.loss_scale.fixed_scale = o.loss_scale;
+    }
     Optimizer opt(comm, params, options);
+    double norm_error = 0;
+    std::size_t norm_disagreements = 0;
 
-    std::vector<std::vector<G>> grads(n_params);
+    std::vector<std::vector<G>> grads(2 * n_params);
     std::vector<std::size_t> order(n_params);
     std::iota(order.begin(), order.end(), 0);
     std::mt19937_64 rng(o.order_seed * 1000 + static_cast<std::uint64_t>(rank));
@@ -189,20 +269,36 @@ run_result run(const run_options& o, const typename Optimizer::hyperparameters_t
     zero::traffic_counters traffic;
     for (int t = 0; t < steps; ++t) {
       const auto before = comm.traffic();  // stage 2 reduces while gradients are reported
-      std::shuffle(order.begin(), order.end(), rng);
-      for (std::size_t p : order) {
-        if (!reported(t, rank, p)) continue;
-        grads[p].resize(sizes[p]);
-        for (std::size_t i = 0; i < sizes[p]; ++i) grads[p][i] = gradient<G>(t, rank, p, i);
-        if (o.slots) {
-          auto slot = opt.grad_slot(p);
-          std::copy(grads[p].begin(), grads[p].end(), slot.data);
-          opt.gradient_ready(p);
-        } else {
-          opt.gradient_ready(p, {grads[p].data(), grads[p].size()});
+      for (int m = 0; m < o.micro_steps; ++m) {
+        if (m > 0) opt.end_micro_step();
+        std::shuffle(order.begin(), order.end(), rng);
+        for (std::size_t p : order) {
+          if (!reported(t * o.micro_steps + m, rank, p)) continue;
+          for (int u = 0; u < uses(p); ++u) {
+            auto& g = grads[p * 2 + static_cast<std::size_t>(u)];
+            g.resize(sizes[p]);
+            for (std::size_t i = 0; i < sizes[p]; ++i) g[i] = gradient<G>(t, rank, p, i, m, u, scale);
+            if (o.slots) {  // a slot holds the sum of a shared weight's uses
+              auto slot = opt.grad_slot(p);
+              for (std::size_t i = 0; i < sizes[p]; ++i)
+                slot[i] = u == 0 ? g[i] : G(static_cast<float>(slot[i]) + static_cast<float>(g[i]));
+              opt.gradient_ready(p);
+            } else {
+              opt.gradient_ready(p, {g.data(), g.size()});
+            }
+          }
         }
       }
-      opt.step();
+      const zero::step_report report = opt.step();
+      norm_error = std::max(norm_error, relative(report.grad_norm, reference_norms[static_cast<std::size_t>(t)]));
+      if (report.skipped || report.step != static_cast<std::uint64_t>(t) + 1) ++norm_disagreements;
+      // every rank reports the same norm: compare with rank 0's through a shared slot
+      {
+        std::lock_guard guard(lock);
+        auto& seen = shared_norms[static_cast<std::size_t>(t)];
+        if (seen < 0) seen = report.grad_norm;
+        else if (seen != report.grad_norm) ++norm_disagreements;
+      }
       if (t == 0) traffic = comm.traffic() - before;
       // the values this rank updates, against the reference
       const auto values = opt.values();
@@ -235,6 +331,8 @@ run_result run(const run_options& o, const typename Optimizer::hyperparameters_t
     result.max_value_error = std::max(result.max_value_error, value_error);
     result.max_param_error = std::max(result.max_param_error, param_error);
     result.param_rounding_mismatches += rounding;
+    result.max_norm_error = std::max(result.max_norm_error, norm_error);
+    result.norm_disagreements += norm_disagreements;
     result.params[static_cast<std::size_t>(rank)] = std::move(final_params);
     const auto values = opt.values();
     for (const auto& piece : opt.owned_pieces()) {

@@ -117,6 +117,12 @@ TEST_SUITE("unit") {
           check_accounting<zero::stage2, zero::bf16_mixed>(world, layout);
           check_accounting<zero::stage2, zero::bf16_mixed_bf16_comm>(world, layout);
           check_accounting<zero::stage2, zero::bf16_mixed, zero::bucketed_partitioner>(world, layout);
+          check_accounting<zero::stage2, zero::bf16_pure>(world, layout);
+          check_accounting<zero::stage0, zero::bf16_pure>(world, layout);
+          check_accounting<zero::stage2, zero::bf16_mixed_bf16_accum>(world, layout);
+          zero::layout_options deferred = layout;
+          deferred.defer_reduction = true;
+          check_accounting<zero::stage2, zero::bf16_mixed>(world, deferred);
         }
       }
     }
