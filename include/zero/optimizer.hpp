@@ -286,6 +286,52 @@ class optimizer {
   }
   std::size_t state_count() const noexcept { return state_count_; }
 
+  // ---- restoring saved state (checkpoints) -------------------------------------------------
+  // A checkpoint loader writes the values and state slots this rank updates (indexed like
+  // `values()` / `state(k)`, through `owned_pieces()`), the framework's parameters, and the
+  // progress; then `synchronize_parameters()` makes every rank's model-precision copies agree.
+
+  //! Writable `values()`. Empty in stage 0 without master weights (write `parameter(p)`).
+  std::span<value_type> mutable_values() noexcept {
+    if (value_base() == nullptr) return {};
+    return {value_base(), updated_count()};
+  }
+  //! Writable `state(k)`.
+  std::span<float> mutable_state(std::size_t k) {
+    if (k >= state_count_) throw usage_error("zero: state slot " + std::to_string(k) + " of " + std::to_string(state_count_));
+    return {state_.data() + k * updated_count(), updated_count()};
+  }
+  //! The framework's values of parameter `p`, as registered.
+  raw_span<param_type> parameter(std::size_t p) const {
+    check_index(p, "parameter");
+    return params_[p];
+  }
+  //! Sets the step count and the loss scaler's state (as saved by a checkpoint).
+  void restore_progress(std::uint64_t step, const loss_scaler::state& scaler) noexcept {
+    step_ = step;
+    scaler_.restore(scaler);
+  }
+  //! Writes the model-precision value of every element this rank updates and, in stages 1 and
+  //! 2, all-gathers them into every rank's parameters. Collective. Clears pending gradients.
+  void synchronize_parameters() {
+    check_usable();
+    guarded([&] {
+      for (const auto& s : segments_)
+        if (s.out != nullptr)
+          for (std::size_t i = 0; i < s.count; ++i) s.out[i] = convert<param_type>(static_cast<float>(s.values[i]));
+      if constexpr (Stage != stage::stage0) gather_parameters();
+    });
+    if (!local_accumulation_) {
+      std::fill(record_head_.begin(), record_head_.end(), none);
+      records_used_ = 0;
+      next_unit_ = 0;
+      std::copy(pending_initial_.begin(), pending_initial_.end(), pending_.begin());
+    }
+    std::fill(reports_.begin(), reports_.end(), 0u);
+    slots_.zero();
+    reset_step();
+  }
+
   //! Bytes this rank's engine allocated, by kind; equals `expected_memory` for the shipped
   //! partitioners.
   memory_report memory() const noexcept {
