@@ -291,7 +291,7 @@ class optimizer {
   // `values()` / `state(k)`, through `owned_pieces()`), the framework's parameters, and the
   // progress; then `synchronize_parameters()` makes every rank's model-precision copies agree.
 
-  //! Writable `values()`. Empty in stage 0 without master weights (write `parameter(p)`).
+  //! Writable `values()`. Empty in stage 0 without master weights (write `parameter_values(p)`).
   std::span<value_type> mutable_values() noexcept {
     if (value_base() == nullptr) return {};
     return {value_base(), updated_count()};
@@ -302,8 +302,8 @@ class optimizer {
     return {state_.data() + k * updated_count(), updated_count()};
   }
   //! The framework's values of parameter `p`, as registered.
-  raw_span<param_type> parameter(std::size_t p) const {
-    check_index(p, "parameter");
+  raw_span<param_type> parameter_values(std::size_t p) const {
+    check_index(p, "parameter_values");
     return params_[p];
   }
   //! Sets the step count and the loss scaler's state (as saved by a checkpoint).
