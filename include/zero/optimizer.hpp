@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <array>
 #include <bit>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -27,6 +28,11 @@
 #include <string_view>
 #include <typeinfo>
 #include <vector>
+
+#define ZERO_DETAIL_INCLUDE_ALLOWED
+#include "zero/detail/host_update.hpp"
+#include "zero/detail/worker_pool.hpp"
+#undef ZERO_DETAIL_INCLUDE_ALLOWED
 
 #include "zero/activation_checkpointer.hpp"
 #include "zero/communicator.hpp"
@@ -72,6 +78,9 @@ struct optimizer_options {
   nonfinite_policy on_nonfinite = nonfinite_policy::automatic;
   rounding value_rounding = rounding::nearest_even;
   std::uint64_t seed = 0;  //!< seeds stochastic rounding
+  //! Threads that split this rank's update and norm passes (the calling thread included); 0: the
+  //! hardware's count. Shards under 32768 elements are done by the calling thread alone.
+  unsigned threads = 0;
   //! Where every persistent buffer is allocated, once, at construction.
   std::pmr::memory_resource* memory = std::pmr::new_delete_resource();
 };
@@ -90,6 +99,9 @@ struct step_report {
   int nonfinite_rank = -1;
   std::size_t nonfinite_parameter = no_parameter;
   std::string_view nonfinite_parameter_name;  //!< valid while the optimizer lives
+  //! Where this rank's time went since the previous step (seconds, steady clock): reductions
+  //! (during backward in stage 2, and at the step), the norm and update, the all-gather.
+  double reduce_seconds = 0, update_seconds = 0, gather_seconds = 0;
 };
 
 //! The ZeRO engine: stage, precision and policies fixed at compile time; sizes and
@@ -127,7 +139,7 @@ class optimizer {
   //! whose input is refused, makes every rank throw the same error naming it.
   //! Reads the parameters' values (to initialize the master weights); writes nothing of them.
   optimizer(Comm& comm, std::span<const parameter<param_type>> params, options_type options = {})
-      : comm_(&comm), options_(options), rank_(comm.rank()), world_(comm.world_size()) {
+      : comm_(&comm), options_(options), rank_(comm.rank()), world_(comm.world_size()), pool_(options.threads) {
     std::string refusal;
     std::uint64_t digest = 0;
     try {
@@ -226,14 +238,22 @@ class optimizer {
   step_report step() {
     check_usable();
     step_report report;
+    using clock = std::chrono::steady_clock;
     guarded([&] {
+      auto t0 = clock::now();
       finish_micro_step();
       if (local_accumulation_)
         for (std::size_t k = 0; k < plan_.units.size(); ++k) reduce_unit(k);
+      auto t1 = clock::now();
       report = exchange_statistics();
-      if (report.skipped) return;
-      update_shard(static_cast<float>(inverse_average_ * report.clip_factor));
-      if constexpr (Stage != stage::stage0) gather_parameters();
+      if (!report.skipped) update_shard(static_cast<float>(inverse_average_ * report.clip_factor));
+      auto t2 = clock::now();
+      if (!report.skipped && Stage != stage::stage0) gather_parameters();
+      auto t3 = clock::now();
+      report.reduce_seconds = reduce_seconds_ + std::chrono::duration<double>(t1 - t0).count();
+      report.update_seconds = std::chrono::duration<double>(t2 - t1).count();
+      report.gather_seconds = std::chrono::duration<double>(t3 - t2).count();
+      reduce_seconds_ = 0;
     });
     reset_step();
     if (report.skipped) {
@@ -561,6 +581,9 @@ class optimizer {
       if constexpr (sharded) std::copy(from, from + piece.count, param_shard_.data() + at);
     }
     build_segments();
+    segment_elements_ = 0;
+    for (const auto& seg : segments_) segment_elements_ += seg.count;
+    partials_.assign(pool_.size(), 0.0);
   }
 
   //! The run of the update for one owned piece of a parameter.
@@ -635,23 +658,11 @@ class optimizer {
     ++reports_[param];
   }
 
-  //! Index of the first non-finite value of data[0, n), or n. The common all-finite case is
-  //! one vectorizable pass: x * 0 is 0 for finite x and NaN otherwise.
-  template <class T>
-  static std::size_t first_nonfinite(const T* data, std::size_t n) noexcept {
-    float probe = 0;
-    for (std::size_t i = 0; i < n; ++i) probe += static_cast<float>(data[i]) * 0.0f;
-    if (probe == 0) return n;
-    for (std::size_t i = 0; i < n; ++i)
-      if (!std::isfinite(static_cast<float>(data[i]))) return i;
-    return n;
-  }
-
   //! Notes the first non-finite gradient this rank saw this step (checked before reduction).
   template <class T>
   void check_finite(std::size_t param, const T* data, std::size_t n) noexcept {
     if (!check_nonfinite_ || nonfinite_param_ != none) return;
-    if (first_nonfinite(data, n) != n) nonfinite_param_ = param;
+    if (detail::any_nonfinite(data, n)) nonfinite_param_ = param;
   }
 
   //! Stages 0 and 1 (and stage 2 with deferred reduction): add a gradient into the full buffer.
@@ -677,7 +688,11 @@ class optimizer {
   //! issues the same collectives in the same order whatever order its gradients arrive in.
   void note_reported(std::size_t param) {
     for (std::size_t i = param_units_begin_[param]; i < param_units_begin_[param + 1]; ++i) --pending_[param_units_[i]];
-    while (next_unit_ < plan_.units.size() && pending_[next_unit_] == 0) reduce_unit(next_unit_++);
+    if (next_unit_ < plan_.units.size() && pending_[next_unit_] == 0) {
+      const auto start = std::chrono::steady_clock::now();
+      while (next_unit_ < plan_.units.size() && pending_[next_unit_] == 0) reduce_unit(next_unit_++);
+      reduce_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    }
   }
 
   //! Ends a micro-step: slot contents are taken in (local accumulation) or the units not yet
@@ -760,12 +775,16 @@ class optimizer {
   //! gradients, whether and where it saw a non-finite input, and its micro-step count. Every
   //! rank computes the same norm, overflow decision and clip factor from them.
   step_report exchange_statistics() {
+    auto partial = [&](unsigned t, unsigned n) {
+      double sum = 0;
+      for_each_share(t, n, [&](const segment& s, std::size_t begin, std::size_t end) {
+        sum += detail::sum_of_squares(s.grads + begin, end - begin);
+      });
+      partials_[t] = sum;
+    };
+    run_split(partial);
     double sum_of_squares = 0;
-    for (const auto& s : segments_)
-      for (std::size_t i = 0; i < s.count; ++i) {
-        const double g = static_cast<double>(static_cast<float>(s.grads[i]));
-        sum_of_squares += g * g;
-      }
+    for (unsigned t = 0; t < split_threads(); ++t) sum_of_squares += partials_[t];
     const std::uint64_t mine[statistics_words] = {std::bit_cast<std::uint64_t>(sum_of_squares), nonfinite_param_ != none ? 1u : 0u,
                                    nonfinite_param_, micro_steps_};
     comm_->all_gather(mine, statistics_.data(), statistics_words);
@@ -795,19 +814,33 @@ class optimizer {
   }
 
   void store(value_type& to, float value, std::size_t id) const noexcept {
-    if constexpr (std::is_same_v<value_type, bf16> && !Precision::has_master) {
-      if (options_.value_rounding == rounding::stochastic && std::isfinite(value)) {
-        // add 16 random bits below bf16's last bit, then truncate: rounds up with probability
-        // equal to the remainder
-        std::uint64_t x = options_.seed ^ (step_ * 0x9e3779b97f4a7c15ull) ^ (id * 0xbf58476d1ce4e5b9ull);
-        x = (x ^ (x >> 31)) * 0x94d049bb133111ebull;
-        x ^= x >> 29;
-        const std::uint32_t bits = std::bit_cast<std::uint32_t>(value) + static_cast<std::uint32_t>(x & 0xffffu);
-        to = bf16::from_bits(static_cast<std::uint16_t>(bits >> 16));
-        return;
-      }
+    to = detail::value_rounding<value_type>{options_.value_rounding == rounding::stochastic, options_.seed, step_}(value, id);
+  }
+
+  // ---- splitting a pass over the segments across the worker threads -------------------------
+
+  static constexpr std::size_t threading_threshold = 1u << 15;  // elements below which one thread works
+
+  unsigned split_threads() const noexcept { return updated_count() < threading_threshold ? 1u : pool_.size(); }
+
+  template <class Job>
+  void run_split(Job& job) {
+    if (split_threads() == 1) job(0u, 1u);
+    else pool_.run(job);
+  }
+
+  //! Calls f(segment, begin, end) for the part of the segments (all elements back to back)
+  //! that thread t of n takes.
+  template <class F>
+  void for_each_share(unsigned t, unsigned n, F&& f) const {
+    const auto [lo, hi] = detail::share(segment_elements_, t, n);
+    std::size_t at = 0;
+    for (const auto& s : segments_) {
+      const std::size_t b = std::max(lo, at), e = std::min(hi, at + s.count);
+      if (b < e) f(s, b - at, e - at);
+      at += s.count;
+      if (at >= hi) break;
     }
-    to = convert<value_type>(value);
   }
 
   std::array<float*, max_state_slots> state_slots(std::size_t offset) const noexcept {
@@ -820,15 +853,16 @@ class optimizer {
     const auto c = Rule::prepare(options_.hyperparameters, step_ + 1);
     const std::size_t id_base = sharded ? static_cast<std::size_t>(rank_) * plan_.shard_size : 0;
     if constexpr (elementwise_rule<Rule>) {
-      for (const auto& s : segments_) {
-        const auto slots = state_slots(s.state_offset);
-        for (std::size_t i = 0; i < s.count; ++i) {
-          float value = static_cast<float>(s.values[i]);
-          Rule::update(c, value, static_cast<float>(s.grads[i]) * factor, state_ref{slots.data(), i});
-          store(s.values[i], value, id_base + s.state_offset + i);
-          if (s.out != nullptr) s.out[i] = convert<param_type>(value);
-        }
-      }
+      const detail::value_rounding<value_type> round{options_.value_rounding == rounding::stochastic, options_.seed, step_};
+      auto job = [&](unsigned t, unsigned n) {
+        for_each_share(t, n, [&](const segment& s, std::size_t begin, std::size_t end) {
+          const auto slots = state_slots(s.state_offset + begin);
+          detail::update_elements<Rule>(c, s.values + begin, s.grads + begin, slots.data(), state_count_,
+                                        s.out == nullptr ? nullptr : s.out + begin, end - begin, factor, round,
+                                        id_base + s.state_offset + begin);
+        });
+      };
+      run_split(job);
     } else {
       // pass 1: state and per-tensor sums over the pieces this rank holds
       std::fill(tensor_sums_.begin(), tensor_sums_.end(), 0.0);
@@ -893,6 +927,10 @@ class optimizer {
   bool check_nonfinite_ = false;
   std::size_t nonfinite_param_ = none;  // first non-finite gradient seen on this rank this step
   double inverse_average_ = 1;          // 1 / (world * loss scale * micro-steps), this step
+  double reduce_seconds_ = 0;           // time in reductions during backward since the last step
+  detail::worker_pool pool_;
+  std::vector<double> partials_;        // one sum per thread
+  std::size_t segment_elements_ = 0;
 
   partition_plan plan_;
   std::vector<std::string> names_;

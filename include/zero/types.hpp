@@ -19,14 +19,13 @@ namespace zero {
 
 using fp32 = float;
 
-//! Round-to-nearest-even conversion of a float to bfloat16 bits.
+//! Round-to-nearest-even conversion of a float to bfloat16 bits. Branch-free (both candidates
+//! computed, one selected), so loops over it vectorize.
 ZERO_HOST_DEVICE constexpr std::uint16_t bf16_bits_from_float(float value) noexcept {
   const std::uint32_t u = bit_cast<std::uint32_t>(value);
-  if ((u & 0x7fffffffu) > 0x7f800000u) {  // NaN: keep sign and top payload, force quiet
-    return static_cast<std::uint16_t>((u >> 16) | 0x0040u);
-  }
-  const std::uint32_t rounding = 0x7fffu + ((u >> 16) & 1u);
-  return static_cast<std::uint16_t>((u + rounding) >> 16);
+  const std::uint32_t quiet_nan = (u >> 16) | 0x0040u;  // NaN: keep sign and top payload, force quiet
+  const std::uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  return static_cast<std::uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
 }
 
 //! Exact conversion of bfloat16 bits to float.
@@ -35,24 +34,25 @@ ZERO_HOST_DEVICE constexpr float float_from_bf16_bits(std::uint16_t bits) noexce
 }
 
 //! Round-to-nearest-even conversion of a float to IEEE binary16 bits, subnormals included.
+//! Branch-free: every candidate is computed and one selected, so loops over it vectorize.
 ZERO_HOST_DEVICE constexpr std::uint16_t fp16_bits_from_float(float value) noexcept {
   const std::uint32_t u = bit_cast<std::uint32_t>(value);
   const std::uint32_t sign = (u >> 16) & 0x8000u;
   const std::uint32_t a = u & 0x7fffffffu;
-  if (a > 0x7f800000u) {  // NaN: quiet, keep the leading payload bits
-    return static_cast<std::uint16_t>(sign | 0x7e00u | ((a >> 13) & 0x3ffu));
-  }
-  if (a >= 0x477ff000u) {  // >= 65520 (max half + half an ulp) rounds to infinity
-    return static_cast<std::uint16_t>(sign | 0x7c00u);
-  }
-  if (a >= 0x38800000u) {  // normal half: rebias the exponent (127 -> 15) and round the mantissa
-    const std::uint32_t rounding = 0xfffu + ((a >> 13) & 1u);
-    return static_cast<std::uint16_t>(sign | ((a - 0x38000000u + rounding) >> 13));
-  }
-  // Subnormal half (or zero): adding 0.5f aligns the value so that the float adder rounds it
-  // to nearest even at the half subnormal's last bit; the low bits are then the half's bits.
-  const float aligned = bit_cast<float>(a) + 0.5f;
-  return static_cast<std::uint16_t>(sign | (bit_cast<std::uint32_t>(aligned) - 0x3f000000u));
+  // NaN: quiet, keep the leading payload bits
+  const std::uint32_t nan = 0x7e00u | ((a >> 13) & 0x3ffu);
+  // >= 65520 (max half + half an ulp) rounds to infinity
+  const std::uint32_t infinity = 0x7c00u;
+  // normal half: rebias the exponent (127 -> 15) and round the mantissa to nearest even
+  const std::uint32_t normal = (a - 0x38000000u + 0xfffu + ((a >> 13) & 1u)) >> 13;
+  // subnormal half (or zero): adding 0.5f aligns the value so that the float adder rounds it to
+  // nearest even at the half subnormal's last bit; the low bits are then the half's bits
+  const std::uint32_t subnormal = bit_cast<std::uint32_t>(bit_cast<float>(a) + 0.5f) - 0x3f000000u;
+  const std::uint32_t magnitude = a > 0x7f800000u   ? nan
+                                  : a >= 0x477ff000u ? infinity
+                                  : a >= 0x38800000u ? normal
+                                                     : subnormal;
+  return static_cast<std::uint16_t>(sign | (magnitude & 0x7fffu));
 }
 
 //! Exact conversion of IEEE binary16 bits to float.

@@ -86,7 +86,7 @@ ZERO_HOST_DEVICE inline float sqrt_nonnegative(float x) noexcept {
 #if defined(__CUDA_ARCH__)
   return ::sqrtf(x);
 #else
-  return __builtin_sqrtf(x);
+  return __builtin_sqrtf(__builtin_fabsf(x));  // fabs: GCC then knows no errno can be set
 #endif
 }
 
@@ -135,6 +135,20 @@ adam_constants prepare_adam(const H& h, std::uint64_t step, bool decoupled) {
           h.maximize};
 }
 
+//! Calls loop(k) with a copy of c whose amsgrad flag the compiler sees as a constant, so that the
+//! element loop it runs has no branch (and a conditional store) in it and vectorizes.
+template <class F>
+void specialize_adam(const adam_constants& c, F& loop) {
+  adam_constants k = c;
+  if (c.amsgrad) {
+    k.amsgrad = true;
+    loop(k);
+  } else {
+    k.amsgrad = false;
+    loop(k);
+  }
+}
+
 //! The element update shared by Adam (L2 decay folded into g) and AdamW (decoupled decay).
 ZERO_HOST_DEVICE inline void adam_update(const adam_constants& c, float& p, float g, state_ref s) noexcept {
   if (c.maximize) g = -g;
@@ -167,6 +181,8 @@ struct adamw {
   static constexpr std::size_t state_count(const hyperparameters& h) noexcept { return h.amsgrad ? 3 : 2; }
   static void validate(const hyperparameters& h) { detail::validate_adam(h, name); }
   static constants prepare(const hyperparameters& h, std::uint64_t step) { return detail::prepare_adam(h, step, true); }
+  template <class F>
+  static void specialize(const constants& c, F&& loop) { detail::specialize_adam(c, loop); }
   ZERO_HOST_DEVICE static void update(const constants& c, float& p, float g, state_ref s) noexcept {
     detail::adam_update(c, p, g, s);
   }
@@ -184,6 +200,8 @@ struct adam {
   static constexpr std::size_t state_count(const hyperparameters& h) noexcept { return h.amsgrad ? 3 : 2; }
   static void validate(const hyperparameters& h) { detail::validate_adam(h, name); }
   static constants prepare(const hyperparameters& h, std::uint64_t step) { return detail::prepare_adam(h, step, false); }
+  template <class F>
+  static void specialize(const constants& c, F&& loop) { detail::specialize_adam(c, loop); }
   ZERO_HOST_DEVICE static void update(const constants& c, float& p, float g, state_ref s) noexcept {
     detail::adam_update(c, p, g, s);
   }

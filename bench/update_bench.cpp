@@ -1,0 +1,190 @@
+// The optimizer step at the memory limit.
+//
+//   limit/<params>/<threads>/<bytes per element>: a kernel with the update's access pattern
+//       (the gradient read; master, m and v read and written in place; the model-precision copy
+//       written) and trivial arithmetic. Its bandwidth is the limit of this machine for this
+//       pattern, measured in the same run.
+//   fused_adamw_<precision>/<params>/<threads>: zero's fused AdamW update over a shard (the
+//       kernel step() runs), reporting bytes_per_second, params_per_second and limit_ratio
+//       (achieved bandwidth / the limit measured above with the same bytes per element).
+//   stage2_step/<params>/<ranks>: a whole stage-2 step with thread ranks: gradients reported,
+//       reduced, the norm, the update, the all-gather; time split into reduce/update/gather.
+//
+//   zero_bench_update --benchmark_format=json --benchmark_out=update.json
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <chrono>
+#include <mutex>
+#include <vector>
+
+#include "zero/zero.hpp"
+
+#define ZERO_DETAIL_INCLUDE_ALLOWED
+#include "zero/detail/host_update.hpp"
+#include "zero/detail/worker_pool.hpp"
+#undef ZERO_DETAIL_INCLUDE_ALLOWED
+
+namespace {
+
+template <class T>
+std::vector<T> filled(std::size_t n, float value) {
+  return std::vector<T>(n, T(value));
+}
+
+// The access pattern of the update with trivial arithmetic: g read; p, m, v read and written;
+// out written (Out = void: no output, as in fp32 where the parameters are the master weights).
+template <class Out>
+struct limit_kernel {
+  std::size_t n;
+  std::vector<float> g, p, m, v;
+  std::vector<std::conditional_t<std::is_void_v<Out>, float, Out>> out;
+  static constexpr std::int64_t bytes_per_element = 4 + 3 * 8 + (std::is_void_v<Out> ? 0 : 2);
+
+  explicit limit_kernel(std::size_t count)
+      : n(count), g(filled<float>(n, 1e-3f)), p(filled<float>(n, 1.0f)), m(filled<float>(n, 0.0f)),
+        v(filled<float>(n, 0.0f)), out(std::is_void_v<Out> ? 0 : n) {}
+
+  void operator()(unsigned t, unsigned k) {
+    const auto [b, e] = zero::detail::share(n, t, k);
+    float* __restrict pp = p.data();
+    float* __restrict mm = m.data();
+    float* __restrict vv = v.data();
+    const float* __restrict gg = g.data();
+    for (std::size_t i = b; i < e; ++i) {
+      const float x = gg[i];
+      pp[i] = pp[i] - x;
+      mm[i] = mm[i] + x;
+      vv[i] = vv[i] + x;
+      if constexpr (!std::is_void_v<Out>) out[i] = Out(pp[i]);
+    }
+  }
+
+  // mean bandwidth (bytes/s) over `runs` runs after one warm-up: measured as the update is
+  double bandwidth(zero::detail::worker_pool& pool, int runs = 10) {
+    pool.run(*this);
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int r = 0; r < runs; ++r) pool.run(*this);
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return static_cast<double>(n) * bytes_per_element * runs / s;
+  }
+};
+
+template <class Out>
+void limit(benchmark::State& state) {
+  const std::size_t n = static_cast<std::size_t>(state.range(0));
+  zero::detail::worker_pool pool(static_cast<unsigned>(state.range(1)));
+  limit_kernel<Out> kernel(n);
+  for (auto _ : state) {
+    pool.run(kernel);
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(n) * limit_kernel<Out>::bytes_per_element);
+  state.counters["bytes_per_element"] = static_cast<double>(limit_kernel<Out>::bytes_per_element);
+}
+
+// zero's fused AdamW update over one shard, as step() runs it, split across the pool's threads.
+// limit_ratio: its bandwidth over the limit kernel's, measured just before on the same sizes.
+template <class Precision>
+void fused_adamw(benchmark::State& state) {
+  using value = typename Precision::value_type;
+  using param = typename Precision::param_type;
+  using accum = typename Precision::accum_type;
+  const std::size_t n = static_cast<std::size_t>(state.range(0));
+  zero::detail::worker_pool pool(static_cast<unsigned>(state.range(1)));
+  double limit_bandwidth;
+  {
+    limit_kernel<std::conditional_t<Precision::has_master, param, void>> kernel(n);
+    limit_bandwidth = kernel.bandwidth(pool);
+  }
+  auto values = filled<value>(n, 1.0f);
+  auto grads = filled<accum>(n, 1e-3f);
+  auto m = filled<float>(n, 0.0f), v = filled<float>(n, 0.0f);
+  std::vector<param> out(Precision::has_master ? n : 0);
+  zero::adamw::hyperparameters h;
+  std::uint64_t step = 0;
+  const zero::detail::value_rounding<value> round{};
+  double seconds = 0;
+  for (auto _ : state) {
+    const auto c = zero::adamw::prepare(h, ++step);
+    auto job = [&](unsigned t, unsigned k) {
+      const auto [b, e] = zero::detail::share(n, t, k);
+      float* state_slots[2] = {m.data() + b, v.data() + b};
+      zero::detail::update_elements<zero::adamw>(c, values.data() + b, grads.data() + b, state_slots, 2,
+                                                  Precision::has_master ? out.data() + b : nullptr, e - b, 0.5f, round, b);
+    };
+    const auto t0 = std::chrono::steady_clock::now();
+    pool.run(job);
+    seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    benchmark::ClobberMemory();
+  }
+  const double bytes = static_cast<double>(sizeof(accum) + 2 * sizeof(value) + 2 * 8 + (Precision::has_master ? sizeof(param) : 0));
+  const double iterations = static_cast<double>(state.iterations());
+  state.counters["bytes_per_element"] = bytes;
+  state.counters["bytes_per_second"] = static_cast<double>(n) * bytes * iterations / seconds;
+  state.counters["params_per_second"] = static_cast<double>(n) * iterations / seconds;
+  state.counters["limit_bytes_per_second"] = limit_bandwidth;
+  state.counters["limit_ratio"] = static_cast<double>(n) * bytes * iterations / seconds / limit_bandwidth;
+}
+
+// A whole stage-2 step with `ranks` thread ranks over a model of `params` parameters in 16
+// tensors (bf16 parameters and gradients, fp32 master, AdamW), one update thread per rank.
+// Reports the time split measured by the engine (rank 0) and the ratio of the whole step to
+// the update alone.
+void stage2_step(benchmark::State& state) {
+  const std::size_t params = static_cast<std::size_t>(state.range(0));
+  const int ranks = static_cast<int>(state.range(1));
+  using O = zero::optimizer<zero::stage2, zero::bf16_mixed, zero::adamw, zero::bucketed_partitioner>;
+  constexpr std::size_t tensors = 16;
+  double reduce = 0, update = 0, gather = 0, total = 0;
+  std::int64_t steps = 0;
+  zero::thread_group group(ranks);
+  std::mutex lock;
+  group.run([&](zero::thread_communicator& comm) {
+    std::vector<std::vector<zero::bf16>> w(tensors), g(tensors);
+    std::vector<zero::parameter<zero::bf16>> registered;
+    for (std::size_t t = 0; t < tensors; ++t) {
+      w[t].assign(params / tensors, zero::bf16(0.5f));
+      g[t].assign(params / tensors, zero::bf16(1e-3f * static_cast<float>(comm.rank() + 1)));
+      registered.push_back({"", {w[t].data(), w[t].size()}});
+    }
+    O::options_type options;
+    options.threads = 1;
+    options.layout.bucket_elements = 1u << 24;
+    O opt(comm, registered, options);
+    std::uint64_t more = 1;
+    for (;;) {
+      if (comm.rank() == 0) more = state.KeepRunning() ? 1 : 0;
+      comm.broadcast(&more, 1, 0);
+      if (more == 0) break;
+      const auto t0 = std::chrono::steady_clock::now();
+      for (std::size_t t = tensors; t-- > 0;) opt.gradient_ready(t, {g[t].data(), g[t].size()});
+      const auto report = opt.step();
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (comm.rank() == 0) {
+        reduce += report.reduce_seconds;
+        update += report.update_seconds;
+        gather += report.gather_seconds;
+        total += s;
+        ++steps;
+      }
+    }
+  });
+  const double n = static_cast<double>(steps);
+  state.counters["step_seconds"] = total / n;
+  state.counters["reduce_seconds"] = reduce / n;
+  state.counters["update_seconds"] = update / n;
+  state.counters["gather_seconds"] = gather / n;
+  state.counters["step_over_update"] = total / update;
+  state.counters["params_per_second"] = static_cast<double>(params) * n / total;
+}
+
+}  // namespace
+
+// limit kernels: fp32 pattern (28 B/element) and bf16-with-fp32-master pattern (30 B/element)
+BENCHMARK(limit<void>)->ArgsProduct({{1 << 20, 16 << 20, 64 << 20}, {1, 2}})->UseRealTime()->Unit(benchmark::kMillisecond)->Name("limit_fp32");
+BENCHMARK(limit<zero::bf16>)->ArgsProduct({{1 << 20, 16 << 20, 64 << 20}, {1, 2}})->UseRealTime()->Unit(benchmark::kMillisecond)->Name("limit_bf16_master");
+BENCHMARK(fused_adamw<zero::fp32_precision>)->ArgsProduct({{1 << 20, 16 << 20, 64 << 20}, {1, 2}})->UseRealTime()->Unit(benchmark::kMillisecond)->Name("fused_adamw_fp32");
+BENCHMARK(fused_adamw<zero::bf16_mixed>)->ArgsProduct({{1 << 20, 16 << 20, 64 << 20}, {1, 2}})->UseRealTime()->Unit(benchmark::kMillisecond)->Name("fused_adamw_bf16_master");
+BENCHMARK(stage2_step)->ArgsProduct({{1 << 20, 64 << 20}, {1, 2, 4}})->UseRealTime()->Unit(benchmark::kMillisecond)->Iterations(5);
+BENCHMARK_MAIN();
