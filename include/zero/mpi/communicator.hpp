@@ -6,10 +6,10 @@
 //! the caller initializes MPI before constructing it and finalizes MPI after destroying it.
 //!
 //! * Determinism. By default (`mpi_reduction::rank_ordered`) no sum is left to MPI: a
-//!   reduce-scatter is an all-to-all (MPI_Ialltoall) followed by a local sum in rank order
-//!   0..n-1 on the rank that owns the slice (`detail::reduce_ranks`, bf16/fp16 widened to float
-//!   and rounded once); an all-reduce is that reduce-scatter over uneven chunks
-//!   (MPI_Ialltoallv) followed by an all-gather (MPI_Iallgatherv). Results are bitwise equal
+//!   reduce-scatter is an all-to-all (MPI_Ialltoallv: each rank receives its slice from every
+//!   other rank) followed by a local sum in rank order 0..n-1 on the rank that owns the slice
+//!   (`detail::reduce_ranks`, bf16/fp16 widened to float and rounded once); an all-reduce is
+//!   that reduce-scatter over uneven chunks followed by an all-gather (MPI_Iallgatherv). Results are bitwise equal
 //!   to `thread_communicator`'s for the same world size, and the bytes each rank sends are the
 //!   bus bytes of a ring algorithm: (n-1)/n of the buffer per reduce-scatter or all-gather.
 //!   `mpi_reduction::native` hands reductions to MPI instead (MPI_Ireduce_scatter_block,
@@ -181,7 +181,7 @@ struct mpi_operation {
   reduce_op op = reduce_op::sum;
   mpi_scratch staging;                        // all-to-all results
   mpi_scratch input;                          // a copy of an input that overlaps the output
-  std::vector<int> counts, displs, rcounts, rdispls;  // v-forms: must live until completion
+  std::vector<int> counts, displs, scounts, rcounts, rdispls;  // v-forms: must live until completion
   void (*complete_phase)(mpi_communicator&, mpi_operation&) = nullptr;  // ends the running phase
 
   bool in_last_phase() const noexcept { return done || phase + 1 >= phases; }
@@ -410,12 +410,12 @@ class mpi_communicator {
       call(MPI_Ireduce_scatter_block(input, recv, mpi_int(count), detail::mpi_type<T>(), reduction_op<T>(op), data_, &o->request),
            "MPI_Ireduce_scatter_block", *o);
     } else {
-      // MPI writes only the staging buffer; recv is written after send has been read
-      o->staging = acquire(count * n * sizeof(T));
+      for (int r = 0; r < world_; ++r) {
+        o->counts.push_back(mpi_int(count));
+        o->displs.push_back(mpi_int(static_cast<std::size_t>(r) * count));
+      }
       o->complete_phase = &finish_reduce_scatter<T>;
-      call(MPI_Ialltoall(send, mpi_int(count), detail::mpi_type<T>(), o->staging.data.get(), mpi_int(count), detail::mpi_type<T>(),
-                         data_, &o->request),
-           "MPI_Ialltoall", *o);
+      start_exchange<T>(*o, send, count);
     }
     return o;
   }
@@ -456,30 +456,39 @@ class mpi_communicator {
       return o;
     }
     // phase 1: rank r receives every rank's chunk r (uneven chunks: the first count % n are one longer)
-    const int n = world_;
     o->phases = 2;
-    o->counts.resize(static_cast<std::size_t>(n));
-    o->displs.resize(static_cast<std::size_t>(n));
-    o->rcounts.resize(static_cast<std::size_t>(n));
-    o->rdispls.resize(static_cast<std::size_t>(n));
-    for (int r = 0; r < n; ++r) {
+    for (int r = 0; r < world_; ++r) {
       const auto [lo, hi] = chunk(count, r);
-      o->counts[static_cast<std::size_t>(r)] = mpi_int(hi - lo);
-      o->displs[static_cast<std::size_t>(r)] = mpi_int(lo);
+      o->counts.push_back(mpi_int(hi - lo));
+      o->displs.push_back(mpi_int(lo));
     }
-    const auto [my_lo, my_hi] = chunk(count, rank_);
-    for (int r = 0; r < n; ++r) {
-      o->rcounts[static_cast<std::size_t>(r)] = mpi_int(my_hi - my_lo);
-      o->rdispls[static_cast<std::size_t>(r)] = mpi_int(static_cast<std::size_t>(r) * (my_hi - my_lo));
-    }
-    o->staging = acquire(static_cast<std::size_t>(n) * (my_hi - my_lo) * sizeof(T));
     o->complete_phase = &finish_all_reduce<T>;
-    // MPI writes only the staging buffer in phase 1; recv is written once send has been read
-    call(MPI_Ialltoallv(send, o->counts.data(), o->displs.data(), detail::mpi_type<T>(), o->staging.data.get(), o->rcounts.data(),
-                        o->rdispls.data(), detail::mpi_type<T>(), data_, &o->request),
-         "MPI_Ialltoallv", *o);
+    const auto [my_lo, my_hi] = chunk(count, rank_);
+    start_exchange<T>(*o, send, my_hi - my_lo);
     return o;
   }
+
+  //! The all-to-all of a rank-ordered reduction: rank r receives chunk r (`o.counts`,
+  //! `o.displs`) of every other rank's `send` into the staging buffer, `mine` elements from each,
+  //! in rank order without itself (its own chunk is read from `send` when the sum is taken).
+  //! MPI writes only the staging buffer, so an in-place `recv` is safe.
+  template <class T>
+  void start_exchange(detail::mpi_operation& o, const T* send, std::size_t mine) {
+    const std::size_t n = static_cast<std::size_t>(world_), me = static_cast<std::size_t>(rank_);
+    o.scounts = o.counts;
+    o.scounts[me] = 0;
+    o.rcounts.assign(n, mpi_int(mine));
+    o.rcounts[me] = 0;
+    o.rdispls.resize(n);
+    for (std::size_t r = 0; r < n; ++r) o.rdispls[r] = mpi_int(staging_slot(static_cast<int>(r)) * mine);
+    o.staging = acquire((n - 1) * mine * sizeof(T));
+    call(MPI_Ialltoallv(send, o.scounts.data(), o.displs.data(), detail::mpi_type<T>(), o.staging.data.get(), o.rcounts.data(),
+                        o.rdispls.data(), detail::mpi_type<T>(), data_, &o.request),
+         "MPI_Ialltoallv", o);
+  }
+
+  //! Where rank r's contribution lies in the staging buffer, in units of one chunk.
+  std::size_t staging_slot(int r) const noexcept { return static_cast<std::size_t>(r < rank_ ? r : r - 1); }
 
   template <class T>
   op_ptr start_broadcast(T* data, std::size_t count, int root) {
@@ -540,11 +549,14 @@ class mpi_communicator {
 
   static void finish_simple(mpi_communicator& c, detail::mpi_operation& o) { c.complete(o); }
 
+  //! Sums in rank order 0..n-1: other ranks' chunks from staging, this rank's from its input
+  //! (read element by element before the same element of an in-place output is written).
   template <class T>
   static void finish_reduce_scatter(mpi_communicator& c, detail::mpi_operation& o) {
     const T* staging = reinterpret_cast<const T*>(o.staging.data.get());
-    detail::reduce_ranks(static_cast<T*>(o.recv), o.count, c.world_, [&](int r) { return staging + static_cast<std::size_t>(r) * o.count; },
-                         o.op);
+    const T* own = static_cast<const T*>(o.send) + static_cast<std::size_t>(c.rank_) * o.count;
+    detail::reduce_ranks(static_cast<T*>(o.recv), o.count, c.world_,
+                         [&](int r) { return r == c.rank_ ? own : staging + c.staging_slot(r) * o.count; }, o.op);
     c.complete(o);
   }
 
@@ -555,7 +567,9 @@ class mpi_communicator {
       // every rank's copy of my chunk has arrived: sum it in rank order into my part of recv
       const auto [lo, hi] = c.chunk(o.count, c.rank_);
       const T* staging = reinterpret_cast<const T*>(o.staging.data.get());
-      detail::reduce_ranks(recv + lo, hi - lo, c.world_, [&](int r) { return staging + static_cast<std::size_t>(r) * (hi - lo); }, o.op);
+      const T* own = static_cast<const T*>(o.send) + lo;
+      detail::reduce_ranks(recv + lo, hi - lo, c.world_,
+                           [&](int r) { return r == c.rank_ ? own : staging + c.staging_slot(r) * (hi - lo); }, o.op);
       c.release(o.staging);
       c.release(o.input);
       o.phase = 1;
