@@ -3,9 +3,9 @@
 # target. ZERO_WITH_MPI defaults to ON when MPI is found; turning it ON without MPI is an error.
 #
 # Sets for tests, examples and benchmarks: ZERO_MPI_STATUS (a sentence saying why the backend is
-# or is not built), ZERO_MPIEXEC (the launcher with the flags this MPI needs to run N ranks on
-# one machine, as root too), ZERO_MPIEXEC_ENVIRONMENT (loopback-only settings) and
-# ZERO_MPI_IS_OPEN_MPI.
+# or is not built), ZERO_MPIEXEC (the launcher), ZERO_MPIEXEC_FLAGS (the flags this MPI needs to
+# run N ranks on one machine, as root too, plus MPIEXEC_PREFLAGS), ZERO_MPIEXEC_POSTFLAGS,
+# ZERO_MPIEXEC_ENVIRONMENT (loopback-only settings) and ZERO_MPI_IS_OPEN_MPI.
 
 # The C++ bindings of MPI-2 (deprecated, removed in MPI-3) are not needed: mpi.h alone.
 if(NOT DEFINED MPI_CXX_SKIP_MPICXX)
@@ -55,7 +55,7 @@ if(MPIEXEC_EXECUTABLE)
   if(zero_mpiexec_version MATCHES "Open MPI|OpenRTE")
     set(ZERO_MPI_IS_OPEN_MPI ON)
   endif()
-  set(ZERO_MPIEXEC ${MPIEXEC_EXECUTABLE} ${MPIEXEC_PREFLAGS_LIST})
+  set(ZERO_MPIEXEC ${MPIEXEC_EXECUTABLE})
 endif()
 # Loopback only: shared memory between the ranks (btl self,vader), the runtime on lo. Ignored
 # by MPIs other than Open MPI.
@@ -64,10 +64,11 @@ set(ZERO_MPIEXEC_ENVIRONMENT
   OMPI_MCA_btl_tcp_if_include=lo
   OMPI_MCA_oob_tcp_if_include=lo
   OMPI_MCA_btl_base_warn_component_unused=0)
+# A test runs: ${ZERO_MPIEXEC} ${MPIEXEC_NUMPROC_FLAG} N ${ZERO_MPIEXEC_FLAGS} <exe> ${ZERO_MPIEXEC_POSTFLAGS} <args>
+separate_arguments(ZERO_MPIEXEC_FLAGS UNIX_COMMAND "${MPIEXEC_PREFLAGS}")
+separate_arguments(ZERO_MPIEXEC_POSTFLAGS UNIX_COMMAND "${MPIEXEC_POSTFLAGS}")
 if(ZERO_MPI_IS_OPEN_MPI)
-  set(ZERO_MPIEXEC_FLAGS --oversubscribe --allow-run-as-root)
-else()
-  set(ZERO_MPIEXEC_FLAGS "")
+  list(PREPEND ZERO_MPIEXEC_FLAGS --oversubscribe --allow-run-as-root)
 endif()
 
 if(MPIEXEC_EXECUTABLE)

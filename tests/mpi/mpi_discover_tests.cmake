@@ -1,9 +1,9 @@
 # Lists the doctest test cases of an MPI test executable and writes a CTest file registering each
-# (test case, process count) as one test: `<launcher> -n N <flags> <exe> --test-case=<name>`,
+# (test case, process count) as one test: `<launcher> -n N <flags> <exe> <postflags> --test-case=<name>`,
 # named "<test case> / np N" and labelled `mpi` plus the test case's doctest suite. Run after
 # each build of the executable (POST_BUILD) as `cmake -DSETTINGS=<file> -P mpi_discover_tests.cmake`;
 # the settings file (written by tests/mpi/CMakeLists.txt) sets:
-#   EXECUTABLE, CTEST_FILE, LAUNCHER (list), NUMPROC_FLAG, LAUNCHER_FLAGS (list),
+#   EXECUTABLE, CTEST_FILE, LAUNCHER (list), NUMPROC_FLAG, LAUNCHER_FLAGS (list), POSTFLAGS (list),
 #   PROCESSES (list of N), ENVIRONMENT (list of VAR=value), LABELS (list), TIMEOUT (seconds)
 cmake_minimum_required(VERSION 3.20)
 include("${SETTINGS}")
@@ -49,7 +49,7 @@ foreach(line IN LISTS lines)
   string(JOIN ";" environment_text ${ENVIRONMENT})
   foreach(n IN LISTS PROCESSES)
     set(name "${line} / np ${n}")
-    set(command ${LAUNCHER} ${NUMPROC_FLAG} ${n} ${LAUNCHER_FLAGS} "${EXECUTABLE}" "--test-case=${line}")
+    set(command ${LAUNCHER} ${NUMPROC_FLAG} ${n} ${LAUNCHER_FLAGS} "${EXECUTABLE}" ${POSTFLAGS} "--test-case=${line}")
     set(args "")
     foreach(arg IN LISTS command)
       zero_quote(q "${arg}")
