@@ -18,6 +18,7 @@
 //! | optimizer.hpp                 | zero::optimizer, the composed engine                       |
 
 #include "zero/activation_checkpointer.hpp"
+#include "zero/checkpoint.hpp"
 #include "zero/communicator.hpp"
 #include "zero/config.hpp"
 #include "zero/error.hpp"
