@@ -1,0 +1,115 @@
+// zero-consolidate: turns a zero checkpoint (saved at any world size) into the full fp32
+// parameters in one safetensors file (an 8-byte little-endian header length, a JSON header,
+// then raw little-endian data), optionally with the optimizer state.
+//
+//   zero-consolidate <checkpoint dir> <out.safetensors> [--optimizer-state]
+//
+// <checkpoint dir> is a checkpoint directory (its newest committed step) or one step-<n>
+// directory. Tensors: one F32 tensor per parameter, named as registered ("param.<i>" when
+// unnamed); with --optimizer-state also "optimizer.<slot>.<parameter>" per state slot (PyTorch's
+// slot names: exp_avg, exp_avg_sq, max_exp_avg_sq, momentum_buffer, sum). "__metadata__" holds
+// the step, the rule and where the checkpoint came from. Exit status: 0 done, 1 the checkpoint
+// or the output failed (the message says which file and why), 2 bad arguments.
+
+#include <array>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <filesystem>
+#include <set>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "zero/checkpoint.hpp"
+
+namespace {
+
+int usage(const char* program) {
+  std::fprintf(stderr,
+               "usage: %s <checkpoint dir> <out.safetensors> [--optimizer-state]\n"
+               "  Writes the full fp32 parameters of a zero checkpoint (any saved world size) as safetensors.\n"
+               "  <checkpoint dir>     a checkpoint directory (its newest committed step) or a step-<n> directory\n"
+               "  --optimizer-state    also write each state slot as optimizer.<slot>.<parameter>\n",
+               program);
+  return 2;
+}
+
+std::string json_string(std::string_view s) {
+  std::string out = "\"";
+  for (char c : s) {
+    const auto u = static_cast<unsigned char>(c);
+    if (c == '"') out += "\\\"";
+    else if (c == '\\') out += "\\\\";
+    else if (u < 0x20) {
+      char buffer[8];
+      std::snprintf(buffer, sizeof buffer, "\\u%04x", u);
+      out += buffer;
+    } else out += c;
+  }
+  return out + "\"";
+}
+
+struct tensor {
+  std::string name;
+  const std::vector<float>* data;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 3 || argc > 4) return usage(argv[0]);
+  bool with_state = false;
+  if (argc == 4) {
+    if (std::string_view(argv[3]) != "--optimizer-state") return usage(argv[0]);
+    with_state = true;
+  }
+  const std::filesystem::path in = argv[1], out = argv[2];
+  try {
+    const zero::consolidated_checkpoint c = zero::consolidate_checkpoint(in, with_state);
+    std::vector<tensor> tensors;
+    for (std::size_t p = 0; p < c.names.size(); ++p) tensors.push_back({c.names[p], &c.values[p]});
+    for (std::size_t k = 0; k < c.state.size(); ++k)
+      for (std::size_t p = 0; p < c.names.size(); ++p) tensors.push_back({"optimizer." + c.state_names[k] + "." + c.names[p], &c.state[k][p]});
+    std::set<std::string> seen;
+    for (const auto& t : tensors) {
+      if (t.name == "__metadata__" || !seen.insert(t.name).second) {
+        std::fprintf(stderr, "zero-consolidate: %s: tensor name '%s' occurs twice; safetensors needs unique names\n", in.c_str(), t.name.c_str());
+        return 1;
+      }
+    }
+    std::string header = "{\"__metadata__\":{\"format\":\"zero-consolidated\",\"step\":" + json_string(std::to_string(c.header.step)) +
+                         ",\"rule\":" + json_string(c.header.rule) + ",\"value_type\":" + json_string(c.header.value_type) +
+                         ",\"saved_world_size\":" + json_string(std::to_string(c.header.world_size)) +
+                         ",\"saved_stage\":" + json_string(std::to_string(c.header.stage)) +
+                         ",\"checkpoint\":" + json_string(c.path.string()) + "}";
+    std::uint64_t offset = 0;
+    for (const auto& t : tensors) {
+      const std::uint64_t bytes = t.data->size() * sizeof(float);
+      header += "," + json_string(t.name) + ":{\"dtype\":\"F32\",\"shape\":[" + std::to_string(t.data->size()) +
+                "],\"data_offsets\":[" + std::to_string(offset) + "," + std::to_string(offset + bytes) + "]}";
+      offset += bytes;
+    }
+    header += "}";
+    while (header.size() % 8 != 0) header += ' ';  // the data starts 8-byte aligned
+
+    zero::posix_file_writer writer;
+    const auto dir = out.has_parent_path() ? out.parent_path() : std::filesystem::path(".");
+    zero::detail::write_durably(writer, dir, out.filename().string(), zero::detail::random_save_id(), [&](zero::file_writer& w) {
+      std::array<std::byte, 8> length{};
+      for (int i = 0; i < 8; ++i) length[static_cast<std::size_t>(i)] = static_cast<std::byte>(header.size() >> (8 * i));
+      w.write(length);
+      w.write(std::as_bytes(std::span<const char>(header.data(), header.size())));
+      for (const auto& t : tensors)
+        zero::detail::for_each_little_endian_chunk(t.data->data(), t.data->size(), [&](std::span<const std::byte> b) { w.write(b); });
+    });
+    std::printf("zero-consolidate: %s (step %llu, saved by %u ranks) -> %s: %zu tensors, %llu bytes of data\n", c.path.c_str(),
+                static_cast<unsigned long long>(c.header.step), c.header.world_size, out.c_str(), tensors.size(),
+                static_cast<unsigned long long>(offset));
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "zero-consolidate: %s\n", e.what());
+    return 1;
+  }
+}
