@@ -245,8 +245,17 @@ class optimizer {
       if (local_accumulation_)
         for (std::size_t k = 0; k < plan_.units.size(); ++k) reduce_unit(k);
       auto t1 = clock::now();
-      report = exchange_statistics();
-      if (!report.skipped) update_shard(static_cast<float>(inverse_average_ * report.clip_factor));
+      if (norm_needed_before_update()) {
+        report = exchange_statistics(local_sum_of_squares());
+        if (!report.skipped) update_shard(static_cast<float>(inverse_average_ * report.clip_factor), nullptr);
+      } else {
+        // no clipping and no overflow check: the norm is only reported, so the update pass
+        // computes it on the way (one pass over the gradients fewer)
+        double sum_of_squares = 0;
+        inverse_average_ = 1.0 / (static_cast<double>(world_) * scaler_.scale() * static_cast<double>(micro_steps_));
+        update_shard(static_cast<float>(inverse_average_), &sum_of_squares);
+        report = exchange_statistics(sum_of_squares);
+      }
       auto t2 = clock::now();
       if (!report.skipped && Stage != stage::stage0) gather_parameters();
       auto t3 = clock::now();
@@ -761,6 +770,9 @@ class optimizer {
       if (local_accumulation_) {
         accum_type* to = gradients_.data() + u.flat_index(rank_, 0);
         for (std::size_t j = 0; j < u.slice; ++j) to[j] = convert<accum_type>(mine[j]);
+      } else if (micro_steps_ == 1) {  // the shard holds nothing yet this step
+        accum_type* to = gradients_.data() + u.shard_begin;
+        for (std::size_t j = 0; j < u.slice; ++j) to[j] = convert<accum_type>(mine[j]);
       } else {
         accum_type* to = gradients_.data() + u.shard_begin;
         for (std::size_t j = 0; j < u.slice; ++j)
@@ -774,7 +786,12 @@ class optimizer {
   //! One all-gather of four words per rank: the rank's sum of squares of its (summed, scaled)
   //! gradients, whether and where it saw a non-finite input, and its micro-step count. Every
   //! rank computes the same norm, overflow decision and clip factor from them.
-  step_report exchange_statistics() {
+  bool norm_needed_before_update() const noexcept {
+    return check_nonfinite_ || options_.max_grad_norm > 0 || tensorwise_rule<Rule>;
+  }
+
+  //! This rank's sum of squares of its (summed, scaled) gradients: one threaded pass.
+  double local_sum_of_squares() {
     auto partial = [&](unsigned t, unsigned n) {
       double sum = 0;
       for_each_share(t, n, [&](const segment& s, std::size_t begin, std::size_t end) {
@@ -785,6 +802,10 @@ class optimizer {
     run_split(partial);
     double sum_of_squares = 0;
     for (unsigned t = 0; t < split_threads(); ++t) sum_of_squares += partials_[t];
+    return sum_of_squares;
+  }
+
+  step_report exchange_statistics(double sum_of_squares) {
     const std::uint64_t mine[statistics_words] = {std::bit_cast<std::uint64_t>(sum_of_squares), nonfinite_param_ != none ? 1u : 0u,
                                    nonfinite_param_, micro_steps_};
     comm_->all_gather(mine, statistics_.data(), statistics_words);
@@ -849,20 +870,28 @@ class optimizer {
     return slots;
   }
 
-  void update_shard(float factor) {
+  //! @param sum_of_squares when not null, receives this rank's sum of squares of the gradients,
+  //!        computed by the update pass itself
+  void update_shard(float factor, double* sum_of_squares) {
     const auto c = Rule::prepare(options_.hyperparameters, step_ + 1);
     const std::size_t id_base = sharded ? static_cast<std::size_t>(rank_) * plan_.shard_size : 0;
     if constexpr (elementwise_rule<Rule>) {
       const detail::value_rounding<value_type> round{options_.value_rounding == rounding::stochastic, options_.seed, step_};
       auto job = [&](unsigned t, unsigned n) {
+        double sum = 0;
         for_each_share(t, n, [&](const segment& s, std::size_t begin, std::size_t end) {
           const auto slots = state_slots(s.state_offset + begin);
-          detail::update_elements<Rule>(c, s.values + begin, s.grads + begin, slots.data(), state_count_,
-                                        s.out == nullptr ? nullptr : s.out + begin, end - begin, factor, round,
-                                        id_base + s.state_offset + begin);
+          sum += detail::update_elements<Rule>(c, s.values + begin, s.grads + begin, slots.data(), state_count_,
+                                               s.out == nullptr ? nullptr : s.out + begin, end - begin, factor, round,
+                                               id_base + s.state_offset + begin, sum_of_squares != nullptr);
         });
+        partials_[t] = sum;
       };
       run_split(job);
+      if (sum_of_squares != nullptr) {
+        *sum_of_squares = 0;
+        for (unsigned t = 0; t < split_threads(); ++t) *sum_of_squares += partials_[t];
+      }
     } else {
       // pass 1: state and per-tensor sums over the pieces this rank holds
       std::fill(tensor_sums_.begin(), tensor_sums_.end(), 0.0);
