@@ -1,0 +1,190 @@
+#pragma once
+//! @file plan.hpp
+//! The memory planner: the per-rank bytes of a ZeRO configuration chosen at run time (a
+//! precision and an optimizer named by value, as a command line names them), and the largest
+//! model that fits a per-device budget. `zero-plan` (tools/) is this header on a command line.
+//!
+//! The engine's part is `expected_memory` itself, reached through a small dispatch from the
+//! run-time choices to the compile-time precision bundles and rules: the planner cannot
+//! disagree with the engine (tests/plan shows it equal to `optimizer::memory()`). On top of it
+//! the planner counts the framework's parameters, which ZeRO-2 leaves whole on every rank.
+//!
+//! The kinds, per rank, for Ψ parameters over N ranks (Ψ_p: Ψ padded to a multiple of
+//! alignment x N):
+//! * `parameters`: the framework's model-precision parameters, Ψ x sizeof(Param), on every rank.
+//! * `gradients`: the gradients the engine holds for the update, in the accumulation type: the
+//!   whole padded buffer in stages 0 and 1 (and stage 2 with deferred reduction), one shard
+//!   Ψ_p / N in stage 2; plus the gradient slots (Ψ x sizeof(Grad)) when the framework writes
+//!   its gradients into engine-owned slots.
+//! * `master_weights`: the fp32 copy of the elements this rank updates (Ψ, or Ψ_p / N when
+//!   sharded); 0 without master weights.
+//! * `optimizer_state`: the rule's state slots for those elements (K slots of 4 bytes each).
+//! * `buffers`: the engine's model-precision shard that the all-gather sends (stages 1, 2) and
+//!   its constant-size reduction buckets.
+//! `model_states_bytes()` is parameters + gradients + master weights + optimizer state (the ZeRO
+//! paper's "model states"); `total()` adds the buffers. Not counted: activations, the
+//! framework's own gradient tensors when it hands them over as spans (transient, at most
+//! Ψ x sizeof(Grad)), the framework's temporaries and the allocator's overhead.
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string_view>
+#include <type_traits>
+
+#include "zero/memory.hpp"
+#include "zero/precision.hpp"
+#include "zero/update_rule.hpp"
+
+namespace zero {
+
+//! A precision bundle named at run time.
+enum class precision_kind : std::uint8_t {
+  fp32,             //!< `fp32_precision`: fp32 everywhere, no separate master copy
+  bf16,             //!< `bf16_mixed`: bf16 params and gradients, fp32 master, state, accumulation, reduction
+  fp16,             //!< `fp16_mixed`: fp16 params and gradients, fp32 master, state, accumulation, reduction
+  bf16_bf16_comm,   //!< `bf16_mixed_bf16_comm`: as bf16, gradients reduced in bf16
+  bf16_bf16_accum,  //!< `bf16_mixed_bf16_accum`: as bf16, gradients accumulated in bf16
+  bf16_pure,        //!< `bf16_pure`: bf16 params, no master copy
+};
+inline constexpr precision_kind precision_kinds[] = {precision_kind::fp32,           precision_kind::bf16,
+                                                     precision_kind::fp16,           precision_kind::bf16_bf16_comm,
+                                                     precision_kind::bf16_bf16_accum, precision_kind::bf16_pure};
+
+//! An update rule (with the hyperparameters that change its state) named at run time.
+enum class optimizer_kind : std::uint8_t {
+  adam,           //!< `adam`: 2 state slots (m, v)
+  adamw,          //!< `adamw`: 2 state slots (m, v)
+  adam_amsgrad,   //!< `adam` or `adamw` with amsgrad: 3 state slots (m, v, v_max)
+  sgd,            //!< `sgd` without momentum: no state
+  sgd_momentum,   //!< `sgd` with momentum: 1 state slot
+  lion,           //!< `lion`: 1 state slot
+  adagrad,        //!< `adagrad`: 1 state slot
+  lamb,           //!< `lamb`: 2 state slots
+};
+inline constexpr optimizer_kind optimizer_kinds[] = {
+    optimizer_kind::adam, optimizer_kind::adamw,   optimizer_kind::adam_amsgrad, optimizer_kind::sgd,
+    optimizer_kind::sgd_momentum, optimizer_kind::lion, optimizer_kind::adagrad, optimizer_kind::lamb};
+
+//! The name `zero-plan` uses: "fp32", "bf16", "fp16", "bf16-comm", "bf16-accum", "bf16-pure".
+constexpr std::string_view to_string(precision_kind p) noexcept {
+  constexpr std::string_view names[] = {"fp32", "bf16", "fp16", "bf16-comm", "bf16-accum", "bf16-pure"};
+  return names[static_cast<std::size_t>(p)];
+}
+//! The name `zero-plan` uses: "adam", "adamw", "adam-amsgrad", "sgd", "sgd-momentum", "lion",
+//! "adagrad", "lamb".
+constexpr std::string_view to_string(optimizer_kind o) noexcept {
+  constexpr std::string_view names[] = {"adam", "adamw", "adam-amsgrad", "sgd", "sgd-momentum", "lion", "adagrad", "lamb"};
+  return names[static_cast<std::size_t>(o)];
+}
+//! The precision named `name` (as `to_string` writes it), or none.
+constexpr std::optional<precision_kind> precision_from_string(std::string_view name) noexcept {
+  for (auto p : precision_kinds)
+    if (to_string(p) == name) return p;
+  return std::nullopt;
+}
+//! The optimizer named `name` (as `to_string` writes it), or none.
+constexpr std::optional<optimizer_kind> optimizer_from_string(std::string_view name) noexcept {
+  for (auto o : optimizer_kinds)
+    if (to_string(o) == name) return o;
+  return std::nullopt;
+}
+
+//! Calls `f(std::type_identity<Bundle>{})` with the precision bundle `p` names.
+template <class F>
+constexpr decltype(auto) visit_precision(precision_kind p, F&& f) {
+  switch (p) {
+    case precision_kind::fp32: return f(std::type_identity<fp32_precision>{});
+    case precision_kind::fp16: return f(std::type_identity<fp16_mixed>{});
+    case precision_kind::bf16_bf16_comm: return f(std::type_identity<bf16_mixed_bf16_comm>{});
+    case precision_kind::bf16_bf16_accum: return f(std::type_identity<bf16_mixed_bf16_accum>{});
+    case precision_kind::bf16_pure: return f(std::type_identity<bf16_pure>{});
+    case precision_kind::bf16: break;
+  }
+  return f(std::type_identity<bf16_mixed>{});
+}
+
+//! The state slots per element of the rule `o` names: the rule's own `state_count`.
+constexpr std::size_t state_count(optimizer_kind o) noexcept {
+  switch (o) {
+    case optimizer_kind::adam: return adam::state_count({});
+    case optimizer_kind::adamw: return adamw::state_count({});
+    case optimizer_kind::adam_amsgrad: {
+      adam::hyperparameters h;
+      h.amsgrad = true;
+      return adam::state_count(h);
+    }
+    case optimizer_kind::sgd: return sgd::state_count({});
+    case optimizer_kind::sgd_momentum: {
+      sgd::hyperparameters h;
+      h.momentum = 0.9;
+      return sgd::state_count(h);
+    }
+    case optimizer_kind::lion: return lion::state_count({});
+    case optimizer_kind::adagrad: return adagrad::state_count({});
+    case optimizer_kind::lamb: break;
+  }
+  return lamb::state_count({});
+}
+
+//! Per-rank bytes of one configuration, by the kinds of the file comment.
+struct memory_plan {
+  std::size_t parameters = 0;       //!< the framework's model-precision parameters (whole, every rank)
+  std::size_t gradients = 0;        //!< the engine's gradients and gradient slots
+  std::size_t master_weights = 0;   //!< the engine's master weights
+  std::size_t optimizer_state = 0;  //!< the engine's optimizer state
+  std::size_t buffers = 0;          //!< the engine's parameter shard and reduction buckets
+  memory_report engine;             //!< what the engine's `memory()` reports (`expected_memory`)
+
+  //! Parameters + gradients + master weights + optimizer state (without the buffers).
+  constexpr std::size_t model_states_bytes() const noexcept {
+    return parameters + gradients + master_weights + optimizer_state;
+  }
+  //! Everything counted: the model states and the buffers.
+  constexpr std::size_t total() const noexcept { return model_states_bytes() + buffers; }
+  friend constexpr bool operator==(const memory_plan&, const memory_plan&) = default;
+};
+
+//! The per-rank bytes of `param_count` parameters trained over `world_size` ranks with ZeRO
+//! stage `s`, precision `p` and optimizer `o`, the engine laid out by `layout`.
+//! @pre world_size >= 1; param_count small enough that its bytes fit in std::size_t (below
+//!      2^58 parameters always does).
+template <precision_bundle P>
+constexpr memory_plan plan_memory(std::size_t param_count, int world_size, stage s, std::size_t state_slots,
+                                  const layout_options& layout = {}) noexcept {
+  memory_plan plan;
+  plan.engine = expected_memory<P>(param_count, world_size, s, state_slots, layout);
+  plan.parameters = param_count * sizeof(typename P::param_type);
+  plan.gradients = plan.engine.of(memory_kind::gradients) + plan.engine.of(memory_kind::gradient_slots);
+  plan.master_weights = plan.engine.of(memory_kind::master_weights);
+  plan.optimizer_state = plan.engine.of(memory_kind::optimizer_state);
+  plan.buffers = plan.engine.of(memory_kind::parameter_shard) + plan.engine.of(memory_kind::buckets);
+  return plan;
+}
+
+//! `plan_memory` for a precision and an optimizer named at run time.
+constexpr memory_plan plan_memory(std::size_t param_count, int world_size, stage s, precision_kind p, optimizer_kind o,
+                                  const layout_options& layout = {}) noexcept {
+  return visit_precision(p, [&]<class P>(std::type_identity<P>) {
+    return plan_memory<P>(param_count, world_size, s, state_count(o), layout);
+  });
+}
+
+//! The largest parameter count whose `plan_memory(...).total()` is at most `budget_bytes` per
+//! rank (0 when not even one parameter fits). The total never decreases as the count grows, so
+//! a binary search finds it. @pre world_size >= 1; budget_bytes < 2^56 (64 PiB).
+constexpr std::size_t largest_fitting(std::size_t budget_bytes, int world_size, stage s, precision_kind p,
+                                      optimizer_kind o, const layout_options& layout = {}) noexcept {
+  auto fits = [&](std::size_t count) { return plan_memory(count, world_size, s, p, o, layout).total() <= budget_bytes; };
+  // every parameter costs at least its own 2 bytes on every rank: budget / 2 + 1 never fits
+  std::size_t lo = 0, hi = budget_bytes / 2 + 1;
+  if (!fits(1)) return 0;
+  lo = 1;
+  while (hi - lo > 1) {
+    const std::size_t mid = lo + (hi - lo) / 2;
+    (fits(mid) ? lo : hi) = mid;
+  }
+  return lo;
+}
+
+}  // namespace zero
