@@ -1,0 +1,27 @@
+# Installs the build tree into a scratch prefix and runs the installed zero-plan.
+#   cmake -DBUILD_DIR=<zero build tree> -DWORK_DIR=<scratch> -DBINDIR=bin -DINCLUDEDIR=include
+#         [-DBUILD_TYPE=<config>] -P installed_test.cmake
+cmake_minimum_required(VERSION 3.20)
+file(REMOVE_RECURSE "${WORK_DIR}")
+set(install_args --install "${BUILD_DIR}" --prefix "${WORK_DIR}")
+if(BUILD_TYPE)
+  list(APPEND install_args --config "${BUILD_TYPE}")
+endif()
+execute_process(COMMAND ${CMAKE_COMMAND} ${install_args} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE out)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "cmake --install failed (${rc}):\n${out}")
+endif()
+set(tool "${WORK_DIR}/${BINDIR}/zero-plan")
+if(NOT EXISTS "${tool}")
+  message(FATAL_ERROR "zero-plan is not installed at ${tool}:\n${out}")
+endif()
+if(NOT EXISTS "${WORK_DIR}/${INCLUDEDIR}/zero/plan.hpp")
+  message(FATAL_ERROR "zero/plan.hpp is not installed")
+endif()
+execute_process(COMMAND "${tool}" --params 7.5B --world 64 --stage 2 --precision fp16 --json
+                RESULT_VARIABLE rc OUTPUT_VARIABLE json ERROR_VARIABLE err)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "installed zero-plan failed (${rc}): ${err}")
+endif()
+string(JSON states GET "${json}" model_states_bytes)
+message(STATUS "installed ${tool}: 7.5B fp16 parameters over 64 ranks, stage 2: ${states} bytes of model states per rank")
