@@ -13,7 +13,7 @@
 
 # The Debian packages the build needs; the one place to add more (e.g. libopenmpi-dev openmpi-bin).
 # An environment value replaces the list (used to test this script).
-ZERO_APT_PACKAGES="${ZERO_APT_PACKAGES:-doctest-dev libeigen3-dev libbenchmark-dev libopenmpi-dev openmpi-bin}"
+ZERO_APT_PACKAGES="${ZERO_APT_PACKAGES:-doctest-dev libeigen3-dev libbenchmark-dev libopenmpi-dev openmpi-bin wamerican}"
 
 ZERO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ZERO_MIN_GCC=12
