@@ -731,7 +731,13 @@ class optimizer {
   void reduce_unit(std::size_t k) {
     const auto& u = plan_.units[k];
     const std::size_t n = static_cast<std::size_t>(world_);
+    // The gradient shard receives the reduction directly when it has the communication type and
+    // holds nothing yet this step; a group of one then reduces in place (no copy at all).
+    constexpr bool shard_is_comm = std::is_same_v<comm_type, accum_type>;
+    const bool direct = shard_is_comm && Stage == stage::stage2 && !local_accumulation_ && micro_steps_ == 1;
     comm_type* staging = staging_comm();
+    if constexpr (shard_is_comm)
+      if (direct && n == 1) staging = reinterpret_cast<comm_type*>(gradients_.data() + u.shard_begin);
     const std::size_t count = n * u.slice;
     if (local_accumulation_) {
       for (std::size_t r = 0; r < n; ++r) {
@@ -764,6 +770,10 @@ class optimizer {
         accum_type* to = gradients_.data() + u.flat_index(static_cast<int>(r), 0);
         for (std::size_t j = 0; j < u.slice; ++j) to[j] = convert<accum_type>(from[j]);
       }
+    } else if (direct) {
+      if constexpr (shard_is_comm)
+        comm_->reduce_scatter(staging, reinterpret_cast<comm_type*>(gradients_.data() + u.shard_begin), u.slice,
+                              reduce_op::sum);
     } else {
       comm_type* mine = staging + static_cast<std::size_t>(rank_) * u.slice;
       comm_->reduce_scatter(staging, mine, u.slice, reduce_op::sum);
