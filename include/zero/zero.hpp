@@ -9,11 +9,13 @@
 //! | partitioner.hpp               | Partitioner concept; contiguous and bucketed partitioners  |
 //! | communicator.hpp              | Communicator concept; single-rank communicator             |
 //! | thread_communicator.hpp       | N ranks as threads of one process                          |
-//! | update_rule.hpp               | Optimizer (update rule) concept; adamw, adam, sgd          |
+//! | update_rule.hpp               | Optimizer (update rule) concepts; adamw, adam, sgd, lion,  |
+//! |                               | adagrad, lamb (tensor-wise)                                |
 //! | activation_checkpointer.hpp   | ActivationCheckpointer concept; plain, keep-everything,    |
 //! |                               | pass-through; heap storage, contiguous arena (MD)          |
 //! | partitioned_checkpointer.hpp  | checkpoints partitioned over a group (P_a)                 |
 //! | offloaded_checkpointer.hpp    | checkpoints offloaded to host memory (P_a+cpu)             |
+//! | loss_scaler.hpp               | dynamic / fixed loss scaling (DeepSpeed's semantics)       |
 //! | memory.hpp                    | memory kinds, per-rank report, expected_memory             |
 //! | optimizer.hpp                 | zero::optimizer, the composed engine                       |
 
@@ -22,6 +24,7 @@
 #include "zero/communicator.hpp"
 #include "zero/config.hpp"
 #include "zero/error.hpp"
+#include "zero/loss_scaler.hpp"
 #include "zero/memory.hpp"
 #include "zero/offloaded_checkpointer.hpp"
 #include "zero/optimizer.hpp"
