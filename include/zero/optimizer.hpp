@@ -125,6 +125,7 @@ class optimizer {
   using accum_type = typename Precision::accum_type;
   using comm_type = typename Precision::comm_type;
   using rule_type = Rule;
+  using partitioner_type = Partitioner;
   using hyperparameters_type = typename Rule::hyperparameters;
   using options_type = optimizer_options<Rule>;
   using communicator_type = Comm;

@@ -17,7 +17,9 @@
 //! | offloaded_checkpointer.hpp    | checkpoints offloaded to host memory (P_a+cpu)             |
 //! | loss_scaler.hpp               | dynamic / fixed loss scaling (DeepSpeed's semantics)       |
 //! | memory.hpp                    | memory kinds, per-rank report, expected_memory             |
+//! | checkpoint.hpp                | save_checkpoint / load_checkpoint / consolidate (resharding) |
 //! | optimizer.hpp                 | zero::optimizer, the composed engine                       |
+//! | plan.hpp                      | constexpr memory planner (zero-plan)                       |
 
 #include "zero/activation_checkpointer.hpp"
 #include "zero/checkpoint.hpp"
@@ -30,6 +32,7 @@
 #include "zero/optimizer.hpp"
 #include "zero/partitioned_checkpointer.hpp"
 #include "zero/partitioner.hpp"
+#include "zero/plan.hpp"
 #include "zero/precision.hpp"
 #include "zero/thread_communicator.hpp"
 #include "zero/types.hpp"
