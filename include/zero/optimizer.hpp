@@ -351,14 +351,7 @@ class optimizer {
           for (std::size_t i = 0; i < s.count; ++i) s.out[i] = convert<param_type>(static_cast<float>(s.values[i]));
       if constexpr (Stage != stage::stage0) gather_parameters();
     });
-    if (!local_accumulation_) {
-      std::fill(record_head_.begin(), record_head_.end(), none);
-      records_used_ = 0;
-      next_unit_ = 0;
-      std::copy(pending_initial_.begin(), pending_initial_.end(), pending_.begin());
-    }
-    std::fill(reports_.begin(), reports_.end(), 0u);
-    slots_.zero();
+    forget_reports();
     reset_step();
   }
 
@@ -714,6 +707,14 @@ class optimizer {
           if (reports_[p] != 0) accumulate(p, slots_.data() + plan_.param_offset[p]);
     } else {
       while (next_unit_ < plan_.units.size()) reduce_unit(next_unit_++);
+    }
+    forget_reports();
+  }
+
+  //! Forgets the micro-step's reports (stage 2: its records and per-unit counts) and clears the
+  //! slots: every parameter may be reported again.
+  void forget_reports() noexcept {
+    if (!local_accumulation_) {
       std::fill(record_head_.begin(), record_head_.end(), none);
       records_used_ = 0;
       next_unit_ = 0;
@@ -845,8 +846,9 @@ class optimizer {
     return report;
   }
 
-  void store(value_type& to, float value, std::size_t id) const noexcept {
-    to = detail::value_rounding<value_type>{options_.value_rounding == rounding::stochastic, options_.seed, step_}(value, id);
+  //! How this step rounds new values to the stored type.
+  detail::value_rounding<value_type> step_rounding() const noexcept {
+    return {options_.value_rounding == rounding::stochastic, options_.seed, step_};
   }
 
   // ---- splitting a pass over the segments across the worker threads -------------------------
@@ -886,8 +888,8 @@ class optimizer {
   void update_shard(float factor, double* sum_of_squares) {
     const auto c = Rule::prepare(options_.hyperparameters, step_ + 1);
     const std::size_t id_base = sharded ? static_cast<std::size_t>(rank_) * plan_.shard_size : 0;
+    const auto round = step_rounding();
     if constexpr (elementwise_rule<Rule>) {
-      const detail::value_rounding<value_type> round{options_.value_rounding == rounding::stochastic, options_.seed, step_};
       auto job = [&](unsigned t, unsigned n) {
         double sum = 0;
         for_each_share(t, n, [&](const segment& s, std::size_t begin, std::size_t end) {
@@ -925,7 +927,7 @@ class optimizer {
         for (std::size_t i = 0; i < s.count; ++i) {
           float value = static_cast<float>(s.values[i]);
           Rule::second_pass(c, value, state_ref{slots.data(), i}, tensor_factor);
-          store(s.values[i], value, id_base + s.state_offset + i);
+          s.values[i] = round(value, id_base + s.state_offset + i);
           if (s.out != nullptr) s.out[i] = convert<param_type>(value);
         }
       }

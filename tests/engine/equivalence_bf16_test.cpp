@@ -8,33 +8,15 @@
 
 namespace {
 
-template <zero::stage S, class Partitioner, class Precision = zero::bf16_mixed>
-struct config {
-  using optimizer = zero::optimizer<S, Precision, zero::adamw, Partitioner>;
-};
-
-// Named configurations: doctest prints them in the test names (no commas, which CTest's label
-// discovery cannot handle).
-struct stage0_contiguous : config<zero::stage0, zero::contiguous_partitioner> {};
-struct stage1_contiguous : config<zero::stage1, zero::contiguous_partitioner> {};
-struct stage2_contiguous : config<zero::stage2, zero::contiguous_partitioner> {};
-struct stage0_bucketed : config<zero::stage0, zero::bucketed_partitioner> {};
-struct stage1_bucketed : config<zero::stage1, zero::bucketed_partitioner> {};
-struct stage2_bucketed : config<zero::stage2, zero::bucketed_partitioner> {};
-
-zero::adamw::hyperparameters adamw_h() {
-  zero::adamw::hyperparameters h;
-  h.lr = 1e-2;
-  h.weight_decay = 0.1;
-  return h;
-}
+using harness::bf16_mixed_run;
 
 }  // namespace
 
 TEST_SUITE("equivalence") {
   TEST_CASE_TEMPLATE("bf16 with fp32 master: AdamW equals the double reference over 20 steps / all world sizes", C,
-                     stage0_contiguous, stage1_contiguous, stage2_contiguous, stage0_bucketed,
-                     stage1_bucketed, stage2_bucketed) {
+                     harness::stage0_contiguous<bf16_mixed_run>, harness::stage1_contiguous<bf16_mixed_run>,
+                     harness::stage2_contiguous<bf16_mixed_run>, harness::stage0_bucketed<bf16_mixed_run>, harness::stage1_bucketed<bf16_mixed_run>,
+                     harness::stage2_bucketed<bf16_mixed_run>) {
     using O = typename C::optimizer;
     for (int world : {1, 2, 3, 4, 5, 8}) {
       for (std::size_t bucket : {std::size_t{1}, std::size_t{37}, std::size_t{1} << 20}) {
@@ -45,13 +27,13 @@ TEST_SUITE("equivalence") {
         o.bucket_elements = bucket;
         o.alignment = bucket == 1 ? 1 : 8;
         o.order_seed = 11 + static_cast<std::uint64_t>(world);
-        const auto r = harness::run<O>(o, adamw_h());
+        const auto r = harness::run<O>(o, harness::adamw_hyperparameters());
         CHECK(r.max_value_error < 1e-6);
         CHECK(r.param_rounding_mismatches == 0);
         CHECK(r.max_param_error <= 0x1.0p-7);  // bf16(reference) may round one ulp the other way
         CHECK(r.rank_disagreements == 0);
         o.order_seed += 1000;
-        const auto again = harness::run<O>(o, adamw_h());
+        const auto again = harness::run<O>(o, harness::adamw_hyperparameters());
         CHECK(again.params == r.params);
         CHECK(again.values == r.values);
       }
@@ -65,8 +47,8 @@ TEST_SUITE("equivalence") {
       harness::run_options o;
       o.world = world;
       o.bucket_elements = 64;
-      const auto s0 = harness::run<zero::optimizer<zero::stage0, P>>(o, adamw_h());
-      const auto s2 = harness::run<zero::optimizer<zero::stage2, P>>(o, adamw_h());
+      const auto s0 = harness::run<zero::optimizer<zero::stage0, P>>(o, harness::adamw_hyperparameters());
+      const auto s2 = harness::run<zero::optimizer<zero::stage2, P>>(o, harness::adamw_hyperparameters());
       CHECK(s2.step_traffic.total_bytes() == s0.step_traffic.total_bytes());
       // gradient sums rounded to bf16 before averaging: AdamW's normalized step keeps the
       // master weights close to the reference, not within 1e-6

@@ -7,35 +7,17 @@
 
 namespace {
 
-template <zero::stage S, class Partitioner>
-struct config {
-  using optimizer = zero::optimizer<S, zero::fp32_precision, zero::adamw, Partitioner>;
-};
-
-// Named configurations: doctest prints them in the test names (no commas, which CTest's label
-// discovery cannot handle).
-struct stage0_contiguous : config<zero::stage0, zero::contiguous_partitioner> {};
-struct stage1_contiguous : config<zero::stage1, zero::contiguous_partitioner> {};
-struct stage2_contiguous : config<zero::stage2, zero::contiguous_partitioner> {};
-struct stage0_bucketed : config<zero::stage0, zero::bucketed_partitioner> {};
-struct stage1_bucketed : config<zero::stage1, zero::bucketed_partitioner> {};
-struct stage2_bucketed : config<zero::stage2, zero::bucketed_partitioner> {};
-
 constexpr int worlds[] = {1, 2, 3, 4, 5, 8};
 
-zero::adamw::hyperparameters adamw_h() {
-  zero::adamw::hyperparameters h;
-  h.lr = 1e-2;
-  h.weight_decay = 0.1;
-  return h;
-}
+using harness::fp32_run;
 
 }  // namespace
 
 TEST_SUITE("equivalence") {
   TEST_CASE_TEMPLATE("fp32 AdamW equals the double reference over 20 steps / all world sizes", C,
-                     stage0_contiguous, stage1_contiguous, stage2_contiguous, stage0_bucketed,
-                     stage1_bucketed, stage2_bucketed) {
+                     harness::stage0_contiguous<fp32_run>, harness::stage1_contiguous<fp32_run>,
+                     harness::stage2_contiguous<fp32_run>, harness::stage0_bucketed<fp32_run>, harness::stage1_bucketed<fp32_run>,
+                     harness::stage2_bucketed<fp32_run>) {
     using O = typename C::optimizer;
     for (int world : worlds) {
       // buckets: 1 element per rank slice, a prime, larger than the model
@@ -47,14 +29,14 @@ TEST_SUITE("equivalence") {
         o.bucket_elements = bucket;
         o.alignment = bucket == 1 ? 1 : 4;
         o.order_seed = 7 + static_cast<std::uint64_t>(world);
-        const auto r = harness::run<O>(o, adamw_h());
+        const auto r = harness::run<O>(o, harness::adamw_hyperparameters());
         CHECK(r.max_value_error < 1e-6);
         CHECK(r.max_param_error < 1e-6);
         CHECK(r.param_rounding_mismatches == 0);
         CHECK(r.rank_disagreements == 0);
         // two runs of the same configuration agree bitwise, whatever the report order
         o.order_seed += 1000;
-        const auto again = harness::run<O>(o, adamw_h());
+        const auto again = harness::run<O>(o, harness::adamw_hyperparameters());
         CHECK(again.params == r.params);
         CHECK(again.values == r.values);
       }
@@ -94,9 +76,9 @@ TEST_SUITE("equivalence") {
     for (int world : {1, 3, 4}) {
       CAPTURE(world);
       o.world = world;
-      const auto s0 = harness::run<zero::optimizer<zero::stage0, zero::fp32_precision>>(o, adamw_h());
-      const auto s1 = harness::run<zero::optimizer<zero::stage1, zero::fp32_precision>>(o, adamw_h());
-      const auto s2 = harness::run<zero::optimizer<zero::stage2, zero::fp32_precision, zero::adamw, zero::bucketed_partitioner>>(o, adamw_h());
+      const auto s0 = harness::run<zero::optimizer<zero::stage0, zero::fp32_precision>>(o, harness::adamw_hyperparameters());
+      const auto s1 = harness::run<zero::optimizer<zero::stage1, zero::fp32_precision>>(o, harness::adamw_hyperparameters());
+      const auto s2 = harness::run<zero::optimizer<zero::stage2, zero::fp32_precision, zero::adamw, zero::bucketed_partitioner>>(o, harness::adamw_hyperparameters());
       for (const auto* r : {&s0, &s1, &s2}) {
         CHECK(r->max_value_error < 1e-6);
         CHECK(r->max_param_error < 1e-6);
@@ -112,11 +94,11 @@ TEST_SUITE("equivalence") {
       CAPTURE(world);
       o.world = world;
       o.slots = false;
-      const auto spans = harness::run<zero::optimizer<zero::stage2, zero::fp32_precision>>(o, adamw_h());
+      const auto spans = harness::run<zero::optimizer<zero::stage2, zero::fp32_precision>>(o, harness::adamw_hyperparameters());
       o.slots = true;
-      const auto s0 = harness::run<zero::optimizer<zero::stage0, zero::fp32_precision>>(o, adamw_h());
-      const auto s1 = harness::run<zero::optimizer<zero::stage1, zero::fp32_precision>>(o, adamw_h());
-      const auto s2 = harness::run<zero::optimizer<zero::stage2, zero::fp32_precision>>(o, adamw_h());
+      const auto s0 = harness::run<zero::optimizer<zero::stage0, zero::fp32_precision>>(o, harness::adamw_hyperparameters());
+      const auto s1 = harness::run<zero::optimizer<zero::stage1, zero::fp32_precision>>(o, harness::adamw_hyperparameters());
+      const auto s2 = harness::run<zero::optimizer<zero::stage2, zero::fp32_precision>>(o, harness::adamw_hyperparameters());
       for (const auto* r : {&s0, &s1, &s2}) {
         CHECK(r->max_value_error < 1e-6);
         CHECK(r->rank_disagreements == 0);
@@ -132,7 +114,7 @@ TEST_SUITE("equivalence") {
     adam_h.lr = 1e-2;
     adam_h.weight_decay = 0.05;
     adam_h.amsgrad = true;
-    zero::adamw::hyperparameters adamw_ams = adamw_h();
+    zero::adamw::hyperparameters adamw_ams = harness::adamw_hyperparameters();
     adamw_ams.amsgrad = true;
     adamw_ams.maximize = true;
     zero::sgd::hyperparameters sgd_plain;
