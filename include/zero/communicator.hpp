@@ -124,6 +124,37 @@ concept communicator = requires(C& c, const C& cc) {
 } && communicates<C, float> && communicates<C, bf16> && communicates<C, fp16> && communicates<C, double> &&
                        communicates<C, std::uint64_t>;
 
+//! A started collective: `wait()` completes it (and throws what the blocking form would throw),
+//! `done()` says whether it has completed. Move-only types qualify.
+template <class R>
+concept collective_request = std::movable<R> && std::default_initializable<R> && requires(R& r, const R& cr) {
+  r.wait();
+  { cr.done() } -> std::convertible_to<bool>;
+};
+
+template <class C, class T>
+concept starts_collectives = requires(C& c, const T* send, T* recv, std::size_t n, reduce_op op) {
+  { c.ireduce_scatter(send, recv, n, op) } -> collective_request;
+  { c.iall_gather(send, recv, n) } -> collective_request;
+  { c.iall_reduce(send, recv, n, op) } -> collective_request;
+};
+
+//! A Communicator with non-blocking forms, which the engine uses to pipeline its reductions
+//! and all-gathers (`layout_options::staging_buffers`). Each `i...` form starts the collective
+//! and returns a request, all of one type; the buffers stay untouched by the caller until the
+//! request completes. Every rank starts its collectives, blocking and non-blocking, in the
+//! same order. `progress()` lets the communicator advance what is in flight; the engine calls
+//! it while the framework reports gradients.
+template <class C>
+concept nonblocking_communicator =
+    communicator<C> && starts_collectives<C, float> && starts_collectives<C, bf16> && starts_collectives<C, fp16> &&
+    starts_collectives<C, double> && requires(C& c, const float* s, float* r, const bf16* sb, bf16* rb, std::size_t n) {
+      c.progress();
+      requires std::same_as<decltype(c.ireduce_scatter(s, r, n, reduce_op::sum)), decltype(c.iall_gather(sb, rb, n))>;
+      requires std::same_as<decltype(c.ireduce_scatter(s, r, n, reduce_op::sum)),
+                            decltype(c.iall_reduce(s, r, n, reduce_op::sum))>;
+    };
+
 //! The communicator of a group of one: collectives copy, nothing is sent anywhere.
 class single_rank_communicator {
  public:

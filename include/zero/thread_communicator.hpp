@@ -10,16 +10,26 @@
 //! `timeout_error` naming the collective, its sequence number and the missing ranks. Ranks
 //! that call different collectives (kind, count, element type, operation, root) all throw the
 //! same `mismatch_error` naming the rank that diverges, before any memory is touched.
+//!
+//! Non-blocking forms (`ireduce_scatter`, `iall_gather`, `iall_reduce`) queue the collective
+//! and return a `thread_request`; the collective runs when that request (or a later one) is
+//! waited, or when a blocking collective is called. Collectives run in the order they were
+//! started, so ranks that start them in the same order stay in step. Thread ranks make no
+//! progress in the background: these forms let an engine's pipelined path run (and be tested)
+//! with thread ranks; they overlap nothing.
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
 #include <exception>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "zero/communicator.hpp"
@@ -28,6 +38,10 @@ namespace zero {
 
 struct thread_group_options {
   std::chrono::milliseconds timeout{std::chrono::minutes(5)};  //!< deadline of each collective
+  //! Testing hook: when set, every rank calls it inside every collective, after all ranks have
+  //! published their buffers and before it reads the others' (for example to sleep a random
+  //! time, so that soak tests meet every interleaving). Called on the rank's own thread.
+  std::function<void(int rank, collective kind, std::uint64_t sequence)> inside_collective{};
 };
 
 class thread_communicator;
@@ -143,7 +157,41 @@ class thread_group {
   std::string broken_reason_;
 };
 
-//! One rank's endpoint of a `thread_group`. Satisfies `zero::communicator`.
+//! A collective started by a non-blocking form of `thread_communicator`. Move-only; waits for
+//! its collective when destroyed (quietly, after a failure).
+class thread_request {
+ public:
+  thread_request() = default;
+  thread_request(thread_request&& o) noexcept : comm_(std::exchange(o.comm_, nullptr)), ticket_(o.ticket_) {}
+  thread_request& operator=(thread_request&& o) noexcept {
+    if (this != &o) {
+      finish_quietly();
+      comm_ = std::exchange(o.comm_, nullptr);
+      ticket_ = o.ticket_;
+    }
+    return *this;
+  }
+  thread_request(const thread_request&) = delete;
+  thread_request& operator=(const thread_request&) = delete;
+  ~thread_request() { finish_quietly(); }
+
+  //! Runs every collective of this rank started up to this one, in order.
+  //! @throws as the blocking collectives do
+  inline void wait();
+  //! Whether the collective has run (or the request is empty).
+  inline bool done() const noexcept;
+
+ private:
+  friend class thread_communicator;
+  thread_request(thread_communicator* comm, std::uint64_t ticket) : comm_(comm), ticket_(ticket) {}
+  inline void finish_quietly() noexcept;
+
+  thread_communicator* comm_ = nullptr;
+  std::uint64_t ticket_ = 0;
+};
+
+//! One rank's endpoint of a `thread_group`. Satisfies `zero::communicator` and
+//! `zero::nonblocking_communicator`.
 class thread_communicator {
  public:
   thread_communicator(thread_group& group, int rank) : group_(&group), rank_(rank) {
@@ -161,15 +209,94 @@ class thread_communicator {
   //! recv[i] = op over ranks of send_r[rank * count + i]. In place: recv == send + rank * count.
   template <reducible T>
   void reduce_scatter(const T* send, T* recv, std::size_t count, reduce_op op = reduce_op::sum) {
+    run_queued(queue_end_);
+    run_reduce_scatter(send, recv, count, op);
+  }
+
+  //! recv[r * count + i] = send_r[i]. In place: send == recv + rank * count.
+  template <class T>
+  void all_gather(const T* send, T* recv, std::size_t count) {
+    run_queued(queue_end_);
+    run_all_gather(send, recv, count);
+  }
+
+  //! recv[i] = op over ranks of send_r[i]. In place: send == recv.
+  template <reducible T>
+  void all_reduce(const T* send, T* recv, std::size_t count, reduce_op op = reduce_op::sum) {
+    run_queued(queue_end_);
+    run_all_reduce(send, recv, count, op);
+  }
+
+  //! data on every rank = data on `root`.
+  template <class T>
+  void broadcast(T* data, std::size_t count, int root) {
+    if (root < 0 || root >= world_size())
+      throw usage_error("zero: broadcast root " + std::to_string(root) + " outside a group of " + std::to_string(world_size()));
+    run_queued(queue_end_);
+    const auto d = begin<T>(collective::broadcast, data, data, count, reduce_op::sum, root);
+    if (rank_ != root && count != 0) std::memcpy(data, recv_of<T>(root), count * sizeof(T));
+    end(d, collective::broadcast, count * sizeof(T));
+  }
+
+  void barrier() {
+    run_queued(queue_end_);
+    const auto d = begin<std::uint8_t>(collective::barrier, nullptr, nullptr, 0, reduce_op::sum, 0);
+    end(d, collective::barrier, 0);
+  }
+
+  // ---- non-blocking forms ---------------------------------------------------------------
+
+  //! As `reduce_scatter`, run when the request is waited (see the file comment).
+  //! @pre the buffers stay valid and `send` unchanged until then
+  template <reducible T>
+  [[nodiscard]] thread_request ireduce_scatter(const T* send, T* recv, std::size_t count, reduce_op op = reduce_op::sum) {
+    return enqueue({send, recv, count, op, [](thread_communicator& c, const queued& q) {
+                      c.run_reduce_scatter(static_cast<const T*>(q.send), static_cast<T*>(q.recv), q.count, q.op);
+                    }});
+  }
+  template <class T>
+  [[nodiscard]] thread_request iall_gather(const T* send, T* recv, std::size_t count) {
+    return enqueue({send, recv, count, reduce_op::sum, [](thread_communicator& c, const queued& q) {
+                      c.run_all_gather(static_cast<const T*>(q.send), static_cast<T*>(q.recv), q.count);
+                    }});
+  }
+  template <reducible T>
+  [[nodiscard]] thread_request iall_reduce(const T* send, T* recv, std::size_t count, reduce_op op = reduce_op::sum) {
+    return enqueue({send, recv, count, op, [](thread_communicator& c, const queued& q) {
+                      c.run_all_reduce(static_cast<const T*>(q.send), static_cast<T*>(q.recv), q.count, q.op);
+                    }});
+  }
+  //! Thread ranks advance nothing in the background: a no-op.
+  void progress() noexcept {}
+  //! Collectives started and not yet run.
+  std::size_t queued_count() const noexcept { return static_cast<std::size_t>(queue_end_ - queue_begin_); }
+
+ private:
+  friend class thread_request;
+  using time_point = std::chrono::steady_clock::time_point;
+
+  // A queued non-blocking collective; `run` is its blocking form for the element type.
+  struct queued {
+    const void* send;
+    void* recv;
+    std::size_t count;
+    reduce_op op;
+    void (*run)(thread_communicator&, const queued&);
+  };
+  static constexpr std::size_t queue_capacity = 16;  // more in flight: the oldest runs first
+
+  // The collectives themselves, after the queue ahead of them has run.
+
+  template <reducible T>
+  void run_reduce_scatter(const T* send, T* recv, std::size_t count, reduce_op op) {
     const auto d = begin<T>(collective::reduce_scatter, send, recv, count, op, 0);
     const std::size_t offset = static_cast<std::size_t>(rank_) * count;
     detail::reduce_ranks(recv, count, world_size(), [&](int r) { return send_of<T>(r) + offset; }, op);
     end(d, collective::reduce_scatter, count * sizeof(T) * static_cast<std::size_t>(world_size()));
   }
 
-  //! recv[r * count + i] = send_r[i]. In place: send == recv + rank * count.
   template <class T>
-  void all_gather(const T* send, T* recv, std::size_t count) {
+  void run_all_gather(const T* send, T* recv, std::size_t count) {
     const auto d = begin<T>(collective::all_gather, send, recv, count, reduce_op::sum, 0);
     for (int r = 0; r < world_size(); ++r) {
       T* to = recv + static_cast<std::size_t>(r) * count;
@@ -179,9 +306,8 @@ class thread_communicator {
     end(d, collective::all_gather, count * sizeof(T) * static_cast<std::size_t>(world_size()));
   }
 
-  //! recv[i] = op over ranks of send_r[i]. In place: send == recv.
   template <reducible T>
-  void all_reduce(const T* send, T* recv, std::size_t count, reduce_op op = reduce_op::sum) {
+  void run_all_reduce(const T* send, T* recv, std::size_t count, reduce_op op) {
     const auto d = begin<T>(collective::all_reduce, send, recv, count, op, 0);
     const auto [lo, hi] = chunk(count, rank_);
     // Phase 1: this rank reduces its chunk into its own recv; nobody else reads that chunk of it.
@@ -196,23 +322,20 @@ class thread_communicator {
     end(d, collective::all_reduce, 2 * count * sizeof(T));
   }
 
-  //! data on every rank = data on `root`.
-  template <class T>
-  void broadcast(T* data, std::size_t count, int root) {
-    if (root < 0 || root >= world_size())
-      throw usage_error("zero: broadcast root " + std::to_string(root) + " outside a group of " + std::to_string(world_size()));
-    const auto d = begin<T>(collective::broadcast, data, data, count, reduce_op::sum, root);
-    if (rank_ != root && count != 0) std::memcpy(data, recv_of<T>(root), count * sizeof(T));
-    end(d, collective::broadcast, count * sizeof(T));
+  thread_request enqueue(const queued& q) {
+    if (queue_end_ - queue_begin_ == queue_capacity) run_queued(queue_begin_ + 1);
+    queue_[queue_end_ % queue_capacity] = q;
+    return {this, ++queue_end_};
   }
 
-  void barrier() {
-    const auto d = begin<std::uint8_t>(collective::barrier, nullptr, nullptr, 0, reduce_op::sum, 0);
-    end(d, collective::barrier, 0);
+  //! Runs the queued collectives with tickets up to `ticket` (tickets count from 1), in order.
+  void run_queued(std::uint64_t ticket) {
+    while (queue_begin_ < ticket && queue_begin_ < queue_end_) {
+      const queued q = queue_[queue_begin_ % queue_capacity];
+      ++queue_begin_;  // first: the blocking form below must not run it again
+      q.run(*this, q);
+    }
   }
-
- private:
-  using time_point = std::chrono::steady_clock::time_point;
 
   template <class T>
   const T* send_of(int r) const noexcept { return static_cast<const T*>(group_->slots_[static_cast<std::size_t>(r)].send); }
@@ -234,11 +357,18 @@ class thread_communicator {
     mine = {kind, op, type_name<T>(), count, root, send, recv, sequence_};
     group_->arrive(rank_, deadline, kind, sequence_);
     check_agreement();
+    if (group_->options_.inside_collective) group_->options_.inside_collective(rank_, kind, sequence_);
     return deadline;
   }
 
   void end(time_point deadline, collective kind, std::uint64_t bytes) {
+#ifndef ZERO_TEST_ONLY_SKIP_END_BARRIER
     group_->arrive(rank_, deadline, kind, sequence_);
+#else
+    // A planted bug, for tests only (tests/reliability): no rank waits for the others to finish
+    // reading its buffers before returning. ThreadSanitizer and the soak test must catch it.
+    (void)deadline;
+#endif
     traffic_.add(kind, bytes);
   }
 
@@ -282,9 +412,27 @@ class thread_communicator {
   int rank_;
   std::uint64_t sequence_ = 0;
   traffic_counters traffic_;
+  std::array<queued, queue_capacity> queue_{};
+  std::uint64_t queue_begin_ = 0;  // tickets already run
+  std::uint64_t queue_end_ = 0;    // tickets handed out
 };
 
 static_assert(communicator<thread_communicator>);
+static_assert(nonblocking_communicator<thread_communicator>);
+
+inline void thread_request::wait() {
+  if (comm_ != nullptr) comm_->run_queued(ticket_);
+}
+inline bool thread_request::done() const noexcept { return comm_ == nullptr || comm_->queue_begin_ >= ticket_; }
+inline void thread_request::finish_quietly() noexcept {
+  if (comm_ != nullptr) {
+    try {
+      comm_->run_queued(ticket_);
+    } catch (...) {  // the group is broken now; the rank's next collective reports it
+    }
+  }
+  comm_ = nullptr;
+}
 
 inline thread_communicator thread_group::communicator(int rank) { return thread_communicator(*this, rank); }
 
