@@ -60,6 +60,14 @@ struct layout_options {
   //! reduce once, at the step (DDP's no_sync), instead of reducing every micro-step (DeepSpeed).
   //! Costs a full gradient buffer; saves (micro-steps - 1) reductions.
   bool defer_reduction = false;
+  //! Staging buffers (each one reduction unit) that the reductions and the all-gather rotate
+  //! through, >= 1. With 2 or more and a communicator with non-blocking forms
+  //! (`nonblocking_communicator`, such as `zero::mpi_communicator`), a unit's reduce-scatter is
+  //! in flight while the framework goes on with backward and the next unit is packed, and the
+  //! all-gather of one unit while the previous one is copied into the parameters; the engine
+  //! waits for a buffer's collective only before reusing the buffer. 1: every collective
+  //! completes before the engine goes on. Each buffer adds its size to `buckets`.
+  std::size_t staging_buffers = 1;
 };
 
 //! The engine's per-rank bytes, in closed form, for the shipped partitioners: `param_count`
@@ -86,7 +94,7 @@ constexpr memory_report expected_memory(std::size_t param_count, int world_size,
   r[memory_kind::gradient_slots] = o.gradient_slots ? param_count * sizeof(typename P::grad_type) : 0;
   r[memory_kind::parameter_shard] = sharded ? shard * sizeof(param) : 0;
   const std::size_t staging_element = sharded ? std::max(sizeof(comm), sizeof(param)) : sizeof(comm);
-  r[memory_kind::buckets] = n * slice * staging_element;
+  r[memory_kind::buckets] = std::max<std::size_t>(o.staging_buffers, 1) * n * slice * staging_element;
   return r;
 }
 

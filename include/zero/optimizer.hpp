@@ -14,6 +14,11 @@
 //!     of master weights and optimizer state with the averaged, unscaled and clipped gradients
 //!     (one factor), writes the new model-precision values, and all-gathers them into every
 //!     rank's parameters.
+//!
+//! With `layout.staging_buffers` >= 2 and a communicator that has non-blocking forms, the
+//! reductions and the all-gather are pipelined: a unit's collective stays in flight while the
+//! framework goes on with backward (or the engine packs or unpacks the next unit), and the
+//! engine waits for it only before it reuses that unit's staging buffer.
 
 #include <algorithm>
 #include <array>
@@ -26,7 +31,9 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <typeinfo>
+#include <utility>
 #include <vector>
 
 #define ZERO_DETAIL_INCLUDE_ALLOWED
@@ -46,6 +53,25 @@
 #include "zero/update_rule.hpp"
 
 namespace zero {
+
+namespace detail {
+
+//! The request a blocking communicator "returns": complete from the start.
+struct completed_request {
+  void wait() noexcept {}
+  bool done() const noexcept { return true; }
+};
+template <class Comm>
+struct request_of {
+  using type = completed_request;
+};
+template <nonblocking_communicator Comm>
+struct request_of<Comm> {
+  using type = decltype(std::declval<Comm&>().ireduce_scatter(std::declval<const float*>(), std::declval<float*>(),
+                                                               std::size_t{}, reduce_op::sum));
+};
+
+}  // namespace detail
 
 //! A parameter the framework registers: its values (model precision, framework-owned).
 template <class T>
@@ -187,7 +213,10 @@ class optimizer {
     count_report(param);
     if (!local_accumulation_) {
       if (reports_[param] == 1) add_record(param, slots_.data() + plan_.param_offset[param]);
-      guarded([&] { note_reported(param); });
+      guarded([&] {
+        note_reported(param);
+        progress();
+      });
     }
   }
 
@@ -215,7 +244,10 @@ class optimizer {
       accumulate(param, grad.data);
     } else {
       add_record(param, grad.data);
-      guarded([&] { note_reported(param); });
+      guarded([&] {
+        note_reported(param);
+        progress();
+      });
     }
   }
 
@@ -243,8 +275,10 @@ class optimizer {
     guarded([&] {
       auto t0 = clock::now();
       finish_micro_step();
-      if (local_accumulation_)
+      if (local_accumulation_) {
         for (std::size_t k = 0; k < plan_.units.size(); ++k) reduce_unit(k);
+        complete_all();
+      }
       auto t1 = clock::now();
       if (norm_needed_before_update()) {
         report = exchange_statistics(local_sum_of_squares());
@@ -371,6 +405,15 @@ class optimizer {
  private:
   static constexpr bool sharded = Stage != stage::stage0;
   static constexpr std::size_t none = static_cast<std::size_t>(-1);
+  static constexpr bool pipelined = nonblocking_communicator<Comm>;
+  using request_type = typename detail::request_of<Comm>::type;
+
+  // The collective a staging buffer holds until it is taken out.
+  struct flight {
+    request_type request{};
+    std::size_t unit = none;  // none: the buffer is free
+    bool gather = false;      // an all-gather of parameters, or a reduction of gradients
+  };
 
   // A contiguous run of elements the update walks: values, gradients, state and output.
   struct segment {
@@ -418,6 +461,11 @@ class optimizer {
       throw usage_error("zero: rule " + std::string(Rule::name) + " needs " + std::to_string(state_count_) +
                         " state slots; at most " + std::to_string(max_state_slots) + " are supported");
     if (std::isnan(options_.max_grad_norm)) throw usage_error("zero: max_grad_norm is NaN" + where);
+    if (options_.layout.staging_buffers < 1) throw usage_error("zero: layout.staging_buffers is 0" + where + "; use >= 1");
+    if (options_.layout.staging_buffers > 1 && !pipelined)
+      throw usage_error("zero: layout.staging_buffers = " + std::to_string(options_.layout.staging_buffers) + where +
+                        " needs a communicator with non-blocking collectives (zero::nonblocking_communicator); " +
+                        typeid(Comm).name() + " has none: use 1");
     if (options_.value_rounding == rounding::stochastic && !(std::is_same_v<value_type, bf16> && !Precision::has_master))
       throw usage_error("zero: stochastic rounding needs bf16 parameters without master weights (e.g. zero::bf16_pure)" + where);
     scaler_ = loss_scaler(options_.loss_scale, std::is_same_v<param_type, fp16>);
@@ -450,7 +498,7 @@ class optimizer {
     mix_text(typeid(Partitioner).name());
     const auto& l = options_.layout;
     for (std::uint64_t v : {std::uint64_t{l.alignment}, std::uint64_t{l.bucket_elements}, std::uint64_t{l.gradient_slots},
-                            std::uint64_t{l.defer_reduction}})
+                            std::uint64_t{l.defer_reduction}, std::uint64_t{l.staging_buffers}})
       mix(v);
     mix_real(options_.max_grad_norm);
     const auto& ls = scaler_.options();
@@ -560,7 +608,9 @@ class optimizer {
     if (options_.layout.gradient_slots) slots_ = detail::owned_buffer<grad_type>(plan_.element_count, mr);
     if constexpr (sharded) param_shard_ = detail::owned_buffer<param_type>(plan_.shard_size, mr);
     const std::size_t staging_element = sharded ? std::max(sizeof(comm_type), sizeof(param_type)) : sizeof(comm_type);
-    staging_ = detail::owned_buffer<std::byte>(n * plan_.max_slice() * staging_element, mr);
+    staging_bytes_ = n * plan_.max_slice() * staging_element;
+    staging_ = detail::owned_buffer<std::byte>(options_.layout.staging_buffers * staging_bytes_, mr);
+    flights_ = std::vector<flight>(options_.layout.staging_buffers);
 
     // metadata of the step (ordinary heap, not accounted as engine buffers)
     std::size_t report_capacity = 0;
@@ -707,6 +757,7 @@ class optimizer {
           if (reports_[p] != 0) accumulate(p, slots_.data() + plan_.param_offset[p]);
     } else {
       while (next_unit_ < plan_.units.size()) reduce_unit(next_unit_++);
+      complete_all();
     }
     forget_reports();
   }
@@ -724,22 +775,84 @@ class optimizer {
     slots_.zero();
   }
 
-  comm_type* staging_comm() const noexcept { return reinterpret_cast<comm_type*>(staging_.data()); }
-  param_type* staging_param() const noexcept { return reinterpret_cast<param_type*>(staging_.data()); }
+  // ---- staging buffers and the collectives in flight ----------------------------------------
 
-  //! Reduces unit k: fills the staging buffer (rank-major slices, comm type), then all-reduces
-  //! it (stage 0) or reduce-scatters it in place (stages 1, 2), and stores the result: into the
-  //! full buffer (local accumulation) or added to the gradient shard (stage 2, per micro-step).
+  comm_type* staging_comm(std::size_t b) const noexcept {
+    return reinterpret_cast<comm_type*>(staging_.data() + b * staging_bytes_);
+  }
+  param_type* staging_param(std::size_t b) const noexcept {
+    return reinterpret_cast<param_type*>(staging_.data() + b * staging_bytes_);
+  }
+
+  //! The next staging buffer, round robin, once the collective it holds has completed.
+  std::size_t take_buffer() {
+    const std::size_t b = next_buffer_;
+    next_buffer_ = (next_buffer_ + 1) % flights_.size();
+    complete(b);
+    return b;
+  }
+
+  //! Runs a unit's collective on buffer b: started (`start(comm)`, when pipelined) or run to
+  //! completion (`blocking()`).
+  template <class Blocking, class Start>
+  void launch(std::size_t b, std::size_t unit, bool gather, Blocking&& blocking, [[maybe_unused]] Start&& start) {
+    if constexpr (pipelined) {
+      if (flights_.size() > 1) {
+        flights_[b].request = start(*comm_);
+        flights_[b].unit = unit;
+        flights_[b].gather = gather;
+        return;
+      }
+    }
+    blocking();
+    flights_[b].unit = unit;
+    flights_[b].gather = gather;
+    complete(b);
+  }
+
+  //! Waits for buffer b's collective and takes its result out (into the gradients or the
+  //! framework's parameters).
+  void complete(std::size_t b) {
+    flight& f = flights_[b];
+    if (f.unit == none) return;
+    f.request.wait();
+    const std::size_t k = f.unit;
+    f.unit = none;
+    if (f.gather) scatter_unit(k, staging_param(b));
+    else take_reduction(k, staging_comm(b));
+  }
+
+  void complete_all() {
+    for (std::size_t i = 0; i < flights_.size(); ++i) complete((next_buffer_ + i) % flights_.size());
+  }
+
+  //! Lets the communicator advance what is in flight while the framework runs backward.
+  void progress() {
+    if constexpr (pipelined)
+      if (flights_.size() > 1) comm_->progress();
+  }
+
+  //! Whether the gradient shard receives unit reductions directly: it has the communication
+  //! type and holds nothing yet this step.
+  bool reduces_directly() const noexcept {
+    return std::is_same_v<comm_type, accum_type> && Stage == stage::stage2 && !local_accumulation_ && micro_steps_ == 1;
+  }
+
+  //! Reduces unit k: fills a staging buffer (rank-major slices, comm type), then all-reduces it
+  //! (stage 0) or reduce-scatters it in place (stages 1, 2); `take_reduction` stores the result
+  //! once the collective has completed.
   void reduce_unit(std::size_t k) {
     const auto& u = plan_.units[k];
     const std::size_t n = static_cast<std::size_t>(world_);
-    // The gradient shard receives the reduction directly when it has the communication type and
-    // holds nothing yet this step; a group of one then reduces in place (no copy at all).
-    constexpr bool shard_is_comm = std::is_same_v<comm_type, accum_type>;
-    const bool direct = shard_is_comm && Stage == stage::stage2 && !local_accumulation_ && micro_steps_ == 1;
-    comm_type* staging = staging_comm();
-    if constexpr (shard_is_comm)
-      if (direct && n == 1) staging = reinterpret_cast<comm_type*>(gradients_.data() + u.shard_begin);
+    const std::size_t b = take_buffer();
+    comm_type* staging = staging_comm(b);
+    comm_type* shard_slice = nullptr;  // where a direct reduction lands
+    if constexpr (std::is_same_v<comm_type, accum_type>) {
+      if (reduces_directly()) {
+        shard_slice = gradients_.data() + u.shard_begin;
+        if (n == 1) staging = shard_slice;  // a group of one reduces in place: no copy at all
+      }
+    }
     const std::size_t count = n * u.slice;
     if (local_accumulation_) {
       for (std::size_t r = 0; r < n; ++r) {
@@ -766,19 +879,30 @@ class optimizer {
     }
 
     if constexpr (Stage == stage::stage0) {
-      comm_->all_reduce(staging, staging, count, reduce_op::sum);
-      for (std::size_t r = 0; r < n; ++r) {
+      launch(
+          b, k, false, [&] { comm_->all_reduce(staging, staging, count, reduce_op::sum); },
+          [&](auto& c) { return c.iall_reduce(staging, staging, count, reduce_op::sum); });
+    } else {
+      comm_type* to = shard_slice != nullptr ? shard_slice : staging + static_cast<std::size_t>(rank_) * u.slice;
+      launch(
+          b, k, false, [&] { comm_->reduce_scatter(staging, to, u.slice, reduce_op::sum); },
+          [&](auto& c) { return c.ireduce_scatter(staging, to, u.slice, reduce_op::sum); });
+    }
+  }
+
+  //! Stores unit k's completed reduction (in `staging`): into the full buffer (local
+  //! accumulation), or into or added to the gradient shard (stage 2, per micro-step).
+  void take_reduction(std::size_t k, const comm_type* staging) {
+    const auto& u = plan_.units[k];
+    if constexpr (Stage == stage::stage0) {
+      for (std::size_t r = 0; r < static_cast<std::size_t>(world_); ++r) {
         const comm_type* from = staging + r * u.slice;
         accum_type* to = gradients_.data() + u.flat_index(static_cast<int>(r), 0);
         for (std::size_t j = 0; j < u.slice; ++j) to[j] = convert<accum_type>(from[j]);
       }
-    } else if (direct) {
-      if constexpr (shard_is_comm)
-        comm_->reduce_scatter(staging, reinterpret_cast<comm_type*>(gradients_.data() + u.shard_begin), u.slice,
-                              reduce_op::sum);
     } else {
-      comm_type* mine = staging + static_cast<std::size_t>(rank_) * u.slice;
-      comm_->reduce_scatter(staging, mine, u.slice, reduce_op::sum);
+      if (reduces_directly()) return;  // already in the shard
+      const comm_type* mine = staging + static_cast<std::size_t>(rank_) * u.slice;
       if (local_accumulation_) {
         accum_type* to = gradients_.data() + u.flat_index(rank_, 0);
         for (std::size_t j = 0; j < u.slice; ++j) to[j] = convert<accum_type>(mine[j]);
@@ -936,15 +1060,25 @@ class optimizer {
 
   //! All-gathers every unit's updated slices and scatters them into the framework's parameters.
   void gather_parameters() {
-    param_type* staging = staging_param();
     for (std::size_t k = 0; k < plan_.units.size(); ++k) {
       const auto& u = plan_.units[k];
-      comm_->all_gather(param_shard_.data() + u.shard_begin, staging, u.slice);
-      for (std::size_t i = unit_pieces_begin_[k]; i < unit_pieces_begin_[k + 1]; ++i) {
-        const auto& piece = unit_pieces_[i];
-        const param_type* from = staging + static_cast<std::size_t>(piece.rank) * u.slice + (piece.shard_offset - u.shard_begin);
-        std::copy(from, from + piece.count, params_[piece.param].data + piece.param_offset);
-      }
+      const std::size_t b = take_buffer();
+      param_type* staging = staging_param(b);
+      const param_type* mine = param_shard_.data() + u.shard_begin;
+      launch(
+          b, k, true, [&] { comm_->all_gather(mine, staging, u.slice); },
+          [&](auto& c) { return c.iall_gather(mine, staging, u.slice); });
+    }
+    complete_all();
+  }
+
+  //! Copies unit k's all-gathered slices (in `staging`) into the framework's parameters.
+  void scatter_unit(std::size_t k, const param_type* staging) {
+    const auto& u = plan_.units[k];
+    for (std::size_t i = unit_pieces_begin_[k]; i < unit_pieces_begin_[k + 1]; ++i) {
+      const auto& piece = unit_pieces_[i];
+      const param_type* from = staging + static_cast<std::size_t>(piece.rank) * u.slice + (piece.shard_offset - u.shard_begin);
+      std::copy(from, from + piece.count, params_[piece.param].data + piece.param_offset);
     }
   }
 
@@ -1002,6 +1136,9 @@ class optimizer {
   detail::owned_buffer<grad_type> slots_;
   detail::owned_buffer<param_type> param_shard_;
   detail::owned_buffer<std::byte> staging_;
+  std::size_t staging_bytes_ = 0;  // one staging buffer
+  std::vector<flight> flights_;    // one per staging buffer
+  std::size_t next_buffer_ = 0;
 };
 
 }  // namespace zero

@@ -186,6 +186,7 @@ struct run_options {
   double max_grad_norm = 0;      // clip (0: off)
   double loss_scale = 0;         // a fixed loss scale (0: the engine's default for the precision)
   bool shared_weight = false;    // parameter 4 is used twice per micro-step (reported twice)
+  std::size_t staging_buffers = 1;  // >= 2: reductions and all-gathers pipelined (queued collectives)
 };
 
 struct run_result {
@@ -286,6 +287,7 @@ run_result run(const run_options& o, const typename Optimizer::hyperparameters_t
     options.layout.alignment = o.alignment;
     options.layout.gradient_slots = o.slots;
     options.layout.defer_reduction = o.defer_reduction;
+    options.layout.staging_buffers = o.staging_buffers;
     options.max_grad_norm = o.max_grad_norm;
     if (o.loss_scale > 0) {
       options.loss_scale.kind = zero::loss_scale_options::mode::fixed;

@@ -84,6 +84,11 @@ TEST_SUITE("equivalence") {
         const auto s0 = harness::run<zero::optimizer<zero::stage0, zero::fp32_precision>>(o, h);
         const auto s1 = harness::run<zero::optimizer<zero::stage1, zero::fp32_precision>>(o, h);
         const auto every = harness::run<zero::optimizer<zero::stage2, zero::fp32_precision, zero::adamw, zero::bucketed_partitioner>>(o, h);
+        o.staging_buffers = 3;  // pipelined: the same sums in the same order
+        const auto pipelined = harness::run<zero::optimizer<zero::stage2, zero::fp32_precision, zero::adamw, zero::bucketed_partitioner>>(o, h);
+        CHECK(pipelined.values == every.values);
+        CHECK(pipelined.params == every.params);
+        o.staging_buffers = 1;
         o.defer_reduction = true;
         const auto once = harness::run<zero::optimizer<zero::stage2, zero::fp32_precision, zero::adamw, zero::bucketed_partitioner>>(o, h);
         o.slots = true;
@@ -114,6 +119,9 @@ TEST_SUITE("equivalence") {
     h.lr = 1e-2;
     const auto accum = harness::run<zero::optimizer<zero::stage2, zero::bf16_mixed_bf16_accum>>(o, h);
     const auto comm = harness::run<zero::optimizer<zero::stage2, zero::bf16_mixed_bf16_comm>>(o, h);
+    o.staging_buffers = 2;  // pipelined: bitwise the same
+    CHECK(harness::run<zero::optimizer<zero::stage2, zero::bf16_mixed_bf16_accum>>(o, h).values == accum.values);
+    CHECK(harness::run<zero::optimizer<zero::stage2, zero::bf16_mixed_bf16_comm>>(o, h).values == comm.values);
     // bf16 sums carry 8 bits: AdamW's normalized steps keep the master weights within about
     // lr * steps * 2^-8 of the reference
     CHECK(accum.max_value_error < 2e-3);

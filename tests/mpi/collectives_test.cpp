@@ -288,6 +288,7 @@ void check_against_threads() {
 }  // namespace
 
 static_assert(zero::communicator<zero::mpi_communicator>);
+static_assert(zero::nonblocking_communicator<zero::mpi_communicator>);
 
 TEST_SUITE("mpi") {
   TEST_CASE("mpi_communicator: collectives equal thread_communicator bitwise for fp32") { check_against_threads<float>(); }

@@ -52,6 +52,7 @@ rank_result run(zero::mpi_communicator& comm, const harness::run_options& o,
   options.layout.bucket_elements = o.bucket_elements;
   options.layout.alignment = o.alignment;
   options.layout.gradient_slots = o.slots;
+  options.layout.staging_buffers = o.staging_buffers;
   Optimizer opt(comm, params, options);
 
   rank_result result;
