@@ -87,6 +87,7 @@ int train(const settings& s) {
   options.hyperparameters.lr = 3e-3;
   options.hyperparameters.weight_decay = 1e-4;
   options.layout.bucket_elements = 256;
+  options.layout.staging_buffers = 2;  // each bucket's reduce-scatter in flight while backward goes on
   optimizer opt(comm, params, options);  // collective: every rank checks the others' layout
 
   const int per_rank = batch / world + (rank < batch % world ? 1 : 0);
