@@ -36,12 +36,8 @@
 #include <utility>
 #include <vector>
 
-#define ZERO_DETAIL_INCLUDE_ALLOWED
-#include "zero/detail/host_update.hpp"
-#include "zero/detail/worker_pool.hpp"
-#undef ZERO_DETAIL_INCLUDE_ALLOWED
-
 #include "zero/activation_checkpointer.hpp"
+#include "zero/backend.hpp"
 #include "zero/communicator.hpp"
 #include "zero/error.hpp"
 #include "zero/loss_scaler.hpp"
@@ -105,9 +101,10 @@ struct optimizer_options {
   rounding value_rounding = rounding::nearest_even;
   std::uint64_t seed = 0;  //!< seeds stochastic rounding
   //! Threads that split this rank's update and norm passes (the calling thread included); 0: the
-  //! hardware's count. Shards under 32768 elements are done by the calling thread alone.
+  //! hardware's count. Shards under 32768 elements are done by the calling thread alone. (Host
+  //! backend.)
   unsigned threads = 0;
-  //! Where every persistent buffer is allocated, once, at construction.
+  //! Where every persistent buffer is allocated, once, at construction. (Host backend.)
   std::pmr::memory_resource* memory = std::pmr::new_delete_resource();
 };
 
@@ -139,6 +136,8 @@ struct step_report {
 //! @tparam Partitioner  `contiguous_partitioner`, `bucketed_partitioner` or a user-written one
 //! @tparam Comm         the communicator type; the engine uses the caller's object
 //! @tparam Checkpointer the activation checkpointer the engine carries for the framework
+//! The backend (where the buffers live, what runs the passes) is the communicator's: see
+//! `backend.hpp` (`backend_of<Comm>`).
 template <stage Stage, precision_bundle Precision = bf16_mixed, update_rule Rule = adamw,
           partitioner Partitioner = contiguous_partitioner, communicator Comm = thread_communicator,
           activation_checkpointer Checkpointer = passthrough_checkpointer>
@@ -156,8 +155,12 @@ class optimizer {
   using options_type = optimizer_options<Rule>;
   using communicator_type = Comm;
   using checkpointer_type = Checkpointer;
+  using backend_type = typename backend_of<Comm>::type;
+  static_assert(backend<backend_type>, "zero::optimizer: the communicator's backend_type is not a zero::backend");
+  static_assert(std::is_same_v<backend_type, host_backend> || elementwise_rule<Rule>,
+                "zero::optimizer: tensor-wise rules (lamb) run on the host backend only");
   static constexpr zero::stage stage_value = Stage;
-  static constexpr std::size_t max_state_slots = 8;
+  static constexpr std::size_t max_state_slots = detail::max_update_slots;
   //! 64-bit words each rank contributes to the one all-gather of per-step statistics.
   static constexpr std::size_t statistics_words = 4;
 
@@ -166,7 +169,8 @@ class optimizer {
   //! whose input is refused, makes every rank throw the same error naming it.
   //! Reads the parameters' values (to initialize the master weights); writes nothing of them.
   optimizer(Comm& comm, std::span<const parameter<param_type>> params, options_type options = {})
-      : comm_(&comm), options_(options), rank_(comm.rank()), world_(comm.world_size()), pool_(options.threads) {
+      : comm_(&comm), options_(options), rank_(comm.rank()), world_(comm.world_size()),
+        backend_(comm, backend_options{options.threads, options.memory}) {
     std::string refusal;
     std::uint64_t digest = 0;
     try {
@@ -381,8 +385,7 @@ class optimizer {
     check_usable();
     guarded([&] {
       for (const auto& s : segments_)
-        if (s.out != nullptr)
-          for (std::size_t i = 0; i < s.count; ++i) s.out[i] = convert<param_type>(static_cast<float>(s.values[i]));
+        if (s.out != nullptr) backend_.convert(s.out, s.values, s.count);
       if constexpr (Stage != stage::stage0) gather_parameters();
     });
     forget_reports();
@@ -415,15 +418,9 @@ class optimizer {
     bool gather = false;      // an all-gather of parameters, or a reduction of gradients
   };
 
-  // A contiguous run of elements the update walks: values, gradients, state and output.
-  struct segment {
-    value_type* values;
-    const accum_type* grads;
-    std::size_t state_offset;  // also the element's id for stochastic rounding (plus a rank offset)
-    param_type* out;           // where the model-precision value goes; null when values are the parameters
-    std::size_t count;
-    std::size_t param;         // the parameter (tensor-wise rules); none for merged segments
-  };
+  // A contiguous run of elements the update walks (`update_run`): values, gradients, state and
+  // output (null when the values are the parameters themselves).
+  using segment = update_run<value_type, accum_type, param_type>;
 
   // ---- construction ------------------------------------------------------------------------
 
@@ -525,7 +522,7 @@ class optimizer {
   void agree_across_ranks(std::uint64_t digest, const std::string& refusal) {
     const std::uint64_t mine[2] = {digest, refusal.empty() ? 1u : 0u};
     std::vector<std::uint64_t> all(2 * static_cast<std::size_t>(world_));
-    comm_->all_gather(mine, all.data(), 2);
+    backend_.all_gather_words(*comm_, mine, all.data(), 2);
     if (!refusal.empty()) throw usage_error(refusal);
     std::string refused;
     for (int r = 0; r < world_; ++r)
@@ -599,17 +596,17 @@ class optimizer {
   }
 
   void allocate_and_initialize() {
-    auto* mr = options_.memory;
+    auto& b = backend_;
     const std::size_t updated = updated_count();
     const std::size_t n = static_cast<std::size_t>(world_);
-    if constexpr (Precision::has_master) master_ = detail::owned_buffer<value_type>(updated, mr);
-    state_ = detail::owned_buffer<float>(state_count_ * updated, mr);
-    gradients_ = detail::owned_buffer<accum_type>(local_accumulation_ ? plan_.padded_size : plan_.shard_size, mr);
-    if (options_.layout.gradient_slots) slots_ = detail::owned_buffer<grad_type>(plan_.element_count, mr);
-    if constexpr (sharded) param_shard_ = detail::owned_buffer<param_type>(plan_.shard_size, mr);
+    if constexpr (Precision::has_master) master_ = b.template allocate<value_type>(updated);
+    state_ = b.template allocate<float>(state_count_ * updated);
+    gradients_ = b.template allocate<accum_type>(local_accumulation_ ? plan_.padded_size : plan_.shard_size);
+    if (options_.layout.gradient_slots) slots_ = b.template allocate<grad_type>(plan_.element_count);
+    if constexpr (sharded) param_shard_ = b.template allocate<param_type>(plan_.shard_size);
     const std::size_t staging_element = sharded ? std::max(sizeof(comm_type), sizeof(param_type)) : sizeof(comm_type);
     staging_bytes_ = n * plan_.max_slice() * staging_element;
-    staging_ = detail::owned_buffer<std::byte>(options_.layout.staging_buffers * staging_bytes_, mr);
+    staging_ = b.template allocate<std::byte>(options_.layout.staging_buffers * staging_bytes_);
     flights_ = std::vector<flight>(options_.layout.staging_buffers);
 
     // metadata of the step (ordinary heap, not accounted as engine buffers)
@@ -623,20 +620,17 @@ class optimizer {
 
     for (std::size_t k = 0; k < state_count_; ++k) {
       const float start = static_cast<float>(initial_state<Rule>(options_.hyperparameters, k));
-      std::fill(state_.data() + k * updated, state_.data() + (k + 1) * updated, start);
+      b.fill(state_.data() + k * updated, updated, start);
     }
     // initial values: the parameters this rank updates, widened to the value type
     for (const auto& piece : owned_) {
       const param_type* from = params_[piece.param].data + piece.param_offset;
       const std::size_t at = sharded ? piece.shard_offset : piece.flat_offset;
-      if constexpr (Precision::has_master)
-        for (std::size_t i = 0; i < piece.count; ++i) master_[at + i] = convert<value_type>(from[i]);
-      if constexpr (sharded) std::copy(from, from + piece.count, param_shard_.data() + at);
+      if constexpr (Precision::has_master) b.convert(master_.data() + at, from, piece.count);
+      if constexpr (sharded) b.convert(param_shard_.data() + at, from, piece.count);
     }
     build_segments();
-    segment_elements_ = 0;
-    for (const auto& seg : segments_) segment_elements_ += seg.count;
-    partials_.assign(pool_.size(), 0.0);
+    b.prepare_runs(std::span<const segment>(segments_));
   }
 
   //! The run of the update for one owned piece of a parameter.
@@ -653,7 +647,7 @@ class optimizer {
     } else {
       values = params_[piece.param].data + piece.param_offset;
     }
-    return {values, grads, at, out, piece.count, piece.param};
+    return {values, grads, at, out, piece.count};
   }
 
   //! Element-wise rules walk whole units (padding included), merged where contiguous;
@@ -666,7 +660,7 @@ class optimizer {
       for (const auto& u : plan_.units) {
         const accum_type* grads = gradients_.data() + (local_accumulation_ ? u.flat_index(rank_, 0) : u.shard_begin);
         param_type* out = Precision::has_master ? param_shard_.data() + u.shard_begin : nullptr;
-        const segment s{value_base() + u.shard_begin, grads, u.shard_begin, out, u.slice, none};
+        const segment s{value_base() + u.shard_begin, grads, u.shard_begin, out, u.slice};
         if (!segments_.empty() && segments_.back().values + segments_.back().count == s.values &&
             segments_.back().grads + segments_.back().count == s.grads)
           segments_.back().count += s.count;
@@ -713,17 +707,15 @@ class optimizer {
 
   //! Notes the first non-finite gradient this rank saw this step (checked before reduction).
   template <class T>
-  void check_finite(std::size_t param, const T* data, std::size_t n) noexcept {
-    if (!check_nonfinite_ || nonfinite_param_ != none) return;
-    if (detail::any_nonfinite(data, n)) nonfinite_param_ = param;
+  void check_finite(std::size_t param, const T* data, std::size_t n) {
+    if (check_nonfinite_) backend_.check_finite(param, data, n);
   }
 
   //! Stages 0 and 1 (and stage 2 with deferred reduction): add a gradient into the full buffer.
   void accumulate(std::size_t param, const grad_type* from) {
     const std::size_t n = plan_.param_size[param];
     check_finite(param, from, n);
-    accum_type* to = gradients_.data() + plan_.param_offset[param];
-    for (std::size_t i = 0; i < n; ++i) to[i] = convert<accum_type>(static_cast<float>(to[i]) + static_cast<float>(from[i]));
+    backend_.add(gradients_.data() + plan_.param_offset[param], from, n);
   }
 
   void add_record(std::size_t param, const grad_type* data) {
@@ -855,24 +847,18 @@ class optimizer {
     }
     const std::size_t count = n * u.slice;
     if (local_accumulation_) {
-      for (std::size_t r = 0; r < n; ++r) {
-        const accum_type* from = gradients_.data() + u.flat_index(static_cast<int>(r), 0);
-        comm_type* to = staging + r * u.slice;
-        for (std::size_t j = 0; j < u.slice; ++j) to[j] = convert<comm_type>(from[j]);
-      }
+      for (std::size_t r = 0; r < n; ++r)
+        backend_.convert(staging + r * u.slice, gradients_.data() + u.flat_index(static_cast<int>(r), 0), u.slice);
     } else {
-      std::fill(staging, staging + count, comm_type(0.0f));
+      backend_.fill(staging, count, comm_type(0.0f));
       for (std::size_t i = unit_pieces_begin_[k]; i < unit_pieces_begin_[k + 1]; ++i) {
         const auto& piece = unit_pieces_[i];
         comm_type* to = staging + static_cast<std::size_t>(piece.rank) * u.slice + (piece.shard_offset - u.shard_begin);
         bool first = true;
         for (std::size_t r = record_head_[piece.param]; r != none; r = record_next_[r], first = false) {
           const grad_type* from = record_data_[r] + piece.param_offset;
-          if (first)
-            for (std::size_t j = 0; j < piece.count; ++j) to[j] = convert<comm_type>(from[j]);
-          else
-            for (std::size_t j = 0; j < piece.count; ++j)
-              to[j] = convert<comm_type>(static_cast<float>(to[j]) + static_cast<float>(from[j]));
+          if (first) backend_.convert(to, from, piece.count);
+          else backend_.add(to, from, piece.count);
         }
         check_finite(piece.param, to, piece.count);
       }
@@ -895,25 +881,14 @@ class optimizer {
   void take_reduction(std::size_t k, const comm_type* staging) {
     const auto& u = plan_.units[k];
     if constexpr (Stage == stage::stage0) {
-      for (std::size_t r = 0; r < static_cast<std::size_t>(world_); ++r) {
-        const comm_type* from = staging + r * u.slice;
-        accum_type* to = gradients_.data() + u.flat_index(static_cast<int>(r), 0);
-        for (std::size_t j = 0; j < u.slice; ++j) to[j] = convert<accum_type>(from[j]);
-      }
+      for (std::size_t r = 0; r < static_cast<std::size_t>(world_); ++r)
+        backend_.convert(gradients_.data() + u.flat_index(static_cast<int>(r), 0), staging + r * u.slice, u.slice);
     } else {
       if (reduces_directly()) return;  // already in the shard
       const comm_type* mine = staging + static_cast<std::size_t>(rank_) * u.slice;
-      if (local_accumulation_) {
-        accum_type* to = gradients_.data() + u.flat_index(rank_, 0);
-        for (std::size_t j = 0; j < u.slice; ++j) to[j] = convert<accum_type>(mine[j]);
-      } else if (micro_steps_ == 1) {  // the shard holds nothing yet this step
-        accum_type* to = gradients_.data() + u.shard_begin;
-        for (std::size_t j = 0; j < u.slice; ++j) to[j] = convert<accum_type>(mine[j]);
-      } else {
-        accum_type* to = gradients_.data() + u.shard_begin;
-        for (std::size_t j = 0; j < u.slice; ++j)
-          to[j] = convert<accum_type>(static_cast<float>(to[j]) + static_cast<float>(mine[j]));
-      }
+      if (local_accumulation_) backend_.convert(gradients_.data() + u.flat_index(rank_, 0), mine, u.slice);
+      else if (micro_steps_ == 1) backend_.convert(gradients_.data() + u.shard_begin, mine, u.slice);  // shard empty so far
+      else backend_.add(gradients_.data() + u.shard_begin, mine, u.slice);
     }
   }
 
@@ -926,25 +901,14 @@ class optimizer {
     return check_nonfinite_ || options_.max_grad_norm > 0 || tensorwise_rule<Rule>;
   }
 
-  //! This rank's sum of squares of its (summed, scaled) gradients: one threaded pass.
-  double local_sum_of_squares() {
-    auto partial = [&](unsigned t, unsigned n) {
-      double sum = 0;
-      for_each_share(t, n, [&](const segment& s, std::size_t begin, std::size_t end) {
-        sum += detail::sum_of_squares(s.grads + begin, end - begin);
-      });
-      partials_[t] = sum;
-    };
-    run_split(partial);
-    double sum_of_squares = 0;
-    for (unsigned t = 0; t < split_threads(); ++t) sum_of_squares += partials_[t];
-    return sum_of_squares;
-  }
+  //! This rank's sum of squares of its (summed, scaled) gradients: one pass.
+  double local_sum_of_squares() { return backend_.sum_of_squares(std::span<const segment>(segments_)); }
 
   step_report exchange_statistics(double sum_of_squares) {
-    const std::uint64_t mine[statistics_words] = {std::bit_cast<std::uint64_t>(sum_of_squares), nonfinite_param_ != none ? 1u : 0u,
-                                   nonfinite_param_, micro_steps_};
-    comm_->all_gather(mine, statistics_.data(), statistics_words);
+    const std::size_t nonfinite = check_nonfinite_ ? backend_.first_nonfinite() : none;
+    const std::uint64_t mine[statistics_words] = {std::bit_cast<std::uint64_t>(sum_of_squares), nonfinite != none ? 1u : 0u,
+                                                  nonfinite, micro_steps_};
+    backend_.all_gather_words(*comm_, mine, statistics_.data(), statistics_words);
 
     step_report report;
     report.loss_scale = scaler_.scale();
@@ -975,32 +939,6 @@ class optimizer {
     return {options_.value_rounding == rounding::stochastic, options_.seed, step_};
   }
 
-  // ---- splitting a pass over the segments across the worker threads -------------------------
-
-  static constexpr std::size_t threading_threshold = 1u << 15;  // elements below which one thread works
-
-  unsigned split_threads() const noexcept { return updated_count() < threading_threshold ? 1u : pool_.size(); }
-
-  template <class Job>
-  void run_split(Job& job) {
-    if (split_threads() == 1) job(0u, 1u);
-    else pool_.run(job);
-  }
-
-  //! Calls f(segment, begin, end) for the part of the segments (all elements back to back)
-  //! that thread t of n takes.
-  template <class F>
-  void for_each_share(unsigned t, unsigned n, F&& f) const {
-    const auto [lo, hi] = detail::share(segment_elements_, t, n);
-    std::size_t at = 0;
-    for (const auto& s : segments_) {
-      const std::size_t b = std::max(lo, at), e = std::min(hi, at + s.count);
-      if (b < e) f(s, b - at, e - at);
-      at += s.count;
-      if (at >= hi) break;
-    }
-  }
-
   std::array<float*, max_state_slots> state_slots(std::size_t offset) const noexcept {
     std::array<float*, max_state_slots> slots{};
     for (std::size_t k = 0; k < state_count_; ++k) slots[k] = state_.data() + k * updated_count() + offset;
@@ -1014,40 +952,32 @@ class optimizer {
     const std::size_t id_base = sharded ? static_cast<std::size_t>(rank_) * plan_.shard_size : 0;
     const auto round = step_rounding();
     if constexpr (elementwise_rule<Rule>) {
-      auto job = [&](unsigned t, unsigned n) {
-        double sum = 0;
-        for_each_share(t, n, [&](const segment& s, std::size_t begin, std::size_t end) {
-          const auto slots = state_slots(s.state_offset + begin);
-          sum += detail::update_elements<Rule>(c, s.values + begin, s.grads + begin, slots.data(), state_count_,
-                                               s.out == nullptr ? nullptr : s.out + begin, end - begin, factor, round,
-                                               id_base + s.state_offset + begin, sum_of_squares != nullptr);
-        });
-        partials_[t] = sum;
-      };
-      run_split(job);
-      if (sum_of_squares != nullptr) {
-        *sum_of_squares = 0;
-        for (unsigned t = 0; t < split_threads(); ++t) *sum_of_squares += partials_[t];
-      }
+      const double sum = backend_.template update<Rule>(c, std::span<const segment>(segments_), state_.data(), updated_count(),
+                                                         state_count_, factor, round, id_base, sum_of_squares != nullptr);
+      if (sum_of_squares != nullptr) *sum_of_squares = sum;
     } else {
       // pass 1: state and per-tensor sums over the pieces this rank holds
       std::fill(tensor_sums_.begin(), tensor_sums_.end(), 0.0);
-      for (const auto& s : piece_segments_) {
+      for (std::size_t q = 0; q < piece_segments_.size(); ++q) {
+        const auto& s = piece_segments_[q];
+        const std::size_t param = owned_[q].param;
         const auto slots = state_slots(s.state_offset);
         tensor_sums sums;
         for (std::size_t i = 0; i < s.count; ++i) {
           float value = static_cast<float>(s.values[i]);
           Rule::first_pass(c, value, static_cast<float>(s.grads[i]) * factor, state_ref{slots.data(), i}, sums);
         }
-        tensor_sums_[2 * s.param] += sums.a;
-        tensor_sums_[2 * s.param + 1] += sums.b;
+        tensor_sums_[2 * param] += sums.a;
+        tensor_sums_[2 * param + 1] += sums.b;
       }
       // a tensor split across ranks gets the sums of all its pieces
       if constexpr (sharded) comm_->all_reduce(tensor_sums_.data(), tensor_sums_.data(), tensor_sums_.size(), reduce_op::sum);
       // pass 2: the update with each tensor's factor
-      for (const auto& s : piece_segments_) {
+      for (std::size_t q = 0; q < piece_segments_.size(); ++q) {
+        const auto& s = piece_segments_[q];
+        const std::size_t param = owned_[q].param;
         const auto slots = state_slots(s.state_offset);
-        const float tensor_factor = Rule::tensor_factor(c, {tensor_sums_[2 * s.param], tensor_sums_[2 * s.param + 1]});
+        const float tensor_factor = Rule::tensor_factor(c, {tensor_sums_[2 * param], tensor_sums_[2 * param + 1]});
         for (std::size_t i = 0; i < s.count; ++i) {
           float value = static_cast<float>(s.values[i]);
           Rule::second_pass(c, value, state_ref{slots.data(), i}, tensor_factor);
@@ -1078,7 +1008,7 @@ class optimizer {
     for (std::size_t i = unit_pieces_begin_[k]; i < unit_pieces_begin_[k + 1]; ++i) {
       const auto& piece = unit_pieces_[i];
       const param_type* from = staging + static_cast<std::size_t>(piece.rank) * u.slice + (piece.shard_offset - u.shard_begin);
-      std::copy(from, from + piece.count, params_[piece.param].data + piece.param_offset);
+      backend_.convert(params_[piece.param].data + piece.param_offset, from, piece.count);
     }
   }
 
@@ -1086,7 +1016,7 @@ class optimizer {
   void reset_step() noexcept {
     gradients_.zero();
     micro_steps_ = 1;
-    nonfinite_param_ = none;
+    backend_.clear_nonfinite();
   }
 
   Comm* comm_;
@@ -1101,12 +1031,9 @@ class optimizer {
   bool broken_ = false;
   bool local_accumulation_ = true;  // gradients accumulate in a full buffer, reduced at the step
   bool check_nonfinite_ = false;
-  std::size_t nonfinite_param_ = none;  // first non-finite gradient seen on this rank this step
   double inverse_average_ = 1;          // 1 / (world * loss scale * micro-steps), this step
   double reduce_seconds_ = 0;           // time in reductions during backward since the last step
-  detail::worker_pool pool_;
-  std::vector<double> partials_;        // one sum per thread
-  std::size_t segment_elements_ = 0;
+  backend_type backend_;  // before the buffers it allocates
 
   partition_plan plan_;
   std::vector<std::string> names_;
@@ -1130,12 +1057,12 @@ class optimizer {
   std::vector<std::uint64_t> statistics_;
   std::vector<double> tensor_sums_;
 
-  detail::owned_buffer<value_type> master_;
-  detail::owned_buffer<float> state_;
-  detail::owned_buffer<accum_type> gradients_;
-  detail::owned_buffer<grad_type> slots_;
-  detail::owned_buffer<param_type> param_shard_;
-  detail::owned_buffer<std::byte> staging_;
+  typename backend_type::template buffer<value_type> master_;
+  typename backend_type::template buffer<float> state_;
+  typename backend_type::template buffer<accum_type> gradients_;
+  typename backend_type::template buffer<grad_type> slots_;
+  typename backend_type::template buffer<param_type> param_shard_;
+  typename backend_type::template buffer<std::byte> staging_;
   std::size_t staging_bytes_ = 0;  // one staging buffer
   std::vector<flight> flights_;    // one per staging buffer
   std::size_t next_buffer_ = 0;

@@ -1,0 +1,225 @@
+#pragma once
+//! @file backend.hpp
+//! The Backend policy: where the engine's buffers live and what runs its element passes. The
+//! engine (`optimizer.hpp`) decides what moves where and when; its backend does the moving:
+//! allocating and zeroing buffers, converting, adding, filling, checking for non-finite values,
+//! the sum of squares and the fused update over the engine's runs of elements, and the
+//! exchange of the per-step statistics words through the communicator.
+//!
+//! `host_backend` runs these on the CPU (worker threads, loops the compiler vectorizes). A
+//! communicator over device memory names the backend the engine must use
+//! (`Comm::backend_type`, for example the CUDA backend of `zero/cuda/`): the engine's buffers
+//! then live where that communicator reads and writes. Every other communicator gets
+//! `host_backend`.
+
+#include <algorithm>
+#include <array>
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <memory_resource>
+#include <span>
+#include <type_traits>
+#include <vector>
+
+#define ZERO_DETAIL_INCLUDE_ALLOWED
+#include "zero/detail/host_update.hpp"
+#include "zero/detail/worker_pool.hpp"
+#undef ZERO_DETAIL_INCLUDE_ALLOWED
+
+#include "zero/memory.hpp"
+#include "zero/types.hpp"
+#include "zero/update_rule.hpp"
+
+namespace zero {
+
+namespace detail {
+inline constexpr std::size_t max_update_slots = 8;  //!< state slots an element-wise update can carry
+}  // namespace detail
+
+//! A contiguous run of elements the update walks: values, their gradients, their offset in
+//! every state slot (also their element id for stochastic rounding, plus a rank offset), where
+//! their model-precision copy goes (null: nowhere) and how many there are.
+template <class Value, class Accum, class Param>
+struct update_run {
+  Value* values;
+  const Accum* grads;
+  std::size_t state_offset;
+  Param* out;
+  std::size_t count;
+};
+
+//! What a backend is built from (the engine's options).
+struct backend_options {
+  unsigned threads = 0;  //!< host: threads of the update and norm passes (0: the hardware's count)
+  std::pmr::memory_resource* memory = std::pmr::new_delete_resource();  //!< host: where buffers come from
+};
+
+//! The operations the engine needs of a backend (checked for fp32 buffers; the engine
+//! instantiates them for its precision's types).
+template <class B>
+concept backend = requires(B& b, float* to, const float* from, std::size_t n) {
+  typename B::template buffer<float>;
+  { b.template allocate<float>(n) } -> std::same_as<typename B::template buffer<float>>;
+  b.fill(to, n, 0.0f);
+  b.convert(to, from, n);
+  b.add(to, from, n);
+  b.check_finite(n, from, n);
+  { b.first_nonfinite() } -> std::convertible_to<std::size_t>;
+  b.clear_nonfinite();
+};
+
+//! The CPU backend: buffers from a `std::pmr::memory_resource`, passes on worker threads.
+class host_backend {
+ public:
+  template <class T>
+  using buffer = detail::owned_buffer<T>;
+  static constexpr std::size_t none = static_cast<std::size_t>(-1);
+
+  explicit host_backend(const backend_options& o) : memory_(o.memory), pool_(o.threads) {}
+  //! Built by the engine for its communicator (the host backend needs nothing of it).
+  template <class Comm>
+  host_backend(Comm&, const backend_options& o) : host_backend(o) {}
+
+  //! A zeroed buffer of n elements.
+  template <class T>
+  buffer<T> allocate(std::size_t n) {
+    return buffer<T>(n, memory_);
+  }
+  template <class T>
+  void fill(T* to, std::size_t n, T value) noexcept {
+    std::fill(to, to + n, value);
+  }
+  //! to[i] = convert<To>(from[i]) (a copy when the types agree). @pre no overlap
+  template <class To, class From>
+  void convert(To* to, const From* from, std::size_t n) noexcept {
+    if constexpr (std::is_same_v<To, From>) {
+      if (n != 0) std::memcpy(static_cast<void*>(to), static_cast<const void*>(from), n * sizeof(To));
+    } else {
+      for (std::size_t i = 0; i < n; ++i) to[i] = zero::convert<To>(from[i]);
+    }
+  }
+  //! to[i] = To(float(to[i]) + float(from[i])): the engine's accumulation, rounded once.
+  template <class To, class From>
+  void add(To* to, const From* from, std::size_t n) noexcept {
+    for (std::size_t i = 0; i < n; ++i) to[i] = zero::convert<To>(static_cast<float>(to[i]) + static_cast<float>(from[i]));
+  }
+
+  //! Notes `param` as the first non-finite input of the step unless one was noted already.
+  template <class T>
+  void check_finite(std::size_t param, const T* data, std::size_t n) noexcept {
+    if (first_nonfinite_ == none && detail::any_nonfinite(data, n)) first_nonfinite_ = param;
+  }
+  std::size_t first_nonfinite() const noexcept { return first_nonfinite_; }
+  void clear_nonfinite() noexcept { first_nonfinite_ = none; }
+
+  //! Every rank's `n` words of statistics, in rank order, into `all` (host memory both).
+  template <class Comm>
+  void all_gather_words(Comm& comm, const std::uint64_t* mine, std::uint64_t* all, std::size_t n) {
+    comm.all_gather(mine, all, n);
+  }
+
+  //! Called once by the engine with the runs its passes walk (their total is the shard).
+  template <class Value, class Accum, class Param>
+  void prepare_runs(std::span<const update_run<Value, Accum, Param>> runs) {
+    run_elements_ = 0;
+    for (const auto& r : runs) run_elements_ += r.count;
+    partials_.assign(pool_.size(), 0.0);
+  }
+
+  //! The sum of squares of the runs' gradients (as float, squared and added in double).
+  template <class Value, class Accum, class Param>
+  double sum_of_squares(std::span<const update_run<Value, Accum, Param>> runs) {
+    auto partial = [&](unsigned t, unsigned n) {
+      double sum = 0;
+      for_each_share(runs, t, n, [&](const auto& r, std::size_t begin, std::size_t end) {
+        sum += detail::sum_of_squares(r.grads + begin, end - begin);
+      });
+      partials_[t] = sum;
+    };
+    run_split(partial);
+    return total_of_partials();
+  }
+
+  //! The fused update of every run with element-wise rule `Rule`: values and state slots
+  //! (slot k of element `state_offset + i` at `state[k * state_stride + state_offset + i]`),
+  //! the gradients times `factor`, new values rounded by `round` (element ids from `id_base`),
+  //! model-precision copies into `out`. Returns the gradients' sum of squares when `with_norm`.
+  template <elementwise_rule Rule, class Value, class Accum, class Param>
+  double update(const typename Rule::constants& c, std::span<const update_run<Value, Accum, Param>> runs, float* state,
+                std::size_t state_stride, std::size_t state_count, float factor, const detail::value_rounding<Value>& round,
+                std::uint64_t id_base, bool with_norm) {
+    auto job = [&](unsigned t, unsigned n) {
+      double sum = 0;
+      for_each_share(runs, t, n, [&](const auto& r, std::size_t begin, std::size_t end) {
+        std::array<float*, detail::max_update_slots> slots{};
+        for (std::size_t k = 0; k < state_count && k < slots.size(); ++k)
+          slots[k] = state + k * state_stride + r.state_offset + begin;
+        sum += detail::update_elements<Rule>(c, r.values + begin, r.grads + begin, slots.data(), state_count,
+                                             r.out == nullptr ? nullptr : r.out + begin, end - begin, factor, round,
+                                             id_base + r.state_offset + begin, with_norm);
+      });
+      partials_[t] = sum;
+    };
+    run_split(job);
+    return with_norm ? total_of_partials() : 0.0;
+  }
+
+  //! Threads the passes use (the calling thread included).
+  unsigned threads() const noexcept { return split_threads(); }
+
+ private:
+  static constexpr std::size_t threading_threshold = 1u << 15;  // elements below which one thread works
+
+  unsigned split_threads() const noexcept { return run_elements_ < threading_threshold ? 1u : pool_.size(); }
+
+  template <class Job>
+  void run_split(Job& job) {
+    if (split_threads() == 1) job(0u, 1u);
+    else pool_.run(job);
+  }
+
+  double total_of_partials() const noexcept {
+    double total = 0;
+    for (unsigned t = 0; t < split_threads(); ++t) total += partials_[t];
+    return total;
+  }
+
+  //! Calls f(run, begin, end) for the part of the runs (all elements back to back) that
+  //! thread t of n takes.
+  template <class Run, class F>
+  void for_each_share(std::span<const Run> runs, unsigned t, unsigned n, F&& f) const {
+    const auto [lo, hi] = detail::share(run_elements_, t, n);
+    std::size_t at = 0;
+    for (const auto& r : runs) {
+      const std::size_t b = std::max(lo, at), e = std::min(hi, at + r.count);
+      if (b < e) f(r, b - at, e - at);
+      at += r.count;
+      if (at >= hi) break;
+    }
+  }
+
+  std::pmr::memory_resource* memory_;
+  detail::worker_pool pool_;
+  std::vector<double> partials_;  // one sum per thread
+  std::size_t run_elements_ = 0;
+  std::size_t first_nonfinite_ = none;
+};
+
+static_assert(backend<host_backend>);
+
+//! The backend an engine over communicator `Comm` uses: `Comm::backend_type` when the
+//! communicator names one (its collectives read and write that backend's memory), else
+//! `host_backend`.
+template <class Comm>
+struct backend_of {
+  using type = host_backend;
+};
+template <class Comm>
+  requires requires { typename Comm::backend_type; }
+struct backend_of<Comm> {
+  using type = typename Comm::backend_type;
+};
+
+}  // namespace zero
