@@ -109,22 +109,41 @@ struct partition_plan {
   }
 };
 
+//! The largest flat buffer (elements, padding included) a plan may describe: 2^56, far beyond
+//! any model, and small enough that its size in bytes of any element type fits in a size_t.
+inline constexpr std::size_t max_flat_elements = std::size_t{1} << 56;
+
 //! Packs parameters back to back and pads the total to a multiple of alignment * world size.
 //! The starting point of both shipped partitioners, and of user-written ones.
+//! @throws usage_error for a world size, alignment or bucket size below 1, or a padded total
+//!         above `max_flat_elements`.
 inline partition_plan flat_layout(std::span<const std::size_t> sizes, const partition_options& options) {
   if (options.world_size < 1) throw usage_error("zero: partition world_size must be >= 1, got " + std::to_string(options.world_size));
   if (options.alignment < 1) throw usage_error("zero: partition alignment must be >= 1 element");
   if (options.bucket_elements < 1) throw usage_error("zero: partition bucket_elements must be >= 1");
+  // The flat buffer's size, padding included, is refused beyond max_flat_elements, so that every
+  // buffer size the engine derives from it (elements x bytes per element) fits in a size_t.
+  const std::size_t n = static_cast<std::size_t>(options.world_size);
+  if (options.alignment > max_flat_elements / n)
+    throw usage_error("zero: partition alignment " + std::to_string(options.alignment) + " x world_size " +
+                      std::to_string(n) + " exceeds the largest flat buffer (2^56 elements)");
+  const std::size_t quantum = options.alignment * n;
   partition_plan plan;
   plan.world_size = options.world_size;
   plan.param_offset.reserve(sizes.size());
   plan.param_size.assign(sizes.begin(), sizes.end());
-  for (std::size_t s : sizes) {
+  for (std::size_t p = 0; p < sizes.size(); ++p) {
     plan.param_offset.push_back(plan.element_count);
-    plan.element_count += s;
+    if (sizes[p] > max_flat_elements - plan.element_count)
+      throw usage_error("zero: parameters #0 to #" + std::to_string(p) + " hold more than 2^56 elements together");
+    plan.element_count += sizes[p];
   }
-  const std::size_t quantum = options.alignment * static_cast<std::size_t>(options.world_size);
-  plan.padded_size = (plan.element_count + quantum - 1) / quantum * quantum;
+  const std::size_t quanta = plan.element_count / quantum + (plan.element_count % quantum != 0 ? 1 : 0);
+  if (quanta > max_flat_elements / quantum)
+    throw usage_error("zero: " + std::to_string(plan.element_count) + " elements padded to a multiple of alignment " +
+                      std::to_string(options.alignment) + " x world_size " + std::to_string(n) +
+                      " exceed the largest flat buffer (2^56 elements)");
+  plan.padded_size = quanta * quantum;
   plan.shard_size = plan.padded_size / static_cast<std::size_t>(options.world_size);
   return plan;
 }
@@ -133,7 +152,10 @@ inline partition_plan flat_layout(std::span<const std::size_t> sizes, const part
 //! alignment, never more than a whole shard.
 inline std::size_t unit_slice(std::size_t shard_size, const partition_options& options) {
   const std::size_t n = static_cast<std::size_t>(options.world_size);
-  const std::size_t per_rank = (options.bucket_elements + n - 1) / n;
+  // written so that nothing overflows, whatever bucket_elements is (a flat_layout shard is at
+  // most 2^56 elements, and so is its alignment)
+  const std::size_t per_rank = options.bucket_elements / n + (options.bucket_elements % n != 0 ? 1 : 0);
+  if (per_rank >= shard_size) return shard_size;
   const std::size_t aligned = (per_rank + options.alignment - 1) / options.alignment * options.alignment;
   return std::min(aligned, shard_size);
 }

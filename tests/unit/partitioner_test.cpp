@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <span>
 #include <sstream>
 #include <string>
@@ -360,6 +361,35 @@ TEST_CASE("partitioner: flat_layout rejects zero world size alignment and bucket
   CHECK_THROWS_AS(zero::bucketed_partitioner{}.plan(sizes, {2, 0, 16}), zero::usage_error);
   CHECK_THROWS_AS(zero::bucketed_partitioner{}.plan(sizes, {2, 4, 0}), zero::usage_error);
   CHECK_NOTHROW(zero::flat_layout(sizes, {1, 1, 1}));
+}
+
+// Found by the layout fuzz target (tests/fuzz/fuzz_layout.cpp): sizes near 2^64 used to wrap
+// around (a bucket of SIZE_MAX elements gave slices of 0 elements, and the partitioners looped
+// forever adding empty units; huge alignments gave a flat buffer whose size in bytes wrapped).
+TEST_CASE("partitioner: sizes near 2^64 are refused or handled, never wrap around") {
+  constexpr std::size_t max = std::numeric_limits<std::size_t>::max();
+  const sizes_t sizes{4, 4};
+  for (int world : {1, 2, 3, 8}) {
+    CAPTURE(world);
+    for (std::size_t bucket : {max, max - 1, max - 7, zero::max_flat_elements + 1}) {
+      const auto plan = zero::bucketed_partitioner{}.plan(sizes, {world, 4, bucket});
+      CHECK(plan.units.size() == 1);  // one bucket holds everything
+      CHECK(plan.max_slice() == plan.shard_size);
+      CHECK_NOTHROW(zero::validate_plan(plan, sizes, world));
+      CHECK(zero::contiguous_partitioner{}.plan(sizes, {world, 4, bucket}).units.size() == 1);
+    }
+    CHECK_THROWS_WITH_AS(zero::flat_layout(sizes, {world, max, 16}), doctest::Contains("alignment"), zero::usage_error);
+    CHECK_THROWS_WITH_AS(zero::flat_layout(sizes, {world, zero::max_flat_elements / static_cast<std::size_t>(world) + 1, 16}),
+                         doctest::Contains("2^56"), zero::usage_error);
+    CHECK_THROWS_WITH_AS(zero::flat_layout(sizes_t{max, 2}, {world, 1, 16}), doctest::Contains("2^56"), zero::usage_error);
+    CHECK_THROWS_WITH_AS(zero::flat_layout(sizes_t{zero::max_flat_elements, 1}, {world, 1, 16}), doctest::Contains("#1"),
+                         zero::usage_error);
+    // the elements fit, their padding to a multiple of 3 x world would not
+    CHECK_THROWS_WITH_AS(zero::flat_layout(sizes_t{zero::max_flat_elements}, {world, 3, 16}), doctest::Contains("padded"),
+                         zero::usage_error);
+  }
+  const auto largest = zero::flat_layout(sizes_t{zero::max_flat_elements - 16, 16}, {1, 16, max});
+  CHECK(largest.padded_size == zero::max_flat_elements);
 }
 
 }  // TEST_SUITE("unit")
