@@ -9,13 +9,16 @@
 // unnamed); with --optimizer-state also "optimizer.<slot>.<parameter>" per state slot (PyTorch's
 // slot names: exp_avg, exp_avg_sq, max_exp_avg_sq, momentum_buffer, sum). "__metadata__" holds
 // the step, the rule and where the checkpoint came from. Exit status: 0 done, 1 the checkpoint
-// or the output failed (the message says which file and why), 2 bad arguments.
+// or the output failed (the message says which file and why), 2 bad arguments. The command line
+// itself is tools/consolidate_cli.hpp.
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
 #include <filesystem>
+#include <optional>
 #include <set>
 #include <span>
 #include <string>
@@ -24,32 +27,11 @@
 
 #include "zero/checkpoint.hpp"
 
+#include "consolidate_cli.hpp"
+
 namespace {
 
-int usage(const char* program) {
-  std::fprintf(stderr,
-               "usage: %s <checkpoint dir> <out.safetensors> [--optimizer-state]\n"
-               "  Writes the full fp32 parameters of a zero checkpoint (any saved world size) as safetensors.\n"
-               "  <checkpoint dir>     a checkpoint directory (its newest committed step) or a step-<n> directory\n"
-               "  --optimizer-state    also write each state slot as optimizer.<slot>.<parameter>\n",
-               program);
-  return 2;
-}
-
-std::string json_string(std::string_view s) {
-  std::string out = "\"";
-  for (char c : s) {
-    const auto u = static_cast<unsigned char>(c);
-    if (c == '"') out += "\\\"";
-    else if (c == '\\') out += "\\\\";
-    else if (u < 0x20) {
-      char buffer[8];
-      std::snprintf(buffer, sizeof buffer, "\\u%04x", u);
-      out += buffer;
-    } else out += c;
-  }
-  return out + "\"";
-}
+using zero_consolidate::json_string;
 
 struct tensor {
   std::string name;
@@ -59,13 +41,14 @@ struct tensor {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 3 || argc > 4) return usage(argv[0]);
-  bool with_state = false;
-  if (argc == 4) {
-    if (std::string_view(argv[3]) != "--optimizer-state") return usage(argv[0]);
-    with_state = true;
+  const std::vector<std::string_view> args(argv + std::min(argc, 1), argv + argc);
+  const std::optional<zero_consolidate::arguments> parsed = zero_consolidate::parse_arguments(args);
+  if (!parsed) {
+    std::fputs(zero_consolidate::usage(argc > 0 ? argv[0] : "zero-consolidate").c_str(), stderr);
+    return 2;
   }
-  const std::filesystem::path in = argv[1], out = argv[2];
+  const std::filesystem::path &in = parsed->in, &out = parsed->out;
+  const bool with_state = parsed->with_state;
   try {
     const zero::consolidated_checkpoint c = zero::consolidate_checkpoint(in, with_state);
     std::vector<tensor> tensors;

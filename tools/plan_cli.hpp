@@ -1,0 +1,363 @@
+#pragma once
+// zero-plan's command line (tools/zero-plan.cpp is main() around it): parsing the arguments,
+// and the text or JSON it prints, as functions a fuzz target (tests/fuzz/fuzz_plan_args.cpp) and
+// tests can call. Not installed: a part of the tool, not of the library.
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <iterator>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "zero/plan.hpp"
+
+namespace zero_plan {
+
+constexpr std::uint64_t max_params = 1'000'000'000'000'000;  // 1000T: far beyond any model
+constexpr std::uint64_t max_budget = 10'000'000'000'000'000;  // 10 PB: below plan.hpp's 2^56
+constexpr int max_world = 1 << 20;
+
+__extension__ typedef unsigned __int128 wide;  // exact arithmetic while parsing "7.5B"
+
+constexpr std::string_view usage_text =
+    "usage: zero-plan --params N --world W[,W...] [--stage 0|1|2] [--precision P] [--optimizer O] [--json]\n"
+    "       zero-plan --fit BYTES --world W[,W...] [same options]\n"
+    "       zero-plan --help\n";
+
+constexpr std::string_view help_text = R"(
+Per-rank memory of data-parallel training with zero's ZeRO engine (stages 0, 1, 2), computed by
+zero::plan_memory (include/zero/plan.hpp), which the engine's own accounting equals.
+
+  --params N        the parameter count: a whole number or one with a suffix K (10^3), M (10^6),
+                    B (10^9), T (10^12): 124000000, 350M, 7.5B, 1.2T
+  --world W[,W...]  data-parallel ranks; a comma-separated list gives one column per world size
+  --fit BYTES       instead of --params: the largest parameter count whose per-rank total fits in
+                    BYTES, per world size. Units: B, KB, MB, GB, TB (powers of 1000), KiB, MiB,
+                    GiB, TiB (powers of 1024): 80GB, 80GiB, 40000000000
+  --stage S         0 (plain data parallelism), 1 (optimizer state and master weights
+                    partitioned), 2 (gradients too). Default 2
+  --precision P     fp32        fp32 everywhere, no separate master copy
+                    bf16        bf16 params and gradients; fp32 master, state, accumulation (default)
+                    fp16        fp16 params and gradients; fp32 master, state, accumulation
+                    bf16-comm   as bf16, gradients reduced in bf16
+                    bf16-accum  as bf16, gradients accumulated in bf16
+                    bf16-pure   bf16 params, no master copy
+  --optimizer O     adam (default), adamw (2 fp32 state slots per parameter), adam-amsgrad (3),
+                    sgd (0), sgd-momentum (1), lion (1), adagrad (1), lamb (2)
+  --bucket N        elements per reduction bucket, all ranks together (default 4194304 = 4Mi;
+                    suffixes as --params)
+  --alignment N     elements every shard slice is a multiple of (default 16)
+  --gradient-slots  the framework writes its gradients into engine-owned slots
+  --defer-reduction stage 2 with gradient accumulation: keep a full local gradient buffer and
+                    reduce it once per step
+  --json            one JSON object (one world size) or an array of them (a list); exact bytes
+  -h, --help        this text
+
+What each kind counts, per rank, for P parameters over W ranks (P_pad: P rounded up to a
+multiple of alignment x W):
+  parameters        the framework's model-precision parameters: P x 2 bytes (4 for fp32), whole
+                    on every rank (ZeRO-2 does not partition them)
+  gradients         the gradients the engine holds for the update, in the accumulation type
+                    (fp32; bf16 for bf16-accum): P_pad elements in stages 0 and 1, P_pad / W in
+                    stage 2; plus P x 2 bytes of slots with --gradient-slots
+  master_weights    the fp32 master copy of the parameters this rank updates: P (stage 0) or
+                    P_pad / W (stages 1, 2) x 4 bytes; 0 for fp32 and bf16-pure
+  optimizer_state   the optimizer's fp32 state slots for the same elements
+  model_states_bytes  parameters + gradients + master_weights + optimizer_state
+  buffers           the engine's model-precision shard for the all-gather (stages 1, 2) and its
+                    constant-size reduction buckets
+  total             model_states_bytes + buffers; --fit compares this with BYTES
+Not counted: activations, gradient tensors the framework keeps itself when it hands gradients
+over as spans (at most P x 2 bytes), the framework's temporaries, allocator overhead. The ZeRO
+paper counts 16-bit gradients (2 + 2 + 12 = 16 bytes per parameter in stage 0 with Adam); zero
+accumulates them in fp32 (18 bytes), as DeepSpeed issues #1800 and #2768 advise.
+
+Exit status: 0, or 2 with a message and the usage line on a bad argument.
+)";
+
+struct bad_argument {
+  std::string message;
+};
+
+struct settings {
+  std::optional<std::uint64_t> params;
+  std::optional<std::uint64_t> fit;
+  std::vector<int> worlds;
+  zero::stage stage = zero::stage2;
+  zero::precision_kind precision = zero::precision_kind::bf16;
+  zero::optimizer_kind optimizer = zero::optimizer_kind::adam;
+  zero::layout_options layout;
+  bool json = false;
+};
+
+struct unit {
+  std::string_view name;
+  std::uint64_t factor;
+};
+constexpr unit count_units[] = {{"", 1}, {"K", 1'000}, {"M", 1'000'000}, {"B", 1'000'000'000}, {"T", 1'000'000'000'000}};
+constexpr unit byte_units[] = {{"", 1},
+                               {"B", 1},
+                               {"KB", 1'000},
+                               {"MB", 1'000'000},
+                               {"GB", 1'000'000'000},
+                               {"TB", 1'000'000'000'000},
+                               {"KiB", 1ull << 10},
+                               {"MiB", 1ull << 20},
+                               {"GiB", 1ull << 30},
+                               {"TiB", 1ull << 40}};
+
+//! "7.5B" -> 7500000000: digits, an optional fraction, an optional unit; the result must be a
+//! whole number no larger than `max`.
+template <std::size_t N>
+std::uint64_t parse_scaled(std::string_view option, std::string_view text, const unit (&units)[N], std::uint64_t max) {
+  const auto fail = [&](const std::string& why) {
+    return bad_argument{std::string(option) + " '" + std::string(text) + "': " + why};
+  };
+  std::size_t i = 0;
+  wide whole = 0, fraction = 0, fraction_scale = 1;
+  const std::size_t digits_begin = i;
+  for (; i < text.size() && text[i] >= '0' && text[i] <= '9'; ++i) {
+    whole = whole * 10 + static_cast<unsigned>(text[i] - '0');
+    if (whole > max) throw fail("too large (at most " + std::to_string(max) + ")");
+  }
+  const bool has_whole = i > digits_begin;
+  bool has_fraction = false;
+  if (i < text.size() && text[i] == '.') {
+    ++i;
+    for (; i < text.size() && text[i] >= '0' && text[i] <= '9'; ++i) {
+      if (fraction_scale < 1'000'000'000'000'000ull) {
+        fraction = fraction * 10 + static_cast<unsigned>(text[i] - '0');
+        fraction_scale *= 10;
+      } else if (text[i] != '0') {
+        throw fail("too many decimals");
+      }
+      has_fraction = true;
+    }
+    if (!has_fraction) throw fail("a decimal point needs digits after it");
+  }
+  if (!has_whole && !has_fraction) throw fail("not a number");
+  const std::string_view suffix = text.substr(i);
+  for (const auto& u : units) {
+    if (u.name != suffix) continue;
+    const wide scaled_fraction = fraction * u.factor;
+    if (scaled_fraction % fraction_scale != 0) throw fail("not a whole number");
+    const wide value = whole * u.factor + scaled_fraction / fraction_scale;
+    if (value > max) throw fail("too large (at most " + std::to_string(max) + ")");
+    return static_cast<std::uint64_t>(value);
+  }
+  std::string known;
+  for (const auto& u : units)
+    if (!u.name.empty()) known += (known.empty() ? "" : ", ") + std::string(u.name);
+  throw fail("unknown suffix '" + std::string(suffix) + "' (known: " + known + ")");
+}
+
+inline std::vector<int> parse_worlds(std::string_view text) {
+  std::vector<int> worlds;
+  std::size_t begin = 0;
+  while (true) {
+    const std::size_t end = std::min(text.find(',', begin), text.size());
+    const std::string_view item = text.substr(begin, end - begin);
+    if (item.empty()) throw bad_argument{"--world '" + std::string(text) + "': an empty world size"};
+    const std::uint64_t w = parse_scaled("--world", item, count_units, max_world);
+    if (w < 1) throw bad_argument{"--world '" + std::string(text) + "': world sizes are at least 1"};
+    worlds.push_back(static_cast<int>(w));
+    if (end == text.size()) return worlds;
+    begin = end + 1;
+  }
+}
+
+//! The settings the arguments (without the program name) give. @throws bad_argument
+inline settings parse(std::span<const std::string_view> args) {
+  settings s;
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    const std::string_view arg = args[i];
+    const auto value = [&]() -> std::string_view {
+      if (i + 1 >= args.size()) throw bad_argument{std::string(arg) + " needs a value"};
+      return args[++i];
+    };
+    if (arg == "--params") {
+      s.params = parse_scaled(arg, value(), count_units, max_params);
+      if (*s.params == 0) throw bad_argument{"--params: at least 1 parameter"};
+    } else if (arg == "--fit") {
+      s.fit = parse_scaled(arg, value(), byte_units, max_budget);
+    } else if (arg == "--world") {
+      s.worlds = parse_worlds(value());
+    } else if (arg == "--stage") {
+      const std::string_view v = value();
+      if (v == "0") s.stage = zero::stage0;
+      else if (v == "1") s.stage = zero::stage1;
+      else if (v == "2") s.stage = zero::stage2;
+      else if (v == "3") throw bad_argument{"--stage 3: zero implements stages 0, 1 and 2 (stage 3 partitions parameters too)"};
+      else throw bad_argument{"--stage '" + std::string(v) + "': 0, 1 or 2"};
+    } else if (arg == "--precision") {
+      const std::string_view v = value();
+      const auto p = zero::precision_from_string(v);
+      if (!p) throw bad_argument{"--precision '" + std::string(v) + "': fp32, bf16, fp16, bf16-comm, bf16-accum or bf16-pure"};
+      s.precision = *p;
+    } else if (arg == "--optimizer") {
+      const std::string_view v = value();
+      const auto o = zero::optimizer_from_string(v);
+      if (!o)
+        throw bad_argument{"--optimizer '" + std::string(v) +
+                           "': adam, adamw, adam-amsgrad, sgd, sgd-momentum, lion, adagrad or lamb"};
+      s.optimizer = *o;
+    } else if (arg == "--bucket") {
+      s.layout.bucket_elements = parse_scaled(arg, value(), count_units, max_params);
+      if (s.layout.bucket_elements == 0) throw bad_argument{"--bucket: at least 1 element"};
+    } else if (arg == "--alignment") {
+      s.layout.alignment = parse_scaled(arg, value(), count_units, 1u << 20);
+      if (s.layout.alignment == 0) throw bad_argument{"--alignment: at least 1 element"};
+    } else if (arg == "--gradient-slots") {
+      s.layout.gradient_slots = true;
+    } else if (arg == "--defer-reduction") {
+      s.layout.defer_reduction = true;
+    } else if (arg == "--json") {
+      s.json = true;
+    } else {
+      throw bad_argument{"unknown argument '" + std::string(arg) + "'"};
+    }
+  }
+  if (s.params && s.fit) throw bad_argument{"give --params or --fit, not both"};
+  if (!s.params && !s.fit) throw bad_argument{"give --params N (or --fit BYTES)"};
+  if (s.worlds.empty()) throw bad_argument{"give --world W (or a list: --world 8,16,64)"};
+  return s;
+}
+
+// ---- output -----------------------------------------------------------------------------------
+
+inline std::string grouped(std::uint64_t n) {  // 7500000000 -> 7,500,000,000
+  std::string digits = std::to_string(n), out;
+  for (std::size_t i = 0; i < digits.size(); ++i) {
+    if (i != 0 && (digits.size() - i) % 3 == 0) out += ',';
+    out += digits[i];
+  }
+  return out;
+}
+
+inline std::string format(const char* f, double v, const char* suffix) {
+  char text[64];
+  std::snprintf(text, sizeof text, f, v, suffix);
+  return text;
+}
+
+inline std::string human_bytes(std::uint64_t b) {  // binary units, three significant digits or more
+  const char* names[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+  double v = static_cast<double>(b);
+  std::size_t k = 0;
+  while (v >= 1024 && k + 1 < std::size(names)) v /= 1024, ++k;
+  return k == 0 ? grouped(b) + " B" : format("%.2f %s", v, names[k]);
+}
+
+inline std::string human_count(std::uint64_t n) {  // 7500000000 -> 7.50B
+  if (n < 1000) return std::to_string(n);
+  const char* names[] = {"K", "M", "B", "T"};
+  double v = static_cast<double>(n) / 1000;
+  std::size_t k = 0;
+  while (v >= 1000 && k + 1 < std::size(names)) v /= 1000, ++k;
+  return format("%.2f%s", v, names[k]);
+}
+
+inline std::string describe(const settings& s) {
+  return "ZeRO stage " + std::to_string(static_cast<int>(s.stage)) + ", precision " +
+         std::string(zero::to_string(s.precision)) + ", optimizer " + std::string(zero::to_string(s.optimizer)) + " (" +
+         std::to_string(zero::state_count(s.optimizer)) + " fp32 state slots per parameter)";
+}
+
+struct row {
+  std::string_view name;
+  std::uint64_t bytes;
+};
+
+inline std::vector<row> rows_of(const zero::memory_plan& p) {
+  return {{"parameters", p.parameters},         {"gradients", p.gradients},
+          {"master_weights", p.master_weights}, {"optimizer_state", p.optimizer_state},
+          {"model_states_bytes", p.model_states_bytes()}, {"buffers", p.buffers},
+          {"total", p.total()}};
+}
+
+inline std::string json_object(const settings& s, int world, std::uint64_t params, const zero::memory_plan& p) {
+  std::string o = "{";
+  if (s.fit) o += "\"fit_bytes\": " + std::to_string(*s.fit) + ", ";
+  o += "\"params\": " + std::to_string(params) + ", \"world\": " + std::to_string(world) +
+       ", \"stage\": " + std::to_string(static_cast<int>(s.stage)) + ", \"precision\": \"" +
+       std::string(zero::to_string(s.precision)) + "\", \"optimizer\": \"" + std::string(zero::to_string(s.optimizer)) +
+       "\", \"state_slots\": " + std::to_string(zero::state_count(s.optimizer));
+  for (const auto& r : rows_of(p)) o += ", \"" + std::string(r.name) + "\": " + std::to_string(r.bytes);
+  o += ", \"engine\": {";
+  for (std::size_t k = 0; k < zero::memory_kinds; ++k)
+    o += std::string(k == 0 ? "" : ", ") + "\"" + std::string(zero::to_string(static_cast<zero::memory_kind>(k))) +
+         "\": " + std::to_string(p.engine.bytes[k]);
+  return o + "}}";
+}
+
+inline std::string pad(std::string text, std::size_t width, bool right) {
+  if (text.size() >= width) return text;
+  return right ? std::string(width - text.size(), ' ') + text : text + std::string(width - text.size(), ' ');
+}
+
+//! What zero-plan prints for `s` on standard output.
+inline std::string render(const settings& s) {
+  std::vector<std::uint64_t> counts;
+  std::vector<zero::memory_plan> plans;
+  for (int w : s.worlds) {
+    const std::uint64_t n = s.fit ? zero::largest_fitting(*s.fit, w, s.stage, s.precision, s.optimizer, s.layout) : *s.params;
+    counts.push_back(n);
+    plans.push_back(zero::plan_memory(n, w, s.stage, s.precision, s.optimizer, s.layout));
+  }
+
+  std::string out;
+  if (s.json) {
+    if (s.worlds.size() > 1) out += "[";
+    for (std::size_t i = 0; i < s.worlds.size(); ++i)
+      out += (i == 0 ? "" : ",\n ") + json_object(s, s.worlds[i], counts[i], plans[i]);
+    if (s.worlds.size() > 1) out += "]";
+    out += "\n";
+  } else if (s.fit) {
+    out += "largest parameter count whose per-rank total fits in " + grouped(*s.fit) + " bytes (" + human_bytes(*s.fit) +
+           "), " + describe(s) + "\n";
+    out += pad("world", 8, true) + "  " + pad("parameters", 32, false) + pad("total bytes per rank", 22, true) + "\n";
+    for (std::size_t i = 0; i < s.worlds.size(); ++i)
+      out += pad(std::to_string(s.worlds[i]), 8, true) + "  " +
+             pad(counts[i] == 0 ? "0 (not even one fits)" : grouped(counts[i]) + " (" + human_count(counts[i]) + ")", 32,
+                 false) +
+             pad(grouped(plans[i].total()), 22, true) + "\n";
+  } else {
+    out += "per-rank bytes of " + grouped(*s.params) + " parameters (" + human_count(*s.params) + "), " + describe(s) + "\n";
+    constexpr std::size_t first = 20, column = 14;
+    out += pad("", first, false);
+    for (int w : s.worlds) out += pad("world " + std::to_string(w), column, true);
+    out += "\n";
+    const std::size_t kinds = rows_of(plans.front()).size();
+    for (std::size_t r = 0; r < kinds; ++r) {
+      out += pad(std::string(rows_of(plans.front())[r].name), first, false);
+      for (const auto& p : plans) out += pad(human_bytes(rows_of(p)[r].bytes), column, true);
+      out += "\n";
+    }
+    out += "(activations not counted; zero-plan --help says what each kind holds)\n";
+  }
+  return out;
+}
+
+//! The whole program on its arguments (without the program name): what it prints on standard
+//! output and on standard error, and its exit status (0, or 2 on a bad argument).
+struct outcome {
+  int status = 0;
+  std::string out, err;
+};
+
+inline outcome run_command_line(std::span<const std::string_view> args) {
+  for (const std::string_view arg : args) {
+    if (arg == "-h" || arg == "--help") return {0, std::string(usage_text) + std::string(help_text), ""};
+  }
+  try {
+    return {0, render(parse(args)), ""};
+  } catch (const bad_argument& e) {
+    return {2, "", "zero-plan: " + e.message + "\n" + std::string(usage_text) + "(zero-plan --help explains every option)\n"};
+  }
+}
+
+}  // namespace zero_plan
