@@ -84,7 +84,7 @@ double initial_state(const typename R::hyperparameters& h, std::size_t slot) {
 namespace detail {
 ZERO_HOST_DEVICE inline float sqrt_nonnegative(float x) noexcept {
 #if defined(__CUDA_ARCH__)
-  return ::sqrtf(x);
+  return ::sqrtf(::fabsf(x));  // as on the host, so that both agree bit for bit on any input
 #else
   return __builtin_sqrtf(__builtin_fabsf(x));  // fabs: GCC then knows no errno can be set
 #endif

@@ -12,36 +12,11 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "zero/detail/update_element.hpp"
 #include "zero/types.hpp"
 #include "zero/update_rule.hpp"
 
 namespace zero::detail {
-
-//! Rounds the new fp32 value to the stored type: to nearest even, or (bf16 only) stochastically
-//! with a counter-based generator keyed by (seed, step, element id).
-template <class Value>
-struct value_rounding {
-  bool stochastic = false;
-  std::uint64_t seed = 0;
-  std::uint64_t step = 0;
-
-  Value operator()(float value, std::uint64_t id) const noexcept {
-    if constexpr (std::is_same_v<Value, bf16>) {
-      if (stochastic) {
-        std::uint64_t x = seed ^ (step * 0x9e3779b97f4a7c15ull) ^ (id * 0xbf58476d1ce4e5b9ull);
-        x = (x ^ (x >> 31)) * 0x94d049bb133111ebull;
-        x ^= x >> 29;
-        // add 16 random bits below bf16's last bit, then truncate: rounds away from zero with
-        // probability equal to the remainder. Non-finite values round to nearest.
-        const std::uint32_t bits = bit_cast<std::uint32_t>(value);
-        const bool finite = (bits & 0x7f800000u) != 0x7f800000u;
-        const std::uint32_t noisy = bits + (finite ? static_cast<std::uint32_t>(x & 0xffffu) : 0u);
-        return finite ? bf16::from_bits(static_cast<std::uint16_t>(noisy >> 16)) : bf16(value);
-      }
-    }
-    return convert<Value>(value);
-  }
-};
 
 //! Sum of squares of grads[0, n) in double (each square is exact in double), over eight fixed
 //! lanes so that it vectorizes and its rounding does not depend on the instruction set.
@@ -76,9 +51,7 @@ double update_elements(const typename Rule::constants& constants, Value* __restr
     const typename Rule::constants c = fixed;  // a local copy: invariant for the optimizer
     auto update = [&](std::size_t begin, std::size_t end) {
       for (std::size_t i = begin; i < end; ++i) {
-        float value = static_cast<float>(values[i]);
-        Rule::update(c, value, static_cast<float>(grads[i]) * factor, state_ref{slots, i});
-        values[i] = convert<Value>(value);
+        values[i] = convert<Value>(updated_value<Rule>(c, values[i], grads[i], factor, state_ref{slots, i}));
       }
     };
     if (out != nullptr || with_norm) {
@@ -91,9 +64,7 @@ double update_elements(const typename Rule::constants& constants, Value* __restr
         if (exact_store) update(b, e);
         else
           for (std::size_t i = b; i < e; ++i) {
-            float value = static_cast<float>(values[i]);
-            Rule::update(c, value, static_cast<float>(grads[i]) * factor, state_ref{slots, i});
-            values[i] = round(value, first_id + i);
+            values[i] = round(updated_value<Rule>(c, values[i], grads[i], factor, state_ref{slots, i}), first_id + i);
           }
         if (out != nullptr)
           for (std::size_t i = b; i < e; ++i) out[i] = convert<Param>(static_cast<float>(values[i]));
@@ -102,9 +73,7 @@ double update_elements(const typename Rule::constants& constants, Value* __restr
       update(0, n);
     } else {
       for (std::size_t i = 0; i < n; ++i) {
-        float value = static_cast<float>(values[i]);
-        Rule::update(c, value, static_cast<float>(grads[i]) * factor, state_ref{slots, i});
-        values[i] = round(value, first_id + i);
+        values[i] = round(updated_value<Rule>(c, values[i], grads[i], factor, state_ref{slots, i}), first_id + i);
       }
     }
   };
