@@ -1,0 +1,90 @@
+# The CUDA backend: targets zero_cuda (alias zero::cuda) = zero::zero + the CUDA runtime, for
+# include/zero/cuda/ (kernels, the fused update, device buffers, the device thread communicator),
+# and zero_nccl (alias zero::nccl) = zero::cuda + NCCL, for zero/cuda/nccl_communicator.hpp.
+# Included from the top-level CMakeLists.txt after the zero target.
+#
+# CUDA is optional: without nvcc (or with ZERO_WITH_CUDA=OFF) nothing here is built and every
+# host-side target builds and passes as before. With nvcc, CUDA is enabled for the project, with
+# an explicit architecture list (never `native`: CI machines have no GPU):
+#   ZERO_CUDA_ARCHITECTURES (cache, default "80;90") unless CMAKE_CUDA_ARCHITECTURES is given.
+#
+# Sets for tests and benchmarks: ZERO_CUDA_STATUS (a sentence saying why the backend is or is not
+# built) and ZERO_NCCL_STATUS.
+
+include(CheckLanguage)
+check_language(CUDA)
+
+if(CMAKE_CUDA_COMPILER)
+  set(zero_cuda_default ON)
+else()
+  set(zero_cuda_default OFF)
+endif()
+option(ZERO_WITH_CUDA "Build the CUDA backend (zero::cuda, zero::nccl)" ${zero_cuda_default})
+set(ZERO_NCCL_STATUS "the CUDA backend is not built")
+
+if(NOT ZERO_WITH_CUDA)
+  if(CMAKE_CUDA_COMPILER)
+    set(ZERO_CUDA_STATUS "the CUDA backend is off (ZERO_WITH_CUDA=OFF)")
+  else()
+    set(ZERO_CUDA_STATUS "no CUDA compiler was found (install the CUDA toolkit, or set CMAKE_CUDA_COMPILER)")
+  endif()
+  message(STATUS "zero: CUDA backend not built: ${ZERO_CUDA_STATUS}")
+  return()
+endif()
+if(NOT CMAKE_CUDA_COMPILER)
+  message(FATAL_ERROR "zero: ZERO_WITH_CUDA=ON but no CUDA compiler was found: install the CUDA toolkit or set "
+                      "CMAKE_CUDA_COMPILER (e.g. /usr/local/cuda/bin/nvcc)")
+endif()
+
+set(ZERO_CUDA_ARCHITECTURES "80;90" CACHE STRING
+    "CUDA architectures to compile for when CMAKE_CUDA_ARCHITECTURES is not set (e.g. 90, or 80;90)")
+if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES OR CMAKE_CUDA_ARCHITECTURES STREQUAL "")
+  set(CMAKE_CUDA_ARCHITECTURES ${ZERO_CUDA_ARCHITECTURES})
+endif()
+enable_language(CUDA)
+find_package(CUDAToolkit REQUIRED)
+
+add_library(zero_cuda INTERFACE)
+add_library(zero::cuda ALIAS zero_cuda)
+target_link_libraries(zero_cuda INTERFACE zero::zero CUDA::cudart)
+# C++20 in CUDA TUs. CMake releases older than the toolkit (3.25 with CUDA 13) do not know its
+# compile features: then the flag itself.
+if("cuda_std_20" IN_LIST CMAKE_CUDA_COMPILE_FEATURES)
+  target_compile_features(zero_cuda INTERFACE cuda_std_20)
+else()
+  target_compile_options(zero_cuda INTERFACE $<$<COMPILE_LANGUAGE:CUDA>:-std=c++20>)
+endif()
+# No fused multiply-add in device code that includes zero's kernels: a contracted a * b + c rounds
+# once where the host rounds twice, and host and device results are meant to agree bit for bit
+# (docs/cuda.md). The update is memory-bound: the extra instructions cost nothing measurable.
+target_compile_options(zero_cuda INTERFACE $<$<COMPILE_LANGUAGE:CUDA>:--fmad=false>)
+set_target_properties(zero_cuda PROPERTIES EXPORT_NAME cuda)
+
+# NCCL: in the toolkit (as with the CUDA 13 containers) or the system's libnccl-dev.
+find_path(ZERO_NCCL_INCLUDE_DIR nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS} ENV NCCL_HOME PATH_SUFFIXES include)
+find_library(ZERO_NCCL_LIBRARY nccl HINTS ${CUDAToolkit_LIBRARY_DIR} ENV NCCL_HOME PATH_SUFFIXES lib lib64)
+if(ZERO_NCCL_INCLUDE_DIR AND ZERO_NCCL_LIBRARY)
+  add_library(zero_nccl INTERFACE)
+  add_library(zero::nccl ALIAS zero_nccl)
+  target_include_directories(zero_nccl INTERFACE ${ZERO_NCCL_INCLUDE_DIR})
+  target_link_libraries(zero_nccl INTERFACE zero_cuda ${ZERO_NCCL_LIBRARY})
+  set_target_properties(zero_nccl PROPERTIES EXPORT_NAME nccl)
+  file(STRINGS "${ZERO_NCCL_INCLUDE_DIR}/nccl.h" zero_nccl_version REGEX "^#define NCCL_(MAJOR|MINOR|PATCH) ")
+  string(REGEX REPLACE "[^0-9;]" "" zero_nccl_version "${zero_nccl_version}")
+  string(REPLACE ";" "." zero_nccl_version "${zero_nccl_version}")
+  set(ZERO_NCCL_STATUS "NCCL ${zero_nccl_version} (${ZERO_NCCL_LIBRARY})")
+else()
+  set(ZERO_NCCL_STATUS "NCCL was not found (nccl.h and libnccl: install libnccl-dev, or set NCCL_HOME)")
+endif()
+
+# Installed in their own export set, so that zeroTargets.cmake never needs CUDA; zeroConfig.cmake
+# loads zeroCUDATargets.cmake when the consumer has the CUDA toolkit (see zeroConfig.cmake.in).
+# zero::nccl records the NCCL library's absolute path found here.
+install(TARGETS zero_cuda EXPORT zeroCUDATargets)
+if(TARGET zero_nccl)
+  install(TARGETS zero_nccl EXPORT zeroCUDATargets)
+endif()
+install(EXPORT zeroCUDATargets NAMESPACE zero:: DESTINATION ${CMAKE_INSTALL_DATADIR}/cmake/zero)
+
+set(ZERO_CUDA_STATUS "CUDA ${CUDAToolkit_VERSION} (${CMAKE_CUDA_COMPILER}), architectures ${CMAKE_CUDA_ARCHITECTURES}")
+message(STATUS "zero: CUDA backend zero::cuda: ${ZERO_CUDA_STATUS}; zero::nccl: ${ZERO_NCCL_STATUS}")
