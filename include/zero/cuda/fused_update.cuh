@@ -1,0 +1,399 @@
+#pragma once
+//! @file cuda/fused_update.cuh
+//! `zero::cuda::fused_update`: one kernel launch that updates a rank's whole shard, however
+//! many separate runs (segments) it is made of. Per element: the gradient times the step's one
+//! factor (average, unscale, clip), the rule's update in fp32, the new value rounded to the
+//! stored type, its model-precision copy written to `out` (the buffer the all-gather sends),
+//! and optionally the gradient's square added to a sum of squares.
+//!
+//! The arithmetic is `zero::detail::updated_value` and `value_rounding`, the very functions the
+//! host update runs, so host and device agree bit for bit in fp32, provided the device code is
+//! compiled with `--fmad=false` (`zero::cuda` adds it; a fused multiply-add rounds once where
+//! the host rounds twice). The segment table is uploaded once, at construction; a launch
+//! allocates nothing and never synchronizes the host.
+//!
+//! Layout of a launch: the segments are cut into chunks of `chunk_elements`; block b takes
+//! chunks b, b + grid, ... (grid at most 2048 blocks) and finds each chunk's segment by binary
+//! search in the table. A segment whose arrays (values, grads, out, every state slot) all start
+//! 16-byte aligned moves in 16-byte vectors (8 elements per thread and step), its ragged end and
+//! every other segment element by element. Element-wise rules only; tensor-wise rules (lamb)
+//! are refused at compile time.
+//!
+//! Needs nvcc (include it from a .cu file); link `zero::cuda`.
+
+#if !defined(__CUDACC__)
+#error "zero/cuda/fused_update.cuh contains kernels: include it from a .cu file compiled by nvcc (link zero::cuda)"
+#endif
+
+#include <cuda_runtime.h>
+
+#include <cub/block/block_reduce.cuh>
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#if !defined(ZERO_DETAIL_INCLUDE_ALLOWED)
+#define ZERO_DETAIL_INCLUDE_ALLOWED
+#define ZERO_CUDA_FUSED_UPDATE_DEFINED_DETAIL
+#endif
+#include "zero/detail/update_element.hpp"
+#if defined(ZERO_CUDA_FUSED_UPDATE_DEFINED_DETAIL)
+#undef ZERO_DETAIL_INCLUDE_ALLOWED
+#undef ZERO_CUDA_FUSED_UPDATE_DEFINED_DETAIL
+#endif
+
+#include "zero/backend.hpp"
+#include "zero/cuda/device_buffer.hpp"
+#include "zero/cuda/error.hpp"
+#include "zero/cuda/kernels.cuh"
+#include "zero/error.hpp"
+#include "zero/types.hpp"
+#include "zero/update_rule.hpp"
+
+namespace zero::cuda {
+
+//! One contiguous run of the update, in device memory: the engine's `update_run` (backend.hpp):
+//! {values (master weights, or the parameters without a master copy), grads, state_offset (the
+//! offset into every state slot; plus `first_id`, the element's id), out (where the
+//! model-precision values go; null: nowhere), count}.
+template <class Value, class Accum, class Param>
+using update_segment = update_run<Value, Accum, Param>;
+
+//! What varies between launches besides the rule's constants.
+struct update_controls {
+  float factor = 1;  //!< multiplies every gradient: 1 / (ranks * loss scale * micro-steps) * clip
+  //! When set, the factor is read from this device float instead (computed on the device, so
+  //! that the host need not wait for the norm).
+  const float* device_factor = nullptr;
+  //! When set and the device word is nonzero when the kernel runs, the launch changes nothing
+  //! (an overflow skips the step) and does not write `sum_of_squares`.
+  const std::uint32_t* skip = nullptr;
+  //! When set, receives (device memory, overwritten) the sum of double(float(grad))^2 over every
+  //! element updated: the fused norm. Deterministic for a given segment table (block partials
+  //! added in a fixed order); another order than the host's, so equal within double rounding.
+  double* sum_of_squares = nullptr;
+};
+
+namespace detail {
+
+inline constexpr std::size_t chunk_elements = static_cast<std::size_t>(block_threads) * pack * 4;
+//! State slots a vectorized element keeps in registers (every shipped element-wise rule has at
+//! most 3); rules with more take the element-by-element path.
+inline constexpr std::size_t register_slots = 3;
+inline constexpr std::size_t max_state_slots = 8;
+
+template <class Value, class Accum, class Param>
+struct device_segment {
+  Value* values;
+  const Accum* grads;
+  Param* out;
+  std::size_t count;
+  std::size_t state_offset;
+  std::size_t first_chunk;
+  std::uint32_t vectorized;
+};
+
+template <class Rule, class Value, class Accum, class Param>
+struct update_arguments {
+  const device_segment<Value, Accum, Param>* segments;
+  std::uint32_t segment_count;
+  std::size_t chunk_count;
+  float* slots[max_state_slots];  // slot k of element e: slots[k][e]
+  std::uint32_t state_count;
+  typename Rule::constants constants;
+  update_controls controls;
+  zero::detail::value_rounding<Value> rounding;
+  std::uint64_t first_id;
+  double* partials;          // one per block
+  std::uint32_t* arrivals;   // blocks done (the last one adds the partials, then resets it)
+};
+
+template <class Rule, class Value, class Accum, class Param>
+__device__ __forceinline__ double update_scalar(const update_arguments<Rule, Value, Accum, Param>& a,
+                                                const device_segment<Value, Accum, Param>& seg, std::size_t i, float factor) {
+  float* slots[max_state_slots];
+#pragma unroll
+  for (std::size_t k = 0; k < max_state_slots; ++k) slots[k] = k < a.state_count ? a.slots[k] + seg.state_offset : nullptr;
+  const Accum g = seg.grads[i];
+  const float v = zero::detail::updated_value<Rule>(a.constants, seg.values[i], g, factor, state_ref{slots, i});
+  const Value stored = a.rounding(v, a.first_id + seg.state_offset + i);
+  seg.values[i] = stored;
+  if (seg.out != nullptr) seg.out[i] = convert<Param>(static_cast<float>(stored));
+  const double gd = static_cast<double>(static_cast<float>(g));
+  return gd * gd;
+}
+
+//! Elements [i, i + pack) of a vectorized segment: 16-byte loads and stores, state in registers.
+template <class Rule, class Value, class Accum, class Param>
+__device__ __forceinline__ double update_packed(const update_arguments<Rule, Value, Accum, Param>& a,
+                                                const device_segment<Value, Accum, Param>& seg, std::size_t i, float factor) {
+  elements<Value> values = load_pack(seg.values + i);
+  const elements<Accum> grads = load_pack(seg.grads + i);
+  float state[register_slots][pack] = {};
+#pragma unroll
+  for (std::size_t k = 0; k < register_slots; ++k)
+    if (k < a.state_count) {
+      const elements<float> s = load_pack(a.slots[k] + seg.state_offset + i);
+#pragma unroll
+      for (int j = 0; j < pack; ++j) state[k][j] = s.v[j];
+    }
+  float* slots[register_slots];
+#pragma unroll
+  for (std::size_t k = 0; k < register_slots; ++k) slots[k] = state[k];
+  double squares = 0;
+  elements<Param> out;
+#pragma unroll
+  for (int j = 0; j < pack; ++j) {
+    const float v = zero::detail::updated_value<Rule>(a.constants, values.v[j], grads.v[j], factor,
+                                                      state_ref{slots, static_cast<std::size_t>(j)});
+    values.v[j] = a.rounding(v, a.first_id + seg.state_offset + i + static_cast<std::size_t>(j));
+    out.v[j] = convert<Param>(static_cast<float>(values.v[j]));
+    const double gd = static_cast<double>(static_cast<float>(grads.v[j]));
+    squares += gd * gd;
+  }
+  store_pack(seg.values + i, values);
+#pragma unroll
+  for (std::size_t k = 0; k < register_slots; ++k)
+    if (k < a.state_count) {
+      elements<float> s;
+#pragma unroll
+      for (int j = 0; j < pack; ++j) s.v[j] = state[k][j];
+      store_pack(a.slots[k] + seg.state_offset + i, s);
+    }
+  if (seg.out != nullptr) store_pack(seg.out + i, out);
+  return squares;
+}
+
+//! The segment of `chunk`: the last one starting at or before it (binary search in the table).
+template <class Value, class Accum, class Param>
+__device__ __forceinline__ device_segment<Value, Accum, Param> segment_of(const device_segment<Value, Accum, Param>* segments,
+                                                                          std::uint32_t segment_count, std::size_t chunk) {
+  std::uint32_t lo = 0, hi = segment_count;
+  while (hi - lo > 1) {
+    const std::uint32_t mid = lo + (hi - lo) / 2;
+    if (segments[mid].first_chunk <= chunk) lo = mid;
+    else hi = mid;
+  }
+  return segments[lo];
+}
+
+//! Walks this block's chunks: packed(seg, i) for each whole pack of a vectorized segment,
+//! single(seg, i) for every other element; returns the sum of what they return, in the order
+//! they ran (the same order for the update and for the norm alone).
+template <class Value, class Accum, class Param, class Packed, class Single>
+__device__ __forceinline__ double for_each_chunk(const device_segment<Value, Accum, Param>* segments, std::uint32_t segment_count,
+                                                 std::size_t chunk_count, Packed&& packed, Single&& single) {
+  double squares = 0;
+  for (std::size_t chunk = blockIdx.x; chunk < chunk_count; chunk += gridDim.x) {
+    const device_segment<Value, Accum, Param> seg = segment_of(segments, segment_count, chunk);
+    const std::size_t begin = (chunk - seg.first_chunk) * chunk_elements;
+    const std::size_t end = begin + chunk_elements < seg.count ? begin + chunk_elements : seg.count;
+    std::size_t scalar_begin = begin;
+    if (seg.vectorized != 0) {
+      const std::size_t packed_end = begin + (end - begin) / pack * pack;
+      for (std::size_t i = begin + static_cast<std::size_t>(threadIdx.x) * pack; i < packed_end; i += blockDim.x * pack)
+        squares += packed(seg, i);
+      scalar_begin = packed_end;
+    }
+    for (std::size_t i = scalar_begin + threadIdx.x; i < end; i += blockDim.x) squares += single(seg, i);
+  }
+  return squares;
+}
+
+//! The norm's last step: block partials, then the last block to finish adds them in block order
+//! into *result and resets the arrival count for the next launch.
+__device__ __forceinline__ void finish_sum(double squares, double* partials, std::uint32_t* arrivals, double* result) {
+  using block_reduce = cub::BlockReduce<double, block_threads>;
+  __shared__ typename block_reduce::TempStorage storage;
+  __shared__ bool last;
+  const double block_sum = block_reduce(storage).Sum(squares);
+  if (threadIdx.x == 0) {
+    partials[blockIdx.x] = block_sum;
+    __threadfence();
+    last = atomicAdd(arrivals, 1u) == gridDim.x - 1;
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  double mine = 0;
+  for (unsigned b = threadIdx.x; b < gridDim.x; b += blockDim.x) mine += __ldcg(partials + b);
+  const double total = block_reduce(storage).Sum(mine);
+  if (threadIdx.x == 0) {
+    *result = total;
+    *arrivals = 0;
+  }
+}
+
+template <class Rule, class Value, class Accum, class Param>
+__global__ void __launch_bounds__(block_threads) fused_update_kernel(const update_arguments<Rule, Value, Accum, Param> a) {
+  if (a.controls.skip != nullptr && *a.controls.skip != 0) return;
+  const float factor = a.controls.device_factor != nullptr ? *a.controls.device_factor : a.controls.factor;
+  using segment = device_segment<Value, Accum, Param>;
+  const double squares = for_each_chunk(
+      a.segments, a.segment_count, a.chunk_count, [&](const segment& seg, std::size_t i) { return update_packed(a, seg, i, factor); },
+      [&](const segment& seg, std::size_t i) { return update_scalar(a, seg, i, factor); });
+  if (a.controls.sum_of_squares != nullptr) finish_sum(squares, a.partials, a.arrivals, a.controls.sum_of_squares);
+}
+
+//! The gradients' sum of squares alone, over the same chunks in the same order as the update.
+template <class Value, class Accum, class Param>
+__global__ void __launch_bounds__(block_threads) segments_sum_of_squares_kernel(const device_segment<Value, Accum, Param>* segments,
+                                                                                std::uint32_t segment_count, std::size_t chunk_count,
+                                                                                double* partials, std::uint32_t* arrivals,
+                                                                                double* result) {
+  using segment = device_segment<Value, Accum, Param>;
+  const double squares = for_each_chunk(
+      segments, segment_count, chunk_count,
+      [](const segment& seg, std::size_t i) {
+        const elements<Accum> grads = load_pack(seg.grads + i);
+        double sum = 0;
+#pragma unroll
+        for (int j = 0; j < pack; ++j) {
+          const double gd = static_cast<double>(static_cast<float>(grads.v[j]));
+          sum += gd * gd;
+        }
+        return sum;
+      },
+      [](const segment& seg, std::size_t i) {
+        const double gd = static_cast<double>(static_cast<float>(seg.grads[i]));
+        return gd * gd;
+      });
+  finish_sum(squares, partials, arrivals, result);
+}
+
+}  // namespace detail
+
+//! The fused update of one rank's shard with rule `Rule`, over a fixed table of segments.
+//! @tparam Value  the type the update reads and writes (fp32 master weights, or bf16 without)
+//! @tparam Accum  the gradients' type
+//! @tparam Param  the model-precision type written to `out`
+template <update_rule Rule, element_type Value, element_type Accum, element_type Param>
+class fused_update {
+  static_assert(elementwise_rule<Rule>,
+                "zero::cuda::fused_update runs element-wise rules (adamw, adam, sgd, lion, adagrad); a tensor-wise "
+                "rule such as lamb needs per-tensor norms between two passes, which the CUDA backend does not do yet");
+
+ public:
+  using segment = update_segment<Value, Accum, Param>;
+  static constexpr std::size_t max_state_slots = detail::max_state_slots;
+
+  fused_update() = default;
+
+  //! Uploads the segment table (a synchronous copy: call it at setup) and allocates the norm's
+  //! block partials. Slot k of the state of the element at `state_offset + i` of a segment is
+  //! `state[k * state_stride + state_offset + i]` (the engine's layout).
+  //! @pre every pointer addresses device memory that outlives this object
+  //! @throws usage_error for more than 8 state slots or a null pointer in a non-empty segment
+  fused_update(std::span<const segment> segments, float* state, std::size_t state_stride, std::size_t state_count,
+               int rank = -1)
+      : state_count_(state_count), rank_(rank) {
+    if (state_count > max_state_slots)
+      throw usage_error("zero: fused_update supports at most " + std::to_string(max_state_slots) + " state slots, not " +
+                        std::to_string(state_count));
+    for (std::size_t k = 0; k < state_count; ++k) slots_[k] = state + k * state_stride;
+    std::vector<detail::device_segment<Value, Accum, Param>> table;
+    for (std::size_t s = 0; s < segments.size(); ++s) {
+      const segment& seg = segments[s];
+      if (seg.count == 0) continue;
+      if (seg.values == nullptr || seg.grads == nullptr || (state_count > 0 && state == nullptr))
+        throw usage_error("zero: fused_update segment " + std::to_string(s) + " (" + std::to_string(seg.count) +
+                          " elements) has a null values, grads or state pointer");
+      bool vectorized = state_count <= detail::register_slots && detail::aligned16(seg.values) &&
+                        detail::aligned16(seg.grads) && (seg.out == nullptr || detail::aligned16(seg.out));
+      for (std::size_t k = 0; k < state_count; ++k) vectorized = vectorized && detail::aligned16(slots_[k] + seg.state_offset);
+      table.push_back({seg.values, seg.grads, seg.out, seg.count, seg.state_offset, chunk_count_, vectorized ? 1u : 0u});
+      elements_ += seg.count;
+      vectorized_elements_ += vectorized ? seg.count : 0;
+      chunk_count_ += (seg.count + detail::chunk_elements - 1) / detail::chunk_elements;
+    }
+    if (table.size() > 0xffffffffu) throw usage_error("zero: fused_update: more than 2^32 - 1 segments");
+    segment_count_ = static_cast<std::uint32_t>(table.size());
+    grid_ = chunk_count_ < detail::max_blocks ? static_cast<unsigned>(chunk_count_) : detail::max_blocks;
+    if (!table.empty()) {
+      table_ = device_buffer<detail::device_segment<Value, Accum, Param>>(table.size(), rank);
+      check(cudaMemcpy(table_.data(), table.data(), table.size() * sizeof(table[0]), cudaMemcpyHostToDevice),
+            "cudaMemcpy (fused_update segment table)", rank);
+      partials_ = device_buffer<double>(grid_, rank);
+      arrivals_ = device_buffer<std::uint32_t>(1, rank);
+      check(cudaMemset(arrivals_.data(), 0, sizeof(std::uint32_t)), "cudaMemset (fused_update arrivals)", rank);
+    }
+  }
+
+  //! Enqueues the update of every segment on `s`: one kernel launch (none when there is nothing
+  //! to update; a requested sum of squares is then set to 0).
+  //! @param constants `Rule::prepare(hyperparameters, step)` of this step
+  //! @param rounding  how new values are rounded to `Value` (stochastic: bf16 only)
+  //! @param first_id  added to `state_offset + i` to make the element id stochastic rounding uses
+  //!                  (the engine's rank * shard size)
+  //! @pre no other launch of this object is in flight on another stream (they share the norm's
+  //!      partials)
+  void operator()(const typename Rule::constants& constants, const update_controls& controls,
+                  const zero::detail::value_rounding<Value>& rounding, std::uint64_t first_id, stream_ref s) {
+    const int rank = s.rank >= 0 ? s.rank : rank_;
+    if (chunk_count_ == 0) {
+      if (controls.sum_of_squares != nullptr)
+        check(cudaMemsetAsync(controls.sum_of_squares, 0, sizeof(double), s.stream), "cudaMemsetAsync (fused_update norm)", rank);
+      return;
+    }
+    detail::update_arguments<Rule, Value, Accum, Param> a{};
+    a.segments = table_.data();
+    a.segment_count = segment_count_;
+    a.chunk_count = chunk_count_;
+    for (std::size_t k = 0; k < max_state_slots; ++k) a.slots[k] = slots_[k];
+    a.state_count = static_cast<std::uint32_t>(state_count_);
+    a.constants = constants;
+    a.controls = controls;
+    a.rounding = rounding;
+    a.first_id = first_id;
+    a.partials = partials_.data();
+    a.arrivals = arrivals_.data();
+    detail::fused_update_kernel<<<grid_, detail::block_threads, 0, s.stream>>>(a);
+    const cudaError_t launched = cudaGetLastError();
+    if (launched != cudaSuccess)
+      check(launched, "launch of zero::cuda::fused_update<" + std::string(Rule::name) + "> (or an earlier asynchronous failure)",
+            rank);
+  }
+
+  //! Enqueues *result = the sum of double(float(grad))^2 over every segment's gradients, alone
+  //! (for a norm needed before the update): one launch, the same chunks and order as the
+  //! update's fused norm, so both give the same bits.
+  //! @param result device memory (one double), overwritten
+  //! @pre no other launch of this object is in flight on another stream
+  void sum_of_squares(double* result, stream_ref s) {
+    const int rank = s.rank >= 0 ? s.rank : rank_;
+    if (chunk_count_ == 0) {
+      check(cudaMemsetAsync(result, 0, sizeof(double), s.stream), "cudaMemsetAsync (fused_update sum of squares)", rank);
+      return;
+    }
+    detail::segments_sum_of_squares_kernel<<<grid_, detail::block_threads, 0, s.stream>>>(
+        table_.data(), segment_count_, chunk_count_, partials_.data(), arrivals_.data(), result);
+    check_launch("zero::cuda::fused_update::sum_of_squares", rank);
+  }
+
+  std::size_t elements() const noexcept { return elements_; }
+  //! Elements in segments that move in 16-byte vectors.
+  std::size_t vectorized_elements() const noexcept { return vectorized_elements_; }
+  std::size_t segments() const noexcept { return segment_count_; }
+  //! Blocks per launch.
+  unsigned grid() const noexcept { return grid_; }
+  //! Device bytes this object holds (the table and the norm's partials).
+  std::size_t bytes() const noexcept { return table_.bytes() + partials_.bytes() + arrivals_.bytes(); }
+
+ private:
+  float* slots_[max_state_slots] = {};
+  std::size_t state_count_ = 0;
+  int rank_ = -1;
+  std::uint32_t segment_count_ = 0;
+  std::size_t chunk_count_ = 0;
+  std::size_t elements_ = 0;
+  std::size_t vectorized_elements_ = 0;
+  unsigned grid_ = 0;
+  device_buffer<detail::device_segment<Value, Accum, Param>> table_;
+  device_buffer<double> partials_;
+  device_buffer<std::uint32_t> arrivals_;
+};
+
+}  // namespace zero::cuda
