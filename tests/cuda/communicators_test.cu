@@ -1,0 +1,258 @@
+// The device communicators:
+//  * device_thread_communicator (ranks as threads on one GPU) bitwise equal to
+//    thread_communicator on the same inputs, for 1 to 4 ranks, every collective, fp32, bf16,
+//    fp64 and u64, in place and not, sums and NaN-propagating max; host memory delegated;
+//    ranks that call different collectives all throw the same mismatch_error;
+//  * nccl_communicator with one rank: every collective on device memory and on host memory
+//    (staged), the non-blocking forms, traffic counts, refused arguments.
+// Needs a GPU: without one the test main exits 77 (skipped).
+
+#include <doctest/doctest.h>
+
+#include <cuda_runtime_api.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "device_fixture.hpp"
+#include "zero/cuda/device_thread_communicator.cuh"
+#include "zero/thread_communicator.hpp"
+#if defined(ZERO_TEST_WITH_NCCL)
+#include "zero/cuda/nccl_communicator.hpp"
+#endif
+
+namespace {
+
+using namespace zero_test;
+using zero::bf16;
+
+//! Each rank's inputs: `n` elements, distinct per rank (a NaN planted for max).
+template <class T>
+std::vector<T> rank_input(int rank, std::size_t n, bool plant_nan) {
+  std::vector<T> v(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    const float x = random_value(static_cast<std::uint64_t>(rank) + 77, i);
+    if constexpr (std::is_integral_v<T>) v[i] = static_cast<T>(mix(static_cast<std::uint64_t>(rank) * 1000003u + i));
+    else v[i] = zero::convert<T>(x);
+  }
+  if constexpr (!std::is_integral_v<T>)
+    if (plant_nan && rank == 1 && n > 3) v[3] = zero::convert<T>(std::numeric_limits<float>::quiet_NaN());
+  return v;
+}
+
+//! The results of one rank: reduce-scatter, all-gather, all-reduce (in place), broadcast.
+template <class T>
+struct results {
+  std::vector<T> scattered, gathered, reduced, broadcast;
+};
+
+//! Runs the four collectives on `world` thread ranks, with host buffers (thread_communicator)
+//! or device buffers (device_thread_communicator), and returns each rank's results.
+template <class T, bool Device>
+std::vector<results<T>> run_collectives(int world, std::size_t count, zero::reduce_op op, bool in_place) {
+  std::vector<results<T>> out(static_cast<std::size_t>(world));
+  zero::thread_group group(world);
+  group.run([&](zero::thread_communicator& host) {
+    const int r = host.rank();
+    const std::size_t n = count * static_cast<std::size_t>(world);
+    const auto input = rank_input<T>(r, n, op == zero::reduce_op::max);
+    const auto mine = rank_input<T>(r + 10, count, false);
+    auto& res = out[static_cast<std::size_t>(r)];
+    if constexpr (Device) {
+      zero::cuda::check(cudaSetDevice(0), "cudaSetDevice");
+      cudaStream_t stream = nullptr;
+      zero::cuda::check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
+      {
+        zero::device_thread_communicator comm(host, stream);
+        device_vector<T> send(input), recv(count), gather(n), all(input), bc(mine);
+        recv.poison_all();
+        gather.poison_all();
+        if (in_place) {
+          comm.reduce_scatter(send.data(), send.data() + static_cast<std::size_t>(r) * count, count, op);
+          zero::cuda::check(cudaMemcpyAsync(gather.data() + static_cast<std::size_t>(r) * count, bc.data(), count * sizeof(T),
+                                            cudaMemcpyDeviceToDevice, stream),
+                            "cudaMemcpyAsync");
+          comm.all_gather(gather.data() + static_cast<std::size_t>(r) * count, gather.data(), count);
+        } else {
+          comm.reduce_scatter(send.data(), recv.data(), count, op);
+          comm.all_gather(bc.data(), gather.data(), count);
+        }
+        comm.all_reduce(all.data(), all.data(), n, op);
+        comm.broadcast(bc.data(), count, world - 1);
+        comm.barrier();
+        zero::cuda::check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+        if (in_place) {
+          const auto whole = send.download();
+          res.scattered.assign(whole.begin() + static_cast<std::ptrdiff_t>(static_cast<std::size_t>(r) * count),
+                               whole.begin() + static_cast<std::ptrdiff_t>((static_cast<std::size_t>(r) + 1) * count));
+        } else {
+          res.scattered = recv.download();
+        }
+        res.gathered = gather.download();
+        res.reduced = all.download();
+        res.broadcast = bc.download();
+        CHECK(comm.traffic().bytes_of(zero::collective::all_reduce) == 2 * n * sizeof(T));
+        CHECK(comm.traffic().calls_of(zero::collective::barrier) == 1);
+      }
+      zero::cuda::check(cudaStreamDestroy(stream), "cudaStreamDestroy");
+    } else {
+      std::vector<T> send = input, recv(count, poison<T>()), gather(n, poison<T>()), all = input, bc = mine;
+      if (in_place) {
+        host.reduce_scatter(send.data(), send.data() + static_cast<std::size_t>(r) * count, count, op);
+        std::copy(mine.begin(), mine.end(), gather.begin() + static_cast<std::ptrdiff_t>(static_cast<std::size_t>(r) * count));
+        host.all_gather(gather.data() + static_cast<std::size_t>(r) * count, gather.data(), count);
+        res.scattered.assign(send.begin() + static_cast<std::ptrdiff_t>(static_cast<std::size_t>(r) * count),
+                             send.begin() + static_cast<std::ptrdiff_t>((static_cast<std::size_t>(r) + 1) * count));
+      } else {
+        host.reduce_scatter(send.data(), recv.data(), count, op);
+        host.all_gather(bc.data(), gather.data(), count);
+        res.scattered = recv;
+      }
+      host.all_reduce(all.data(), all.data(), n, op);
+      host.broadcast(bc.data(), count, world - 1);
+      host.barrier();
+      res.gathered = gather;
+      res.reduced = all;
+      res.broadcast = bc;
+    }
+  });
+  return out;
+}
+
+template <class T>
+void check_against_thread_ranks(zero::reduce_op op) {
+  for (int world = 1; world <= 4; ++world)
+    for (bool in_place : {false, true}) {
+      const std::size_t count = 1000 + static_cast<std::size_t>(world);  // chunks of all-reduce uneven
+      CAPTURE(world);
+      CAPTURE(in_place);
+      const auto device = run_collectives<T, true>(world, count, op, in_place);
+      const auto host = run_collectives<T, false>(world, count, op, in_place);
+      for (int r = 0; r < world; ++r) {
+        CAPTURE(r);
+        const auto& d = device[static_cast<std::size_t>(r)];
+        const auto& h = host[static_cast<std::size_t>(r)];
+        check_bitwise(d.scattered, h.scattered, "reduce_scatter");
+        check_bitwise(d.gathered, h.gathered, "all_gather");
+        check_bitwise(d.reduced, h.reduced, "all_reduce");
+        check_bitwise(d.broadcast, h.broadcast, "broadcast");
+      }
+    }
+}
+
+}  // namespace
+
+TEST_SUITE("cuda") {
+  TEST_CASE("device_thread_communicator: bitwise equal to thread_communicator in fp32 bf16 fp64 and u64") {
+    check_against_thread_ranks<float>(zero::reduce_op::sum);
+    check_against_thread_ranks<float>(zero::reduce_op::max);
+    check_against_thread_ranks<bf16>(zero::reduce_op::sum);
+    check_against_thread_ranks<double>(zero::reduce_op::sum);
+    check_against_thread_ranks<std::uint64_t>(zero::reduce_op::sum);
+  }
+
+  TEST_CASE("device_thread_communicator: host memory goes through the thread communicator") {
+    zero::thread_group group(3);
+    std::vector<std::vector<std::uint64_t>> gathered(3);
+    group.run([&](zero::thread_communicator& host) {
+      zero::cuda::check(cudaSetDevice(0), "cudaSetDevice");
+      zero::device_thread_communicator comm(host, nullptr);
+      const std::uint64_t mine[4] = {static_cast<std::uint64_t>(host.rank()), 1, 2, 3};
+      std::vector<std::uint64_t> all(12);
+      comm.all_gather(mine, all.data(), 4);
+      gathered[static_cast<std::size_t>(host.rank())] = all;
+    });
+    for (const auto& g : gathered) {
+      CHECK(g[0] == 0);
+      CHECK(g[4] == 1);
+      CHECK(g[8] == 2);
+      CHECK(g[11] == 3);
+    }
+  }
+
+  TEST_CASE("device_thread_communicator: ranks calling different collectives all throw the same mismatch_error") {
+    zero::thread_group group(3);
+    std::mutex m;
+    std::vector<std::string> errors;
+    try {
+      group.run([&](zero::thread_communicator& host) {
+        zero::cuda::check(cudaSetDevice(0), "cudaSetDevice");
+        zero::device_thread_communicator comm(host, nullptr);
+        device_vector<float> buffer(std::vector<float>(8, 1.0f));
+        try {
+          comm.all_reduce(buffer.data(), buffer.data(), host.rank() == 2 ? 5 : 4);
+        } catch (const zero::mismatch_error& e) {
+          std::lock_guard lock(m);
+          errors.push_back(e.what());
+          throw;
+        }
+      });
+    } catch (const zero::mismatch_error&) {
+    }
+    REQUIRE(errors.size() == 3);
+    CHECK(errors[0] == errors[1]);
+    CHECK(errors[1] == errors[2]);
+    CHECK(errors[0].find("rank 2 calls all_reduce<fp32>(count 5, sum)") != std::string::npos);
+  }
+
+#if defined(ZERO_TEST_WITH_NCCL)
+  TEST_CASE("nccl_communicator with one rank: collectives on device and host memory") {
+    zero::cuda::check(cudaSetDevice(0), "cudaSetDevice");
+    cudaStream_t stream = nullptr;
+    zero::cuda::check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
+    {
+      zero::nccl_communicator_options options;
+      options.timeout = std::chrono::seconds(60);
+      zero::nccl_communicator comm(zero::cuda::nccl_unique_id(), 0, 1, stream, options);
+      CHECK(comm.rank() == 0);
+      CHECK(comm.world_size() == 1);
+      const std::size_t n = 4099;
+      const auto input = random_vector<float>(n, 5);
+      const auto input16 = random_vector<bf16>(n, 6);
+      device_vector<float> send(input), recv(n), gathered(n), reduced(input);
+      device_vector<bf16> reduced16(input16);
+      recv.poison_all();
+      gathered.poison_all();
+      comm.reduce_scatter(send.data(), recv.data(), n);
+      comm.all_gather(send.data(), gathered.data(), n);
+      comm.all_reduce(reduced.data(), reduced.data(), n);
+      comm.all_reduce(reduced16.data(), reduced16.data(), n, zero::reduce_op::max);
+      comm.broadcast(send.data(), n, 0);
+      auto request = comm.iall_reduce(send.data(), send.data(), n);
+      request.wait();  // the compute stream waits for it
+      comm.synchronize();
+      CHECK(request.done());
+      zero::cuda::check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+      check_bitwise(recv.download(), input, "reduce_scatter of one rank");
+      check_bitwise(gathered.download(), input, "all_gather of one rank");
+      check_bitwise(reduced.download(), input, "all_reduce of one rank");
+      check_bitwise(reduced16.download(), input16, "bf16 max of one rank");
+      check_bitwise(send.download(), input, "broadcast and iall_reduce of one rank");
+      // host memory: staged and waited for
+      const std::uint64_t mine[4] = {7, 8, 9, 10};
+      std::uint64_t all[4] = {};
+      comm.all_gather(mine, all, 4);
+      CHECK(all[0] == 7);
+      CHECK(all[3] == 10);
+      double sums[2] = {1.5, -2.0};
+      comm.all_reduce(sums, sums, 2);
+      CHECK(sums[0] == 1.5);
+      comm.barrier();
+      const auto& t = comm.traffic();
+      CHECK(t.bytes_of(zero::collective::reduce_scatter) == n * sizeof(float));
+      CHECK(t.bytes_of(zero::collective::all_gather) == n * sizeof(float) + 4 * sizeof(std::uint64_t));
+      CHECK(t.calls_of(zero::collective::all_reduce) == 4);
+      CHECK(t.calls_of(zero::collective::barrier) == 1);
+      std::vector<float> too_big(1 << 20);
+      CHECK_THROWS_AS(comm.all_reduce(too_big.data(), too_big.data(), too_big.size()), zero::usage_error);
+      CHECK_THROWS_AS(comm.broadcast(send.data(), n, 1), zero::usage_error);
+    }
+    CHECK_THROWS_AS(zero::nccl_communicator(zero::cuda::bootstrap_id{}, 1, 1, stream), zero::usage_error);
+    zero::cuda::check(cudaStreamDestroy(stream), "cudaStreamDestroy");
+  }
+#endif
+}
