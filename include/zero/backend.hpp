@@ -120,12 +120,19 @@ class host_backend {
     comm.all_gather(mine, all, n);
   }
 
-  //! Called once by the engine with the runs its passes walk (their total is the shard).
-  template <class Value, class Accum, class Param>
-  void prepare_runs(std::span<const update_run<Value, Accum, Param>> runs) {
+  //! Called once, at the engine's construction: `parameters` registered, the runs the passes
+  //! walk (the same every step), and the state slots (slot k of element `state_offset + i` at
+  //! `state[k * state_stride + state_offset + i]`).
+  template <class Rule, class Value, class Accum, class Param>
+  void prepare(std::size_t parameters, std::span<const update_run<Value, Accum, Param>> runs, float* state,
+               std::size_t state_stride, std::size_t state_count) {
+    (void)parameters;
     run_elements_ = 0;
     for (const auto& r : runs) run_elements_ += r.count;
     partials_.assign(pool_.size(), 0.0);
+    state_ = state;
+    state_stride_ = state_stride;
+    state_count_ = state_count;
   }
 
   //! The sum of squares of the runs' gradients (as float, squared and added in double).
@@ -142,21 +149,20 @@ class host_backend {
     return total_of_partials();
   }
 
-  //! The fused update of every run with element-wise rule `Rule`: values and state slots
-  //! (slot k of element `state_offset + i` at `state[k * state_stride + state_offset + i]`),
-  //! the gradients times `factor`, new values rounded by `round` (element ids from `id_base`),
-  //! model-precision copies into `out`. Returns the gradients' sum of squares when `with_norm`.
+  //! The fused update of the prepared runs with element-wise rule `Rule`: values and state
+  //! slots, the gradients times `factor`, new values rounded by `round` (element ids from
+  //! `id_base`), model-precision copies into `out`. Returns the gradients' sum of squares when
+  //! `with_norm` (else 0).
   template <elementwise_rule Rule, class Value, class Accum, class Param>
-  double update(const typename Rule::constants& c, std::span<const update_run<Value, Accum, Param>> runs, float* state,
-                std::size_t state_stride, std::size_t state_count, float factor, const detail::value_rounding<Value>& round,
-                std::uint64_t id_base, bool with_norm) {
+  double update(const typename Rule::constants& c, std::span<const update_run<Value, Accum, Param>> runs, float factor,
+                const detail::value_rounding<Value>& round, std::uint64_t id_base, bool with_norm) {
     auto job = [&](unsigned t, unsigned n) {
       double sum = 0;
       for_each_share(runs, t, n, [&](const auto& r, std::size_t begin, std::size_t end) {
         std::array<float*, detail::max_update_slots> slots{};
-        for (std::size_t k = 0; k < state_count && k < slots.size(); ++k)
-          slots[k] = state + k * state_stride + r.state_offset + begin;
-        sum += detail::update_elements<Rule>(c, r.values + begin, r.grads + begin, slots.data(), state_count,
+        for (std::size_t k = 0; k < state_count_ && k < slots.size(); ++k)
+          slots[k] = state_ + k * state_stride_ + r.state_offset + begin;
+        sum += detail::update_elements<Rule>(c, r.values + begin, r.grads + begin, slots.data(), state_count_,
                                              r.out == nullptr ? nullptr : r.out + begin, end - begin, factor, round,
                                              id_base + r.state_offset + begin, with_norm);
       });
@@ -204,6 +210,8 @@ class host_backend {
   detail::worker_pool pool_;
   std::vector<double> partials_;  // one sum per thread
   std::size_t run_elements_ = 0;
+  float* state_ = nullptr;
+  std::size_t state_stride_ = 0, state_count_ = 0;
   std::size_t first_nonfinite_ = none;
 };
 

@@ -630,7 +630,7 @@ class optimizer {
       if constexpr (sharded) b.convert(param_shard_.data() + at, from, piece.count);
     }
     build_segments();
-    b.prepare_runs(std::span<const segment>(segments_));
+    b.template prepare<Rule>(params_.size(), std::span<const segment>(segments_), state_.data(), updated, state_count_);
   }
 
   //! The run of the update for one owned piece of a parameter.
@@ -756,7 +756,7 @@ class optimizer {
 
   //! Forgets the micro-step's reports (stage 2: its records and per-unit counts) and clears the
   //! slots: every parameter may be reported again.
-  void forget_reports() noexcept {
+  void forget_reports() {
     if (!local_accumulation_) {
       std::fill(record_head_.begin(), record_head_.end(), none);
       records_used_ = 0;
@@ -952,8 +952,8 @@ class optimizer {
     const std::size_t id_base = sharded ? static_cast<std::size_t>(rank_) * plan_.shard_size : 0;
     const auto round = step_rounding();
     if constexpr (elementwise_rule<Rule>) {
-      const double sum = backend_.template update<Rule>(c, std::span<const segment>(segments_), state_.data(), updated_count(),
-                                                         state_count_, factor, round, id_base, sum_of_squares != nullptr);
+      const double sum = backend_.template update<Rule>(c, std::span<const segment>(segments_), factor, round, id_base,
+                                                         sum_of_squares != nullptr);
       if (sum_of_squares != nullptr) *sum_of_squares = sum;
     } else {
       // pass 1: state and per-tensor sums over the pieces this rank holds
@@ -1013,7 +1013,7 @@ class optimizer {
   }
 
   //! Clears what one step accumulated (after an update, and when a step is skipped).
-  void reset_step() noexcept {
+  void reset_step() {
     gradients_.zero();
     micro_steps_ = 1;
     backend_.clear_nonfinite();
