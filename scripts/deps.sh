@@ -12,8 +12,9 @@
 # Unix Makefiles), ZERO_JOBS (build parallelism; override with ZERO_JOBS=N).
 
 # The Debian packages the build needs; the one place to add more (e.g. libopenmpi-dev openmpi-bin).
+# clang-14 and libclang-rt-14-dev build the libFuzzer targets (cmake/zeroFuzz.cmake).
 # An environment value replaces the list (used to test this script).
-ZERO_APT_PACKAGES="${ZERO_APT_PACKAGES:-doctest-dev libeigen3-dev libbenchmark-dev libopenmpi-dev openmpi-bin wamerican}"
+ZERO_APT_PACKAGES="${ZERO_APT_PACKAGES:-doctest-dev libeigen3-dev libbenchmark-dev libopenmpi-dev openmpi-bin wamerican clang-14 libclang-rt-14-dev}"
 
 ZERO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ZERO_MIN_GCC=12
