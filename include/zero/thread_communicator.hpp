@@ -309,7 +309,8 @@ class thread_communicator {
   template <reducible T>
   void run_all_reduce(const T* send, T* recv, std::size_t count, reduce_op op) {
     const auto d = begin<T>(collective::all_reduce, send, recv, count, op, 0);
-    const auto [lo, hi] = chunk(count, rank_);
+    const auto mine = chunk(count, rank_);
+    const std::size_t lo = mine.first, hi = mine.second;  // (not a structured binding: clang 14 cannot capture one)
     // Phase 1: this rank reduces its chunk into its own recv; nobody else reads that chunk of it.
     detail::reduce_ranks(recv + lo, hi - lo, world_size(), [&](int r) { return send_of<T>(r) + lo; }, op);
     group_->arrive(rank_, d, collective::all_reduce, sequence_);
