@@ -156,7 +156,9 @@ class optimizer {
   using communicator_type = Comm;
   using checkpointer_type = Checkpointer;
   using backend_type = typename backend_of<Comm>::type;
-  static_assert(backend<backend_type>, "zero::optimizer: the communicator's backend_type is not a zero::backend");
+  static_assert(backend<backend_type>,
+                "zero::optimizer: the communicator's backend_type is not a zero::backend (a CUDA communicator: include "
+                "<zero/cuda/backend.cuh> and compile the engine with nvcc)");
   static_assert(std::is_same_v<backend_type, host_backend> || elementwise_rule<Rule>,
                 "zero::optimizer: tensor-wise rules (lamb) run on the host backend only");
   static constexpr zero::stage stage_value = Stage;

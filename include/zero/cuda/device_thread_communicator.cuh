@@ -43,6 +43,9 @@
 #include "zero/types.hpp"
 
 namespace zero {
+namespace cuda {
+class device_backend;  // zero/cuda/backend.cuh
+}  // namespace cuda
 namespace cuda::detail {
 
 inline constexpr int max_device_thread_ranks = 64;
@@ -92,6 +95,10 @@ struct device_thread_request {
 //! collectives while a device collective runs
 class device_thread_communicator {
  public:
+  //! An engine over this communicator keeps its buffers in device memory and runs its passes
+  //! as kernels: include <zero/cuda/backend.cuh> where you instantiate the engine.
+  using backend_type = cuda::device_backend;
+
   //! @param host   this rank's thread communicator (the rendezvous)
   //! @param stream this rank's stream: collectives are ordered in it
   device_thread_communicator(thread_communicator& host, cudaStream_t stream) : host_(&host), stream_(stream) {

@@ -121,6 +121,9 @@ struct nccl_communicator_options {
 };
 
 class nccl_communicator;
+namespace cuda {
+class device_backend;  // zero/cuda/backend.cuh
+}  // namespace cuda
 
 //! A collective started by a non-blocking form of `nccl_communicator`. Move-only. Destroying it
 //! without `wait()` leaves the compute stream unordered after the collective.
@@ -154,6 +157,11 @@ class nccl_request {
 //! One rank's endpoint of an NCCL communicator. Satisfies `zero::communicator`; buffers are
 //! device memory (host memory is staged, see the file comment).
 class nccl_communicator {
+ public:
+  //! An engine over this communicator keeps its buffers in device memory and runs its passes
+  //! as kernels: include <zero/cuda/backend.cuh> (nvcc) where you instantiate the engine.
+  using backend_type = cuda::device_backend;
+
  public:
   using clock = std::chrono::steady_clock;
 
