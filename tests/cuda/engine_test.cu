@@ -84,6 +84,8 @@ device_result train_on_device(Comm& comm, cudaStream_t stream, const harness::ru
   device_result result;
   {
     Engine opt(comm, registered, options);
+    comm.barrier();  // every rank's engine is built: the process-wide count stays put from here
+    const auto allocations = zero::cuda::allocated().allocations;
     for (int t = 0; t < o.steps; ++t) {
       for (std::size_t p = sizes.size(); p-- > 0;) {
         std::vector<G> g(sizes[p]);
@@ -97,6 +99,8 @@ device_result train_on_device(Comm& comm, cudaStream_t stream, const harness::ru
       CHECK_FALSE(report.skipped);
       result.norms.push_back(report.grad_norm);
     }
+    comm.barrier();
+    CHECK(zero::cuda::allocated().allocations == allocations);  // reporting and stepping allocate no device memory
     CHECK(opt.memory() == zero::expected_memory<typename Engine::precision_type>(511, comm.world_size(), Engine::stage_value,
                                                                                   opt.state_count(), options.layout));
   }
