@@ -10,8 +10,8 @@
 //!   engine pass                      kernel
 //!   zeroing, fills                   cudaMemsetAsync, zero::cuda::fill
 //!   packing and accumulation         zero::cuda::convert_copy, zero::cuda::convert_add
-//!   non-finite check (per report)    zero::cuda::flag_nonfinite (one device word per parameter)
-//!   sum of squares                   zero::cuda::sum_of_squares_reducer (CUB DeviceReduce)
+//!   non-finite check (per report)    zero::cuda::note_first_nonfinite (one device word: the first check that found one)
+//!   sum of squares                   zero::cuda::fused_update::sum_of_squares (one launch, the update's own norm)
 //!   the update                       zero::cuda::fused_update: one launch for the whole shard
 //!
 //! Where the host waits (documented sync points): once per step to read the statistics the
@@ -19,10 +19,9 @@
 //! DeepSpeed reads the overflow flag and the norm), and at construction. Nothing else
 //! synchronizes the host; nothing in a step allocates.
 //!
-//! Differences from the host backend, both documented in docs/cuda.md: the sum of squares adds
-//! in another order (equal within double rounding; the update itself is bitwise the host's in
-//! fp32), and the non-finite report names the lowest-numbered parameter with a non-finite
-//! gradient on the rank rather than the first one reduced.
+//! One difference from the host backend (docs/cuda.md): the sum of squares adds in another
+//! order (equal within double rounding); the update itself is bitwise the host's in fp32, and
+//! the non-finite report names the same parameter (the first one checked that had one).
 //!
 //! Needs nvcc (include it from a .cu file compiled with `zero::cuda`'s flags).
 
@@ -71,7 +70,9 @@ class device_backend {
   device_backend(Comm& comm, const backend_options&)
       : stream_(stream_of(comm), comm.rank()),
         world_(static_cast<std::size_t>(comm.world_size())),
-        words_((world_ + 1) * max_words, comm.rank()) {}
+        words_((world_ + 1) * max_words, comm.rank()),
+        first_(1, comm.rank()),
+        squares_(1, comm.rank()) {}
 
   device_backend(const device_backend&) = delete;
   device_backend& operator=(const device_backend&) = delete;
@@ -95,22 +96,28 @@ class device_backend {
     if (n != 0) cuda::convert_add(to, from, n, stream_);
   }
 
+  //! Each check gets an order (a count of checks, shifted, with the parameter's index below it),
+  //! and the device word keeps the lowest order that found a non-finite value.
   template <class T>
   void check_finite(std::size_t param, const T* data, std::size_t n) {
-    if (n != 0) cuda::flag_nonfinite(data, n, flags_.data() + param, stream_);
+    if (n == 0) return;
+    const unsigned long long order = (static_cast<unsigned long long>(checks_++) << 32) | static_cast<unsigned long long>(param);
+    cuda::note_first_nonfinite(data, n, order, first_.data(), stream_);
   }
-  //! The lowest-numbered parameter flagged since the last `clear_nonfinite()`. Waits for the
-  //! stream (a documented sync point).
+  //! The parameter of the first check that found a non-finite value since the last
+  //! `clear_nonfinite()`. Waits for the stream (a documented sync point).
   std::size_t first_nonfinite() {
-    if (host_flags_.empty()) return none;
-    check(cudaMemcpyAsync(host_flags_.data(), flags_.data(), flags_.bytes(), cudaMemcpyDeviceToHost, stream_.stream),
-          "cudaMemcpyAsync (non-finite flags)", stream_.rank);
-    check(cudaStreamSynchronize(stream_.stream), "cudaStreamSynchronize (non-finite flags)", stream_.rank);
-    for (std::size_t p = 0; p < host_flags_.size(); ++p)
-      if (host_flags_[p] != 0) return p;
-    return none;
+    unsigned long long first = 0;
+    check(cudaMemcpyAsync(&first, first_.data(), sizeof first, cudaMemcpyDeviceToHost, stream_.stream),
+          "cudaMemcpyAsync (first non-finite check)", stream_.rank);
+    check(cudaStreamSynchronize(stream_.stream), "cudaStreamSynchronize (first non-finite check)", stream_.rank);
+    return first == ~0ull ? none : static_cast<std::size_t>(first & 0xffffffffull);
   }
-  void clear_nonfinite() { flags_.zero(stream_); }
+  void clear_nonfinite() {
+    check(cudaMemsetAsync(first_.data(), 0xff, sizeof(unsigned long long), stream_.stream), "cudaMemsetAsync (non-finite word)",
+          stream_.rank);
+    checks_ = 0;
+  }
 
   //! The statistics exchange: the words go to the device, through the communicator's
   //! all-gather, and back (the host waits for them).
@@ -131,36 +138,25 @@ class device_backend {
 
   //! At the engine's construction: the non-finite flags, the fused update's segment table and
   //! the norm's storage. Synchronizes the stream once.
-  template <class Rule, class Value, class Accum, class Param>
-  void prepare(std::size_t parameters, std::span<const update_run<Value, Accum, Param>> runs, float* state,
-               std::size_t state_stride, std::size_t state_count) {
-    flags_ = device_buffer<std::uint32_t>(parameters, stream_);
-    host_flags_.assign(parameters, 0);
-    std::size_t longest = 0;
-    for (const auto& r : runs) longest = r.count > longest ? r.count : longest;
-    squares_ = device_buffer<double>(runs.size() + 1, stream_.rank);
-    host_squares_.assign(runs.size() + 1, 0.0);
-    auto reducer = std::make_shared<sum_of_squares_reducer<Accum>>(longest, stream_.rank);
-    prepared_bytes_ = reducer->bytes();
-    reducer_ = reducer;
-    if constexpr (elementwise_rule<Rule>) {
-      std::vector<update_segment<Value, Accum, Param>> table;
-      for (const auto& r : runs) table.push_back({r.values, r.grads, r.state_offset, r.out, r.count});
-      auto update = std::make_shared<fused_update<Rule, Value, Accum, Param>>(
-          std::span<const update_segment<Value, Accum, Param>>(table), state, state_stride, state_count, stream_.rank);
-      prepared_bytes_ += update->bytes();
-      update_ = update;
-    }
+  template <elementwise_rule Rule, class Value, class Accum, class Param>
+  void prepare(std::size_t, std::span<const update_run<Value, Accum, Param>> runs, float* state, std::size_t state_stride,
+               std::size_t state_count) {
+    auto update = std::make_shared<fused_update<Rule, Value, Accum, Param>>(runs, state, state_stride, state_count, stream_.rank);
+    prepared_bytes_ = update->bytes();
+    update_ = update;
+    norm_ = [](void* u, double* result, stream_ref s) {
+      static_cast<fused_update<Rule, Value, Accum, Param>*>(u)->sum_of_squares(result, s);
+    };
+    clear_nonfinite();
     check(cudaStreamSynchronize(stream_.stream), "cudaStreamSynchronize (engine construction)", stream_.rank);
   }
 
-  //! The sum of squares of the runs' gradients: one CUB reduction per run, added on the host in
-  //! run order. Waits for the stream.
+  //! The sum of squares of the runs' gradients: one launch over the prepared runs (the same
+  //! bits as the update's fused norm). Waits for the stream.
   template <class Value, class Accum, class Param>
-  double sum_of_squares(std::span<const update_run<Value, Accum, Param>> runs) {
-    auto& reduce = *static_cast<sum_of_squares_reducer<Accum>*>(reducer_.get());
-    for (std::size_t i = 0; i < runs.size(); ++i) reduce(runs[i].grads, runs[i].count, squares_.data() + i, stream_);
-    return read_squares(runs.size());
+  double sum_of_squares(std::span<const update_run<Value, Accum, Param>>) {
+    norm_(update_.get(), squares_.data(), stream_);
+    return read_squares();
   }
 
   //! The fused update (one launch); with `with_norm` the kernel also sums the squares, and the
@@ -173,13 +169,13 @@ class device_backend {
     controls.factor = factor;
     controls.sum_of_squares = with_norm ? squares_.data() : nullptr;
     launch(c, controls, round, id_base, stream_);
-    return with_norm ? read_squares(1) : 0.0;
+    return with_norm ? read_squares() : 0.0;
   }
 
   //! Device bytes the backend holds besides the engine's buffers (flags, statistics words, the
   //! update's segment table, the norm's storage).
   std::size_t bytes() const noexcept {
-    return flags_.bytes() + words_.bytes() + squares_.bytes() + prepared_bytes_;
+    return first_.bytes() + words_.bytes() + squares_.bytes() + prepared_bytes_;
   }
 
  private:
@@ -189,25 +185,23 @@ class device_backend {
     else return comm.stream();
   }
 
-  double read_squares(std::size_t n) {
-    check(cudaMemcpyAsync(host_squares_.data(), squares_.data(), n * sizeof(double), cudaMemcpyDeviceToHost, stream_.stream),
+  double read_squares() {
+    double total = 0;
+    check(cudaMemcpyAsync(&total, squares_.data(), sizeof total, cudaMemcpyDeviceToHost, stream_.stream),
           "cudaMemcpyAsync (sum of squares)", stream_.rank);
     check(cudaStreamSynchronize(stream_.stream), "cudaStreamSynchronize (sum of squares)", stream_.rank);
-    double total = 0;
-    for (std::size_t i = 0; i < n; ++i) total += host_squares_[i];
     return total;
   }
 
   stream_ref stream_;
   std::size_t world_;
   device_buffer<std::uint64_t> words_;
-  device_buffer<std::uint32_t> flags_;
-  std::vector<std::uint32_t> host_flags_;
+  device_buffer<unsigned long long> first_;  // the first non-finite check's order (~0: none)
   device_buffer<double> squares_;
-  std::vector<double> host_squares_;
-  // typed by the engine's precision and rule, known at `prepare`
-  std::shared_ptr<void> reducer_;
+  std::uint64_t checks_ = 0;                 // non-finite checks since the last clear
+  // the fused update, typed by the engine's rule and precision (known at `prepare`)
   std::shared_ptr<void> update_;
+  void (*norm_)(void*, double*, stream_ref) = nullptr;
   std::size_t prepared_bytes_ = 0;
 };
 
