@@ -366,7 +366,7 @@ TEST_CASE("partitioner: flat_layout rejects zero world size alignment and bucket
 // Found by the layout fuzz target (tests/fuzz/fuzz_layout.cpp): sizes near 2^64 used to wrap
 // around (a bucket of SIZE_MAX elements gave slices of 0 elements, and the partitioners looped
 // forever adding empty units; huge alignments gave a flat buffer whose size in bytes wrapped).
-TEST_CASE("partitioner: sizes near 2^64 are refused or handled, never wrap around") {
+TEST_CASE("partitioner: sizes near 2^64 are refused or handled and never wrap around") {
   constexpr std::size_t max = std::numeric_limits<std::size_t>::max();
   const sizes_t sizes{4, 4};
   for (int world : {1, 2, 3, 8}) {
