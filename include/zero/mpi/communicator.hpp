@@ -86,6 +86,11 @@ struct mpi_communicator_options {
   //! non-blocking collective waits at its call until every rank has made it.
   bool check_collectives = false;
   mpi_reduction reduction = mpi_reduction::rank_ordered;
+  //! Testing hook: when set, this rank calls it inside every collective, each time a phase's
+  //! data has arrived and before this rank reads it or starts the next phase (for example to
+  //! sleep a random time, so that soak tests meet other interleavings of the processes).
+  //! Not compared between ranks.
+  std::function<void(int rank, collective kind, std::uint64_t sequence)> inside_collective{};
 };
 
 class mpi_communicator;
@@ -601,6 +606,7 @@ class mpi_communicator {
           if (!flag) break;
         }
         if (!o.in_last_phase() && !earlier_in_last) break;
+        if (options_.inside_collective) options_.inside_collective(rank_, o.kind, o.sequence);
         o.complete_phase(*this, o);
         if (o.done) break;
       }
