@@ -1,0 +1,85 @@
+// The thread soak (label reliability): the stage-2 engine on 8 thread ranks for thousands of
+// steps in all, with random delays inside every collective, random per-rank gradient orders and
+// bucket sizes of 1 element, a prime, and more than the whole model, ends bitwise where the same
+// run without delays ends. ZERO_SOAK_STEPS=<n> runs each configuration for n steps instead.
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+#include "soak.hpp"
+
+namespace {
+
+int steps_or(int fallback) {
+  const char* env = std::getenv("ZERO_SOAK_STEPS");
+  return env != nullptr && std::atoi(env) > 0 ? std::atoi(env) : fallback;
+}
+
+std::string hex(std::uint64_t v) {
+  char text[17];
+  std::snprintf(text, sizeof text, "%016llx", static_cast<unsigned long long>(v));
+  return text;
+}
+
+void soak_threads(soak::config c) {
+  constexpr int world = 8;
+  using clock = std::chrono::steady_clock;
+  const auto t0 = clock::now();
+  const auto calm = soak::run_threads(c, world);
+  const auto t1 = clock::now();
+  c.delay_percent = 10;
+  const auto delayed = soak::run_threads(c, world);
+  const auto t2 = clock::now();
+  MESSAGE(c.name << ": " << c.steps << " steps on " << world << " thread ranks, "
+                 << std::chrono::duration<double>(t1 - t0).count() << " s without delays, "
+                 << std::chrono::duration<double>(t2 - t1).count() << " s with; digests " << hex(soak::digest(calm))
+                 << " / " << hex(soak::digest(delayed)));
+  REQUIRE(calm.size() == delayed.size());
+  for (int r = 0; r < world; ++r) {
+    CAPTURE(r);
+    CHECK(calm[static_cast<std::size_t>(r)].size() == delayed[static_cast<std::size_t>(r)].size());
+    CHECK(calm[static_cast<std::size_t>(r)] == delayed[static_cast<std::size_t>(r)]);  // bitwise
+  }
+}
+
+}  // namespace
+
+TEST_SUITE("reliability") {
+  TEST_CASE("soak: 8 thread ranks with random delays in collectives end bitwise equal / bucket of 1 element") {
+    soak::config c;
+    c.name = "bucket 1, alignment 1, bucketed, bf16";
+    c.steps = steps_or(150);
+    c.bucket_elements = 1;
+    c.alignment = 1;
+    c.seed = 11;
+    soak_threads(c);
+  }
+
+  TEST_CASE("soak: 8 thread ranks with random delays in collectives end bitwise equal / bucket of 61 elements pipelined") {
+    soak::config c;
+    c.name = "bucket 61 (a prime), alignment 4, contiguous, fp16 with overflows, 2 staging buffers";
+    c.steps = steps_or(600);
+    c.bucket_elements = 61;
+    c.alignment = 4;
+    c.staging_buffers = 2;
+    c.bucketed = false;
+    c.fp16 = true;
+    c.seed = 23;
+    soak_threads(c);
+  }
+
+  TEST_CASE("soak: 8 thread ranks with random delays in collectives end bitwise equal / bucket larger than the model") {
+    soak::config c;
+    c.name = "bucket 4096 (more than the model's 511), bucketed, bf16, 3 staging buffers";
+    c.steps = steps_or(1500);
+    c.bucket_elements = 4096;
+    c.alignment = 16;
+    c.staging_buffers = 3;
+    c.seed = 37;
+    soak_threads(c);
+  }
+}
