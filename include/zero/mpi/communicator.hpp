@@ -570,7 +570,10 @@ class mpi_communicator {
     T* recv = static_cast<T*>(o.recv);
     if (o.phase == 0) {
       // every rank's copy of my chunk has arrived: sum it in rank order into my part of recv
-      const auto [lo, hi] = c.chunk(o.count, c.rank_);
+      // plain variables, not a structured binding: the lambda below captures them (clang before 16
+      // cannot capture bindings)
+      const std::pair<std::size_t, std::size_t> mine = c.chunk(o.count, c.rank_);
+      const std::size_t lo = mine.first, hi = mine.second;
       const T* staging = reinterpret_cast<const T*>(o.staging.data.get());
       const T* own = static_cast<const T*>(o.send) + lo;
       detail::reduce_ranks(recv + lo, hi - lo, c.world_,
