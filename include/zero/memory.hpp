@@ -81,8 +81,11 @@ constexpr memory_report expected_memory(std::size_t param_count, int world_size,
   const std::size_t quantum = o.alignment * n;
   const std::size_t padded = (param_count + quantum - 1) / quantum * quantum;
   const std::size_t shard = padded / n;
-  const std::size_t per_rank = (o.bucket_elements + n - 1) / n;
-  const std::size_t slice = std::min((per_rank + o.alignment - 1) / o.alignment * o.alignment, shard);
+  // a rank's slice of a reduction unit, as the partitioners cut it (`unit_slice`): nothing
+  // overflows, whatever bucket_elements is
+  const std::size_t per_rank = o.bucket_elements / n + (o.bucket_elements % n != 0 ? 1 : 0);
+  const std::size_t slice =
+      per_rank >= shard ? shard : std::min((per_rank + o.alignment - 1) / o.alignment * o.alignment, shard);
   const bool sharded = s != stage::stage0;
   const std::size_t updated = sharded ? shard : param_count;  // elements this rank updates
 

@@ -66,13 +66,11 @@ prediction predict(const std::vector<std::size_t>& sizes, int world, std::size_t
   return p;
 }
 
-// The layout to give expected_memory: the same, with a bucket beyond max_flat_elements (always
-// more than a whole shard, so one unit per shard either way) taken as max_flat_elements, because
-// expected_memory's closed form computes (bucket + world - 1) / world, which wraps around for
-// buckets near 2^64 (the partitioners do not).
+// The layout to give expected_memory: the same (its closed form cuts slices as the partitioners
+// do, without wrapping for buckets near 2^64).
 zero::layout_options closed_form_layout(std::size_t alignment, std::size_t bucket, zero::layout_options layout = {}) {
   layout.alignment = alignment;
-  layout.bucket_elements = std::min(bucket, zero::max_flat_elements);
+  layout.bucket_elements = bucket;
   return layout;
 }
 
