@@ -56,36 +56,14 @@ void soak_mpi(soak::config c) {
 
 TEST_SUITE("reliability") {
   TEST_CASE("mpi soak: random delays in collectives end bitwise equal / bucket of 1 element") {
-    soak::config c;
-    c.name = "bucket 1, alignment 1, bucketed, bf16";
-    c.steps = steps_or(40);
-    c.bucket_elements = 1;
-    c.alignment = 1;
-    c.seed = 11;
-    soak_mpi(c);
+    soak_mpi(soak::bucket_of_one(steps_or(40)));
   }
 
   TEST_CASE("mpi soak: random delays in collectives end bitwise equal / bucket of 61 elements pipelined") {
-    soak::config c;
-    c.name = "bucket 61 (a prime), alignment 4, contiguous, fp16 with overflows, 2 staging buffers";
-    c.steps = steps_or(300);
-    c.bucket_elements = 61;
-    c.alignment = 4;
-    c.staging_buffers = 2;
-    c.bucketed = false;
-    c.fp16 = true;
-    c.seed = 23;
-    soak_mpi(c);
+    soak_mpi(soak::prime_bucket_pipelined(steps_or(300)));
   }
 
   TEST_CASE("mpi soak: random delays in collectives end bitwise equal / bucket larger than the model") {
-    soak::config c;
-    c.name = "bucket 4096 (more than the model's 511), bucketed, bf16, 3 staging buffers";
-    c.steps = steps_or(500);
-    c.bucket_elements = 4096;
-    c.alignment = 16;
-    c.staging_buffers = 3;
-    c.seed = 37;
-    soak_mpi(c);
+    soak_mpi(soak::bucket_larger_than_model(steps_or(500)));
   }
 }

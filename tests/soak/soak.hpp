@@ -40,6 +40,41 @@ struct config {
   int max_delay_us = 100;           //!< the longest sleep
 };
 
+// The three configurations both soaks (thread ranks and MPI processes) run, at their own step
+// counts: a bucket of 1 element, a prime bucket pipelined with fp16 overflows, a bucket larger
+// than the model.
+inline config bucket_of_one(int steps) {
+  config c;
+  c.name = "bucket 1, alignment 1, bucketed, bf16";
+  c.steps = steps;
+  c.bucket_elements = 1;
+  c.alignment = 1;
+  c.seed = 11;
+  return c;
+}
+inline config prime_bucket_pipelined(int steps) {
+  config c;
+  c.name = "bucket 61 (a prime), alignment 4, contiguous, fp16 with overflows, 2 staging buffers";
+  c.steps = steps;
+  c.bucket_elements = 61;
+  c.alignment = 4;
+  c.staging_buffers = 2;
+  c.bucketed = false;
+  c.fp16 = true;
+  c.seed = 23;
+  return c;
+}
+inline config bucket_larger_than_model(int steps) {
+  config c;
+  c.name = "bucket 4096 (more than the model's 511), bucketed, bf16, 3 staging buffers";
+  c.steps = steps;
+  c.bucket_elements = 4096;
+  c.alignment = 16;
+  c.staging_buffers = 3;
+  c.seed = 37;
+  return c;
+}
+
 //! Everything a rank holds at the end, as raw bytes.
 using outcome = std::vector<std::uint8_t>;
 
