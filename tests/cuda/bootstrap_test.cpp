@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "free_port.hpp"
 #include "zero/cuda/bootstrap.hpp"
 #include "zero/error.hpp"
 
@@ -47,20 +48,7 @@ struct scratch_directory {
   }
 };
 
-//! A TCP port nothing listens on right now (the kernel's choice for port 0, released).
-std::uint16_t free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  REQUIRE(fd >= 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = 0;
-  REQUIRE(::bind(fd, reinterpret_cast<const sockaddr*>(&a), sizeof a) == 0);
-  socklen_t length = sizeof a;
-  REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &length) == 0);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
+using zero_test::free_port;
 
 //! Runs f(rank) on `world` threads; returns each rank's exception (null when it returned).
 template <class F>
