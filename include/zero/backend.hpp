@@ -28,6 +28,7 @@
 #include "zero/detail/worker_pool.hpp"
 #undef ZERO_DETAIL_INCLUDE_ALLOWED
 
+#include "zero/communicator.hpp"
 #include "zero/memory.hpp"
 #include "zero/types.hpp"
 #include "zero/update_rule.hpp"
@@ -120,13 +121,16 @@ class host_backend {
     comm.all_gather(mine, all, n);
   }
 
-  //! Called once, at the engine's construction: `parameters` registered, the runs the passes
-  //! walk (the same every step), and the state slots (slot k of element `state_offset + i` at
-  //! `state[k * state_stride + state_offset + i]`).
+  //! Called once, at the engine's construction: `parameters` registered, the runs the
+  //! element-wise passes walk (the same every step), the pieces a tensor-wise rule walks (one
+  //! run per owned piece of a parameter), and the state slots (slot k of element
+  //! `state_offset + i` at `state[k * state_stride + state_offset + i]`).
   template <class Rule, class Value, class Accum, class Param>
-  void prepare(std::size_t parameters, std::span<const update_run<Value, Accum, Param>> runs, float* state,
-               std::size_t state_stride, std::size_t state_count) {
+  void prepare(std::size_t parameters, std::span<const update_run<Value, Accum, Param>> runs,
+               std::span<const update_run<Value, Accum, Param>> pieces, float* state, std::size_t state_stride,
+               std::size_t state_count) {
     (void)parameters;
+    (void)pieces;
     run_elements_ = 0;
     for (const auto& r : runs) run_elements_ += r.count;
     partials_.assign(pool_.size(), 0.0);
@@ -159,9 +163,7 @@ class host_backend {
     auto job = [&](unsigned t, unsigned n) {
       double sum = 0;
       for_each_share(runs, t, n, [&](const auto& r, std::size_t begin, std::size_t end) {
-        std::array<float*, detail::max_update_slots> slots{};
-        for (std::size_t k = 0; k < state_count_ && k < slots.size(); ++k)
-          slots[k] = state_ + k * state_stride_ + r.state_offset + begin;
+        const auto slots = state_slots(r.state_offset + begin);
         sum += detail::update_elements<Rule>(c, r.values + begin, r.grads + begin, slots.data(), state_count_,
                                              r.out == nullptr ? nullptr : r.out + begin, end - begin, factor, round,
                                              id_base + r.state_offset + begin, with_norm);
@@ -170,6 +172,50 @@ class host_backend {
     };
     run_split(job);
     return with_norm ? total_of_partials() : 0.0;
+  }
+
+  // ---- tensor-wise rules (lamb): two passes around an exchange of per-tensor sums ----------
+
+  //! Pass 1 of a tensor-wise rule over `pieces`: the state of every element (its gradient
+  //! times `factor`) and each piece's sums (`Rule::first_pass`), into `sums[2q]`, `sums[2q+1]`
+  //! for piece q (host memory, overwritten). Each piece adds its elements in order.
+  template <tensorwise_rule Rule, class Value, class Accum, class Param>
+  void tensor_sums(const typename Rule::constants& c, std::span<const update_run<Value, Accum, Param>> pieces, float factor,
+                   double* sums) {
+    for (std::size_t q = 0; q < pieces.size(); ++q) {
+      const auto& s = pieces[q];
+      const auto slots = state_slots(s.state_offset);
+      zero::tensor_sums piece;
+      for (std::size_t i = 0; i < s.count; ++i) {
+        float value = static_cast<float>(s.values[i]);
+        Rule::first_pass(c, value, static_cast<float>(s.grads[i]) * factor, state_ref{slots.data(), i}, piece);
+      }
+      sums[2 * q] = piece.a;
+      sums[2 * q + 1] = piece.b;
+    }
+  }
+
+  //! Every rank's `n` per-tensor sums added, in place (host memory).
+  template <class Comm>
+  void all_reduce_sums(Comm& comm, double* sums, std::size_t n) {
+    comm.all_reduce(sums, sums, n, reduce_op::sum);
+  }
+
+  //! Pass 2 of a tensor-wise rule: every element of piece q updated with `trust[q]` (host
+  //! memory), rounded by `round`, its model-precision copy written to the piece's `out`.
+  template <tensorwise_rule Rule, class Value, class Accum, class Param>
+  void tensor_update(const typename Rule::constants& c, std::span<const update_run<Value, Accum, Param>> pieces,
+                     const float* trust, const detail::value_rounding<Value>& round, std::uint64_t id_base) {
+    for (std::size_t q = 0; q < pieces.size(); ++q) {
+      const auto& s = pieces[q];
+      const auto slots = state_slots(s.state_offset);
+      for (std::size_t i = 0; i < s.count; ++i) {
+        float value = static_cast<float>(s.values[i]);
+        Rule::second_pass(c, value, state_ref{slots.data(), i}, trust[q]);
+        s.values[i] = round(value, id_base + s.state_offset + i);
+        if (s.out != nullptr) s.out[i] = zero::convert<Param>(value);
+      }
+    }
   }
 
   //! Threads the passes use (the calling thread included).
@@ -184,6 +230,12 @@ class host_backend {
   void run_split(Job& job) {
     if (split_threads() == 1) job(0u, 1u);
     else pool_.run(job);
+  }
+
+  std::array<float*, detail::max_update_slots> state_slots(std::size_t offset) const noexcept {
+    std::array<float*, detail::max_update_slots> slots{};
+    for (std::size_t k = 0; k < state_count_ && k < slots.size(); ++k) slots[k] = state_ + k * state_stride_ + offset;
+    return slots;
   }
 
   double total_of_partials() const noexcept {

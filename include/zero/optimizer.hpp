@@ -159,8 +159,6 @@ class optimizer {
   static_assert(backend<backend_type>,
                 "zero::optimizer: the communicator's backend_type is not a zero::backend (a CUDA communicator: include "
                 "<zero/cuda/backend.cuh> and compile the engine with nvcc)");
-  static_assert(std::is_same_v<backend_type, host_backend> || elementwise_rule<Rule>,
-                "zero::optimizer: tensor-wise rules (lamb) run on the host backend only");
   static constexpr zero::stage stage_value = Stage;
   static constexpr std::size_t max_state_slots = detail::max_update_slots;
   //! 64-bit words each rank contributes to the one all-gather of per-step statistics.
@@ -618,7 +616,11 @@ class optimizer {
     record_next_.assign(report_capacity, none);
     record_head_.assign(params_.size(), none);
     statistics_.assign(statistics_words * n, 0);
-    if constexpr (tensorwise_rule<Rule>) tensor_sums_.assign(2 * params_.size(), 0.0);
+    if constexpr (tensorwise_rule<Rule>) {
+      tensor_sums_.assign(2 * params_.size(), 0.0);
+      piece_sums_.assign(2 * owned_.size(), 0.0);
+      trust_.assign(owned_.size(), 1.0f);
+    }
 
     for (std::size_t k = 0; k < state_count_; ++k) {
       const float start = static_cast<float>(initial_state<Rule>(options_.hyperparameters, k));
@@ -632,7 +634,8 @@ class optimizer {
       if constexpr (sharded) b.convert(param_shard_.data() + at, from, piece.count);
     }
     build_segments();
-    b.template prepare<Rule>(params_.size(), std::span<const segment>(segments_), state_.data(), updated, state_count_);
+    b.template prepare<Rule>(params_.size(), std::span<const segment>(segments_), std::span<const segment>(piece_segments_),
+                             state_.data(), updated, state_count_);
   }
 
   //! The run of the update for one owned piece of a parameter.
@@ -941,12 +944,6 @@ class optimizer {
     return {options_.value_rounding == rounding::stochastic, options_.seed, step_};
   }
 
-  std::array<float*, max_state_slots> state_slots(std::size_t offset) const noexcept {
-    std::array<float*, max_state_slots> slots{};
-    for (std::size_t k = 0; k < state_count_; ++k) slots[k] = state_.data() + k * updated_count() + offset;
-    return slots;
-  }
-
   //! @param sum_of_squares when not null, receives this rank's sum of squares of the gradients,
   //!        computed by the update pass itself
   void update_shard(float factor, double* sum_of_squares) {
@@ -958,35 +955,22 @@ class optimizer {
                                                          sum_of_squares != nullptr);
       if (sum_of_squares != nullptr) *sum_of_squares = sum;
     } else {
-      // pass 1: state and per-tensor sums over the pieces this rank holds
+      const std::span<const segment> pieces(piece_segments_);
+      // pass 1: state and the sums of every piece this rank holds, added per tensor (in piece order)
+      backend_.template tensor_sums<Rule>(c, pieces, factor, piece_sums_.data());
       std::fill(tensor_sums_.begin(), tensor_sums_.end(), 0.0);
-      for (std::size_t q = 0; q < piece_segments_.size(); ++q) {
-        const auto& s = piece_segments_[q];
-        const std::size_t param = owned_[q].param;
-        const auto slots = state_slots(s.state_offset);
-        tensor_sums sums;
-        for (std::size_t i = 0; i < s.count; ++i) {
-          float value = static_cast<float>(s.values[i]);
-          Rule::first_pass(c, value, static_cast<float>(s.grads[i]) * factor, state_ref{slots.data(), i}, sums);
-        }
-        tensor_sums_[2 * param] += sums.a;
-        tensor_sums_[2 * param + 1] += sums.b;
+      for (std::size_t q = 0; q < owned_.size(); ++q) {
+        tensor_sums_[2 * owned_[q].param] += piece_sums_[2 * q];
+        tensor_sums_[2 * owned_[q].param + 1] += piece_sums_[2 * q + 1];
       }
       // a tensor split across ranks gets the sums of all its pieces
-      if constexpr (sharded) comm_->all_reduce(tensor_sums_.data(), tensor_sums_.data(), tensor_sums_.size(), reduce_op::sum);
+      if constexpr (sharded) backend_.all_reduce_sums(*comm_, tensor_sums_.data(), tensor_sums_.size());
       // pass 2: the update with each tensor's factor
-      for (std::size_t q = 0; q < piece_segments_.size(); ++q) {
-        const auto& s = piece_segments_[q];
+      for (std::size_t q = 0; q < owned_.size(); ++q) {
         const std::size_t param = owned_[q].param;
-        const auto slots = state_slots(s.state_offset);
-        const float tensor_factor = Rule::tensor_factor(c, {tensor_sums_[2 * param], tensor_sums_[2 * param + 1]});
-        for (std::size_t i = 0; i < s.count; ++i) {
-          float value = static_cast<float>(s.values[i]);
-          Rule::second_pass(c, value, state_ref{slots.data(), i}, tensor_factor);
-          s.values[i] = round(value, id_base + s.state_offset + i);
-          if (s.out != nullptr) s.out[i] = convert<param_type>(value);
-        }
+        trust_[q] = Rule::tensor_factor(c, {tensor_sums_[2 * param], tensor_sums_[2 * param + 1]});
       }
+      backend_.template tensor_update<Rule>(c, pieces, trust_.data(), round, id_base);
     }
   }
 
@@ -1057,7 +1041,9 @@ class optimizer {
   std::vector<segment> segments_;        // element-wise update: merged runs
   std::vector<segment> piece_segments_;  // tensor-wise update: one run per owned piece
   std::vector<std::uint64_t> statistics_;
-  std::vector<double> tensor_sums_;
+  std::vector<double> tensor_sums_;  // tensor-wise rules: two sums per parameter,
+  std::vector<double> piece_sums_;   // two per owned piece,
+  std::vector<float> trust_;         // and each owned piece's factor
 
   typename backend_type::template buffer<value_type> master_;
   typename backend_type::template buffer<float> state_;

@@ -1,29 +1,43 @@
 // The whole engine on the device (label cuda): zero::optimizer over device communicators keeps
 // its buffers in device memory and runs every pass as a kernel (zero::cuda::device_backend).
+// The host engine on thread ranks (tests/engine/harness.hpp), which the host equivalence tests
+// hold to the double-precision references, is what the device runs are compared with; each
+// host run here is also checked against its reference again.
 //
-//  * thread ranks on one GPU (device_thread_communicator), worlds 1, 2, 3, stages 0, 1, 2, both
-//    partitioners, fp32 and bf16 with fp32 master, buckets of a prime and larger than the model,
-//    blocking and pipelined: after 10 AdamW steps every rank's parameters are bitwise equal to
-//    the host engine's on thread ranks (tests/engine/harness.hpp), which the host equivalence
-//    tests hold to the double-precision reference. Bitwise, because the device runs the host's
-//    per-element functions (--fmad=false) and sums in the same rank order; the norm (only
-//    reported here) may differ in the last bits and is compared to 1e-12.
-//  * NCCL with one rank: the same, world 1.
-//  * an overflow on the device skips the step on every rank, names the parameter, and leaves
-//    the parameters bitwise unchanged.
+//  * AdamW over thread ranks on one GPU (device_thread_communicator): worlds 1, 2, 3, stages 0,
+//    1, 2, both partitioners, fp32 and bf16 with fp32 master, buckets of a prime and larger than
+//    the model, blocking and pipelined: after 10 steps every rank's parameters are bitwise equal
+//    to the host engine's. Bitwise, because the device runs the host's per-element functions
+//    (--fmad=false) and sums ranks in the same order; the norm may differ in its last bits.
+//  * Every other element-wise rule (Adam with AMSGrad, SGD with Nesterov momentum, Lion,
+//    Adagrad) in fp32, bf16 and fp16 (fixed loss scale), stages 0 and 2, with unreported
+//    gradients: bitwise; bf16 without master weights, rounded stochastically: bitwise.
+//  * The training step's features: micro-step accumulation (reduced every micro-step or once),
+//    a shared weight reported twice: bitwise; clipping: within 1e-6 (the clip factor comes from
+//    the norm, which the device adds in another order).
+//  * LAMB (tensor-wise, zero::cuda::tensorwise_update), stages 0, 1, 2, fp32 and bf16: within
+//    1e-6 of the host (the per-tensor sums add in another order) and within the host's bound of
+//    the double reference.
+//  * Dynamic loss scaling in fp16 with overflows (from the scale and injected): every report
+//    (skipped, scale, rank and parameter named) and the parameters equal the host engine's.
+//  * NCCL with one rank: AdamW and LAMB, as above.
 // Without a GPU the executable exits 77 (skipped) before running anything (device_main.cpp).
 #include <doctest/doctest.h>
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <mutex>
+#include <span>
+#include <type_traits>
 #include <vector>
 
 #include "engine/harness.hpp"
+#include "engine/mirror.hpp"
 #include "zero/cuda/backend.cuh"
 #include "zero/cuda/device_thread_communicator.cuh"
 #if defined(ZERO_TEST_WITH_NCCL)
@@ -34,86 +48,102 @@ namespace {
 
 using namespace std::chrono_literals;
 
-template <class T>
-T* device_copy(const std::vector<T>& host, cudaStream_t stream) {
-  void* p = nullptr;
-  zero::cuda::check(cudaMalloc(&p, host.size() * sizeof(T)), "cudaMalloc (test)");
-  zero::cuda::check(cudaMemcpyAsync(p, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice, stream), "cudaMemcpyAsync");
-  zero::cuda::check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
-  return static_cast<T*>(p);
-}
+// 20 steps of fp32 rounding, two per step, each within 2^-24 (tests/engine/training_step_test.cpp).
+constexpr double fp32_bound = 20 * 2 * 0x1.0p-24;
 
-template <class T>
-std::vector<float> download_as_float(const T* device, std::size_t n, cudaStream_t stream) {
-  std::vector<T> host(n);
-  zero::cuda::check(cudaMemcpyAsync(host.data(), device, n * sizeof(T), cudaMemcpyDeviceToHost, stream), "cudaMemcpyAsync");
-  zero::cuda::check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
-  std::vector<float> out;
-  for (const T& v : host) out.push_back(static_cast<float>(v));
-  return out;
-}
-
-struct device_result {
-  std::vector<std::vector<float>> params;  // the framework's parameters after the last step
-  std::vector<double> norms;               // the norm each step reported
+// Framework buffers in device memory; each thread rank on GPU 0 with its own stream and a
+// device_thread_communicator (tests/engine/mirror.hpp has the other half of the policy).
+struct device_memory {
+  using stream_type = cudaStream_t;
+  template <class T>
+  static T* upload(const std::vector<T>& host, cudaStream_t stream) {
+    void* p = nullptr;
+    zero::cuda::check(cudaMalloc(&p, std::max<std::size_t>(host.size(), 1) * sizeof(T)), "cudaMalloc (test)");
+    write(static_cast<T*>(p), host, stream);
+    return static_cast<T*>(p);
+  }
+  template <class T>
+  static void write(T* to, const std::vector<T>& host, cudaStream_t stream) {
+    zero::cuda::check(cudaMemcpyAsync(to, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice, stream), "cudaMemcpyAsync");
+    zero::cuda::check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+  }
+  template <class T>
+  static std::vector<float> download(const T* from, std::size_t n, cudaStream_t stream) {
+    std::vector<T> host(n);
+    zero::cuda::check(cudaMemcpyAsync(host.data(), from, n * sizeof(T), cudaMemcpyDeviceToHost, stream), "cudaMemcpyAsync");
+    zero::cuda::check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+    std::vector<float> out;
+    for (const T& v : host) out.push_back(static_cast<float>(v));
+    return out;
+  }
+  template <class T>
+  static void release(T* p) {
+    (void)cudaFree(p);
+  }
+  static std::size_t allocations() { return zero::cuda::allocated().allocations; }
+  template <class F>
+  static void with_rank(zero::thread_communicator& rendezvous, F&& f) {
+    zero::cuda::check(cudaSetDevice(0), "cudaSetDevice");
+    cudaStream_t stream = nullptr;
+    zero::cuda::check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
+    {
+      zero::device_thread_communicator comm(rendezvous, stream);
+      f(comm, stream);
+    }
+    (void)cudaStreamDestroy(stream);
+  }
 };
 
-//! One rank's training on the device: `steps` AdamW steps with the harness's gradients,
-//! reported in reverse order (the result must not depend on it).
-template <class Engine, class Comm>
-device_result train_on_device(Comm& comm, cudaStream_t stream, const harness::run_options& o) {
-  using P = typename Engine::param_type;
-  using G = typename Engine::grad_type;
-  const auto& sizes = harness::model_sizes;
-  const int rank = comm.rank();
-  std::vector<P*> values(sizes.size());
-  std::vector<G*> grads(sizes.size());
-  std::vector<zero::parameter<P>> registered;
-  for (std::size_t p = 0; p < sizes.size(); ++p) {
-    std::vector<P> initial(sizes[p]);
-    for (std::size_t i = 0; i < sizes[p]; ++i) initial[i] = P(harness::initial_value(p, i));
-    values[p] = device_copy(initial, stream);
-    grads[p] = device_copy(std::vector<G>(sizes[p]), stream);
-    registered.push_back({"p" + std::to_string(p), {values[p], sizes[p]}});
+using mirror::host_memory;
+using mirror::options_with;
+using mirror::train;
+using mirror::train_group;
+
+// The device run's own checks: no device allocation while stepping, memory as expected.
+void check_device_records(const std::vector<mirror::run_record>& records) {
+  for (const auto& r : records) {
+    CHECK_FALSE(r.allocated_while_stepping);
+    CHECK(r.memory_as_expected);
   }
-  typename Engine::options_type options;
-  options.hyperparameters = harness::adamw_hyperparameters();
-  options.layout.bucket_elements = o.bucket_elements;
-  options.layout.alignment = o.alignment;
-  options.layout.staging_buffers = o.staging_buffers;
-  device_result result;
-  {
-    Engine opt(comm, registered, options);
-    comm.barrier();  // every rank's engine is built: the process-wide count stays put from here
-    const auto allocations = zero::cuda::allocated().allocations;
-    for (int t = 0; t < o.steps; ++t) {
-      for (std::size_t p = sizes.size(); p-- > 0;) {
-        std::vector<G> g(sizes[p]);
-        for (std::size_t i = 0; i < sizes[p]; ++i) g[i] = harness::gradient<G>(t, rank, p, i);
-        zero::cuda::check(cudaMemcpyAsync(grads[p], g.data(), g.size() * sizeof(G), cudaMemcpyHostToDevice, stream),
-                          "cudaMemcpyAsync (gradient)");
-        zero::cuda::check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
-        opt.gradient_ready(p, {grads[p], sizes[p]});
-      }
-      const auto report = opt.step();
-      CHECK_FALSE(report.skipped);
-      result.norms.push_back(report.grad_norm);
-    }
-    comm.barrier();
-    CHECK(zero::cuda::allocated().allocations == allocations);  // reporting and stepping allocate no device memory
-    CHECK(opt.memory() == zero::expected_memory<typename Engine::precision_type>(511, comm.world_size(), Engine::stage_value,
-                                                                                  opt.state_count(), options.layout));
-  }
-  for (std::size_t p = 0; p < sizes.size(); ++p) {
-    result.params.push_back(download_as_float(values[p], sizes[p], stream));
-    (void)cudaFree(values[p]);
-    (void)cudaFree(grads[p]);
-  }
-  return result;
 }
 
-template <class Host, class Device>
-void check_thread_ranks_on_device() {
+// The host engine over thread ranks and the same engine over device thread ranks.
+template <zero::stage S, class Precision, class Rule, class Partitioner = zero::contiguous_partitioner>
+struct engines {
+  using host = zero::optimizer<S, Precision, Rule, Partitioner>;
+  using device = zero::optimizer<S, Precision, Rule, Partitioner, zero::device_thread_communicator>;
+};
+
+// The host engine's run of `o` (held to its reference here too) and the device's, rank by rank:
+// bitwise, or within `tolerance` relative.
+template <class Engines>
+void check_against_host(const harness::run_options& o, const typename Engines::host::hyperparameters_type& h,
+                        double tolerance = 0, double reference_bound = fp32_bound) {
+  const auto host = harness::run<typename Engines::host>(o, h);
+  CHECK(host.rank_disagreements == 0);
+  if (reference_bound > 0) CHECK(host.max_value_error < reference_bound);
+  const auto device = train_group<typename Engines::device, device_memory>(o, options_with<typename Engines::device>(h));
+  check_device_records(device);
+  for (int r = 0; r < o.world; ++r) {
+    CAPTURE(r);
+    const auto& mine = device[static_cast<std::size_t>(r)].params;
+    const auto& theirs = host.params[static_cast<std::size_t>(r)];
+    if (tolerance == 0) {
+      CHECK(mine == theirs);
+      continue;
+    }
+    double worst = 0;
+    for (std::size_t p = 0; p < mine.size(); ++p)
+      for (std::size_t i = 0; i < mine[p].size(); ++i)
+        worst = std::max(worst, std::fabs(static_cast<double>(mine[p][i]) - theirs[p][i]) /
+                                    std::max(std::fabs(static_cast<double>(theirs[p][i])), 1e-30));
+    CAPTURE(worst);
+    CHECK(worst <= tolerance);
+  }
+}
+
+template <class Engines>
+void check_adamw_sweep() {
   for (int world : {1, 2, 3}) {
     for (std::size_t bucket : {std::size_t{37}, std::size_t{1} << 20}) {
       for (std::size_t staging : {std::size_t{1}, std::size_t{2}}) {
@@ -125,30 +155,47 @@ void check_thread_ranks_on_device() {
         o.steps = 10;
         o.bucket_elements = bucket;
         o.alignment = 8;
-        const auto host = harness::run<Host>(o, harness::adamw_hyperparameters());
         o.staging_buffers = staging;
-        std::vector<device_result> device(static_cast<std::size_t>(world));
-        std::mutex lock;
-        zero::thread_group group(world, {120s});
-        group.run([&](zero::thread_communicator& rendezvous) {
-          zero::cuda::check(cudaSetDevice(0), "cudaSetDevice");
-          cudaStream_t stream = nullptr;
-          zero::cuda::check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
-          {
-            zero::device_thread_communicator comm(rendezvous, stream);
-            auto mine = train_on_device<Device>(comm, stream, o);
-            std::lock_guard guard(lock);
-            device[static_cast<std::size_t>(rendezvous.rank())] = std::move(mine);
-          }
-          (void)cudaStreamDestroy(stream);
-        });
-        for (int r = 0; r < world; ++r) {
-          CAPTURE(r);
-          CHECK(device[static_cast<std::size_t>(r)].params == host.params[static_cast<std::size_t>(r)]);
-        }
-        CHECK(host.rank_disagreements == 0);  // the host run itself is held to the reference in tests/engine
+        check_against_host<Engines>(o, harness::adamw_hyperparameters());
       }
     }
+  }
+}
+
+template <class Rule, zero::stage S, class Precision>
+void check_rule(double loss_scale) {
+  for (int world : {1, 2, 3}) {
+    CAPTURE(world);
+    harness::run_options o;
+    o.world = world;
+    o.bucket_elements = 61;
+    o.alignment = 4;
+    o.loss_scale = loss_scale;
+    o.skip_some = true;
+    check_against_host<engines<S, Precision, Rule, zero::bucketed_partitioner>>(o, harness::rule_hyperparameters<Rule>());
+  }
+}
+
+template <class Rule>
+void check_rule_everywhere() {
+  check_rule<Rule, zero::stage0, zero::fp32_precision>(0);
+  check_rule<Rule, zero::stage2, zero::fp32_precision>(0);
+  check_rule<Rule, zero::stage0, zero::bf16_mixed>(0);
+  check_rule<Rule, zero::stage2, zero::bf16_mixed>(0);
+  check_rule<Rule, zero::stage2, zero::fp16_mixed>(1024);
+}
+
+template <zero::stage S, class Precision>
+void check_lamb(double tolerance) {
+  zero::lamb::hyperparameters h;
+  h.lr = 5e-3;  // as the host's partitioned-LAMB test: keep |p| away from 0
+  for (int world : {1, 2, 3}) {
+    CAPTURE(world);
+    harness::run_options o;
+    o.world = world;
+    o.alignment = 1;
+    o.bucket_elements = 64;  // tensors straddle ranks
+    check_against_host<engines<S, Precision, zero::lamb>>(o, h, tolerance);
   }
 }
 
@@ -156,24 +203,105 @@ void check_thread_ranks_on_device() {
 
 // Named configurations (doctest prints them; no commas: CTest names).
 namespace device_config {
-template <zero::stage S, class Precision, class Partitioner>
-struct config {
-  using host = zero::optimizer<S, Precision, zero::adamw, Partitioner>;
-  using device = zero::optimizer<S, Precision, zero::adamw, Partitioner, zero::device_thread_communicator>;
-};
-struct fp32_stage0 : config<zero::stage0, zero::fp32_precision, zero::contiguous_partitioner> {};
-struct fp32_stage1 : config<zero::stage1, zero::fp32_precision, zero::contiguous_partitioner> {};
-struct fp32_stage2_contiguous : config<zero::stage2, zero::fp32_precision, zero::contiguous_partitioner> {};
-struct fp32_stage2_bucketed : config<zero::stage2, zero::fp32_precision, zero::bucketed_partitioner> {};
-struct bf16_stage1 : config<zero::stage1, zero::bf16_mixed, zero::bucketed_partitioner> {};
-struct bf16_stage2 : config<zero::stage2, zero::bf16_mixed, zero::contiguous_partitioner> {};
+struct fp32_stage0 : engines<zero::stage0, zero::fp32_precision, zero::adamw> {};
+struct fp32_stage1 : engines<zero::stage1, zero::fp32_precision, zero::adamw> {};
+struct fp32_stage2_contiguous : engines<zero::stage2, zero::fp32_precision, zero::adamw> {};
+struct fp32_stage2_bucketed : engines<zero::stage2, zero::fp32_precision, zero::adamw, zero::bucketed_partitioner> {};
+struct bf16_stage1 : engines<zero::stage1, zero::bf16_mixed, zero::adamw, zero::bucketed_partitioner> {};
+struct bf16_stage2 : engines<zero::stage2, zero::bf16_mixed, zero::adamw> {};
 }  // namespace device_config
 
 TEST_SUITE("cuda") {
   TEST_CASE_TEMPLATE("engine on the device over thread ranks equals the host engine bitwise / 10 AdamW steps", C,
                      device_config::fp32_stage0, device_config::fp32_stage1, device_config::fp32_stage2_contiguous,
                      device_config::fp32_stage2_bucketed, device_config::bf16_stage1, device_config::bf16_stage2) {
-    check_thread_ranks_on_device<typename C::host, typename C::device>();
+    check_adamw_sweep<C>();
+  }
+
+  TEST_CASE_TEMPLATE("engine on the device: every element-wise rule equals the host engine bitwise / fp32 bf16 fp16", Rule,
+                     zero::adam, zero::sgd, zero::lion, zero::adagrad) {
+    check_rule_everywhere<Rule>();
+  }
+
+  TEST_CASE("engine on the device: bf16 without master weights rounded stochastically equals the host engine bitwise") {
+    harness::run_options o;
+    o.world = 3;
+    o.bucket_elements = 37;
+    o.stochastic_rounding = true;
+    check_against_host<engines<zero::stage2, zero::bf16_pure, zero::adamw>>(o, harness::adamw_hyperparameters(), 0, 0);
+    check_against_host<engines<zero::stage0, zero::bf16_pure, zero::adamw>>(o, harness::adamw_hyperparameters(), 0, 0);
+  }
+
+  TEST_CASE("engine on the device: micro-step accumulation and a shared weight equal the host engine bitwise") {
+    for (bool defer : {false, true}) {
+      for (bool shared : {false, true}) {
+        CAPTURE(defer);
+        CAPTURE(shared);
+        harness::run_options o;
+        o.world = 3;
+        o.micro_steps = 3;
+        o.bucket_elements = 37;
+        o.skip_some = true;
+        o.defer_reduction = defer;
+        o.shared_weight = shared;
+        check_against_host<engines<zero::stage2, zero::fp32_precision, zero::adamw>>(o, harness::adamw_hyperparameters());
+        check_against_host<engines<zero::stage1, zero::bf16_mixed, zero::adamw>>(o, harness::adamw_hyperparameters(), 0, 0);
+      }
+    }
+  }
+
+  TEST_CASE("engine on the device: clipping by the global norm equals the host engine within 1e-6") {
+    for (int world : {1, 3}) {
+      CAPTURE(world);
+      harness::run_options o;
+      o.world = world;
+      o.bucket_elements = 61;
+      o.max_grad_norm = 0.5;
+      check_against_host<engines<zero::stage2, zero::fp32_precision, zero::adamw>>(o, harness::adamw_hyperparameters(), 1e-6);
+      check_against_host<engines<zero::stage0, zero::fp32_precision, zero::adamw>>(o, harness::adamw_hyperparameters(), 1e-6);
+    }
+  }
+
+  TEST_CASE("engine on the device: LAMB equals the host engine within 1e-6 and the reference / fp32") {
+    check_lamb<zero::stage0, zero::fp32_precision>(1e-6);
+    check_lamb<zero::stage1, zero::fp32_precision>(1e-6);
+    check_lamb<zero::stage2, zero::fp32_precision>(1e-6);
+  }
+
+  TEST_CASE("engine on the device: LAMB equals the host engine within one bf16 step / bf16 with fp32 master") {
+    // a trust factor one float bit off the host's can move a master weight across a bf16
+    // rounding boundary: one bf16 step, 2^-7 relative at most
+    check_lamb<zero::stage2, zero::bf16_mixed>(0x1.0p-7);
+  }
+
+  TEST_CASE("engine on the device: dynamic loss scaling in fp16 skips and rescales exactly as the host engine") {
+    using E = engines<zero::stage2, zero::fp16_mixed, zero::adamw>;
+    const auto o = mirror::dynamic_scaling_run();
+    const auto plan = mirror::dynamic_scaling_schedule();
+    const auto host = train_group<typename E::host, host_memory>(o, mirror::dynamic_scaling_options<typename E::host>(), plan);
+    const auto device = train_group<typename E::device, device_memory>(o, mirror::dynamic_scaling_options<typename E::device>(), plan);
+    check_device_records(device);
+    std::size_t skipped = 0;
+    for (int r = 0; r < o.world; ++r) {
+      CAPTURE(r);
+      const auto& h = host[static_cast<std::size_t>(r)];
+      const auto& d = device[static_cast<std::size_t>(r)];
+      CHECK(d.params == h.params);
+      REQUIRE(d.reports.size() == h.reports.size());
+      for (std::size_t t = 0; t < h.reports.size(); ++t) {
+        CAPTURE(t);
+        CHECK(d.reports[t].skipped == h.reports[t].skipped);
+        CHECK(d.reports[t].loss_scale == h.reports[t].loss_scale);
+        CHECK(d.reports[t].nonfinite_rank == h.reports[t].nonfinite_rank);
+        CHECK(d.reports[t].nonfinite_parameter == h.reports[t].nonfinite_parameter);
+        skipped += h.reports[t].skipped;
+      }
+    }
+    // the schedule did what it is for: some steps overflowed, and the injected ones were named
+    CHECK(skipped >= 3 * 3);
+    CHECK(host[0].reports[6].skipped);
+    CHECK(host[0].reports[6].nonfinite_rank == 1);
+    CHECK(host[0].reports[6].nonfinite_parameter == 10);
   }
 
   TEST_CASE("engine on the device: a non-finite gradient skips the step on every rank and changes nothing") {
@@ -188,12 +316,12 @@ TEST_SUITE("cuda") {
         zero::device_thread_communicator comm(rendezvous, stream);
         const std::size_t n = 300;
         std::vector<zero::bf16> initial(n, zero::bf16(0.5f));
-        auto* a = device_copy(initial, stream);
-        auto* b = device_copy(initial, stream);
+        auto* a = device_memory::upload(initial, stream);
+        auto* b = device_memory::upload(initial, stream);
         std::vector<zero::bf16> g(n, zero::bf16(0.25f));
         if (comm.rank() == 1) g[17] = zero::bf16(std::numeric_limits<float>::infinity());
-        auto* ga = device_copy(std::vector<zero::bf16>(n, zero::bf16(0.25f)), stream);
-        auto* gb = device_copy(g, stream);
+        auto* ga = device_memory::upload(std::vector<zero::bf16>(n, zero::bf16(0.25f)), stream);
+        auto* gb = device_memory::upload(g, stream);
         const std::vector<zero::parameter<zero::bf16>> registered{{"a", {a, n}}, {"b", {b, n}}};
         engine::options_type options;
         options.on_nonfinite = zero::nonfinite_policy::skip_step;
@@ -205,16 +333,16 @@ TEST_SUITE("cuda") {
         CHECK(report.skipped);
         CHECK(report.nonfinite_rank == 1);
         CHECK(report.nonfinite_parameter == 1);
-        CHECK(download_as_float(a, n, stream) == std::vector<float>(n, 0.5f));
-        CHECK(download_as_float(b, n, stream) == std::vector<float>(n, 0.5f));
-        for (auto* p : {a, b, ga, gb}) (void)cudaFree(p);
+        CHECK(device_memory::download(a, n, stream) == std::vector<float>(n, 0.5f));
+        CHECK(device_memory::download(b, n, stream) == std::vector<float>(n, 0.5f));
+        for (auto* p : {a, b, ga, gb}) device_memory::release(p);
       }
       (void)cudaStreamDestroy(stream);
     });
   }
 
 #if defined(ZERO_TEST_WITH_NCCL)
-  TEST_CASE("engine on the device over NCCL with one rank equals the host engine bitwise") {
+  TEST_CASE("engine on the device over NCCL with one rank equals the host engine / AdamW bitwise and LAMB within 1e-6") {
     zero::cuda::check(cudaSetDevice(0), "cudaSetDevice");
     cudaStream_t stream = nullptr;
     zero::cuda::check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
@@ -223,13 +351,31 @@ TEST_SUITE("cuda") {
       o.steps = 10;
       o.bucket_elements = 37;
       o.alignment = 8;
+      zero::nccl_communicator_options comm_options;
+      comm_options.timeout = std::chrono::seconds(60);
+      zero::nccl_communicator comm(zero::cuda::nccl_unique_id(), 0, 1, stream, comm_options);
+
+      using adamw_engine = zero::optimizer<zero::stage2, zero::bf16_mixed, zero::adamw, zero::contiguous_partitioner,
+                                           zero::nccl_communicator>;
       const auto host = harness::run<zero::optimizer<zero::stage2, zero::bf16_mixed>>(o, harness::adamw_hyperparameters());
-      zero::nccl_communicator_options options;
-      options.timeout = std::chrono::seconds(60);
-      zero::nccl_communicator comm(zero::cuda::nccl_unique_id(), 0, 1, stream, options);
-      const auto device = train_on_device<zero::optimizer<zero::stage2, zero::bf16_mixed, zero::adamw,
-                                                          zero::contiguous_partitioner, zero::nccl_communicator>>(comm, stream, o);
-      CHECK(device.params == host.params[0]);
+      adamw_engine::options_type options;
+      options.hyperparameters = harness::adamw_hyperparameters();
+      const auto adamw_device = train<adamw_engine, device_memory>(comm, stream, o, options);
+      CHECK(adamw_device.params == host.params[0]);
+      check_device_records({adamw_device});
+
+      using lamb_engine = zero::optimizer<zero::stage2, zero::fp32_precision, zero::lamb, zero::contiguous_partitioner,
+                                          zero::nccl_communicator>;
+      zero::lamb::hyperparameters h;
+      h.lr = 5e-3;
+      const auto lamb_host = harness::run<zero::optimizer<zero::stage2, zero::fp32_precision, zero::lamb>>(o, h);
+      lamb_engine::options_type lamb_options;
+      lamb_options.hyperparameters = h;
+      const auto lamb_device = train<lamb_engine, device_memory>(comm, stream, o, lamb_options);
+      check_device_records({lamb_device});
+      for (std::size_t p = 0; p < lamb_device.params.size(); ++p)
+        for (std::size_t i = 0; i < lamb_device.params[p].size(); ++i)
+          CHECK(lamb_device.params[p][i] == doctest::Approx(lamb_host.params[0][p][i]).epsilon(1e-6));
     }
     (void)cudaStreamDestroy(stream);
   }

@@ -11,6 +11,7 @@
 #include <numeric>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "zero/zero.hpp"
@@ -171,6 +172,18 @@ inline zero::adamw::hyperparameters adamw_hyperparameters() {
   return h;
 }
 
+// Every rule's hyperparameters as the rule sweeps use them: lr 1e-2, weight decay 0.05, SGD
+// with momentum 0.9, Adagrad starting from 0.1.
+template <class Rule>
+typename Rule::hyperparameters rule_hyperparameters() {
+  typename Rule::hyperparameters h;
+  h.lr = 1e-2;
+  if constexpr (requires { h.weight_decay; }) h.weight_decay = 0.05;
+  if constexpr (std::is_same_v<Rule, zero::sgd>) h.momentum = 0.9;
+  if constexpr (std::is_same_v<Rule, zero::adagrad>) h.initial_accumulator_value = 0.1;
+  return h;
+}
+
 // ---- one configuration ---------------------------------------------------------------------
 
 struct run_options {
@@ -187,7 +200,14 @@ struct run_options {
   double loss_scale = 0;         // a fixed loss scale (0: the engine's default for the precision)
   bool shared_weight = false;    // parameter 4 is used twice per micro-step (reported twice)
   std::size_t staging_buffers = 1;  // >= 2: reductions and all-gathers pipelined (queued collectives)
+  bool stochastic_rounding = false;  // values without master weights rounded stochastically (bf16_pure)
 };
+
+// Whether rank r reports parameter p at micro-step t (counted over the run) under `skip_some`
+// (a gradient never reported counts as zero).
+inline bool reported(const run_options& o, int t, int r, std::size_t p) {
+  return !o.skip_some || (mix(static_cast<std::uint64_t>(t) * 131 + static_cast<std::uint64_t>(r) * 17 + p) % 5) != 0;
+}
 
 struct run_result {
   std::vector<std::vector<double>> reference;  // final reference parameters
@@ -214,7 +234,7 @@ run_result run(const run_options& o, const typename Optimizer::hyperparameters_t
   const int steps = o.steps;
 
   // whether rank r reports parameter p at step t (a never-reported gradient counts as zero)
-  auto reported = [&](int t, int r, std::size_t p) { return !o.skip_some || (mix(t * 131 + r * 17 + p) % 5) != 0; };
+  auto reported = [&](int t, int r, std::size_t p) { return harness::reported(o, t, r, p); };
 
   // reference trajectory
   std::vector<reference_state> ref(n_params);
@@ -289,6 +309,7 @@ run_result run(const run_options& o, const typename Optimizer::hyperparameters_t
     options.layout.defer_reduction = o.defer_reduction;
     options.layout.staging_buffers = o.staging_buffers;
     options.max_grad_norm = o.max_grad_norm;
+    if (o.stochastic_rounding) options.value_rounding = zero::rounding::stochastic;
     if (o.loss_scale > 0) {
       options.loss_scale.kind = zero::loss_scale_options::mode::fixed;
       options.loss_scale.fixed_scale = o.loss_scale;

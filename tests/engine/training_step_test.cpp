@@ -11,16 +11,6 @@ namespace {
 // (decay, then the update), each rounding within 2^-24 relative: 20 * 2 * 2^-24 = 2.4e-6.
 constexpr double fp32_bound = 20 * 2 * 0x1.0p-24;
 
-template <class Rule>
-typename Rule::hyperparameters hyper() {
-  typename Rule::hyperparameters h;
-  h.lr = 1e-2;
-  if constexpr (requires { h.weight_decay; }) h.weight_decay = 0.05;
-  if constexpr (std::is_same_v<Rule, zero::sgd>) h.momentum = 0.9;
-  if constexpr (std::is_same_v<Rule, zero::adagrad>) h.initial_accumulator_value = 0.1;
-  return h;
-}
-
 // fp32 everywhere; bf16 and fp16 parameters and gradients with fp32 master weights (fp16 with a
 // fixed loss scale of 1024, which the harness multiplies into the gradients).
 template <class Rule, zero::stage S, class Precision>
@@ -37,7 +27,7 @@ void check_rule(double loss_scale) {
       o.max_grad_norm = clip;
       o.loss_scale = loss_scale;
       o.order_seed = 3 + static_cast<std::uint64_t>(world);
-      const auto r = harness::run<O>(o, hyper<Rule>());
+      const auto r = harness::run<O>(o, harness::rule_hyperparameters<Rule>());
       CHECK(r.max_value_error < fp32_bound);
       CHECK(r.max_norm_error < 1e-6);
       CHECK(r.norm_disagreements == 0);

@@ -13,11 +13,14 @@
 //!   non-finite check (per report)    zero::cuda::note_first_nonfinite (one device word: the first check that found one)
 //!   sum of squares                   zero::cuda::fused_update::sum_of_squares (one launch, the update's own norm)
 //!   the update                       zero::cuda::fused_update: one launch for the whole shard
+//!   a tensor-wise rule (lamb)        zero::cuda::tensorwise_update: two launches around the
+//!                                    exchange of per-tensor sums
 //!
 //! Where the host waits (documented sync points): once per step to read the statistics the
 //! ranks exchange (sum of squares and non-finite flags, a few words copied to the host, as
-//! DeepSpeed reads the overflow flag and the norm), and at construction. Nothing else
-//! synchronizes the host; nothing in a step allocates.
+//! DeepSpeed reads the overflow flag and the norm), and at construction; with a tensor-wise
+//! rule also twice more per step: to read the per-piece sums of pass 1, and in the exchange of
+//! the per-tensor sums. Nothing else synchronizes the host; nothing in a step allocates.
 //!
 //! One difference from the host backend (docs/cuda.md): the sum of squares adds in another
 //! order (equal within double rounding); the update itself is bitwise the host's in fp32, and
@@ -39,6 +42,7 @@
 #include "zero/cuda/error.hpp"
 #include "zero/cuda/fused_update.cuh"
 #include "zero/cuda/kernels.cuh"
+#include "zero/cuda/tensorwise_update.cuh"
 
 namespace zero::cuda {
 
@@ -136,17 +140,38 @@ class device_backend {
     check(cudaStreamSynchronize(stream_.stream), "cudaStreamSynchronize (statistics)", stream_.rank);
   }
 
-  //! At the engine's construction: the non-finite flags, the fused update's segment table and
-  //! the norm's storage. Synchronizes the stream once.
-  template <elementwise_rule Rule, class Value, class Accum, class Param>
-  void prepare(std::size_t, std::span<const update_run<Value, Accum, Param>> runs, float* state, std::size_t state_stride,
+  //! At the engine's construction: the non-finite flags, the update's segment table (the fused
+  //! update's, or a tensor-wise rule's piece table and a table for the norm) and the norm's
+  //! storage. Synchronizes the stream once.
+  template <update_rule Rule, class Value, class Accum, class Param>
+  void prepare(std::size_t parameters, std::span<const update_run<Value, Accum, Param>> runs,
+               std::span<const update_run<Value, Accum, Param>> pieces, float* state, std::size_t state_stride,
                std::size_t state_count) {
-    auto update = std::make_shared<fused_update<Rule, Value, Accum, Param>>(runs, state, state_stride, state_count, stream_.rank);
-    prepared_bytes_ = update->bytes();
-    update_ = update;
-    norm_ = [](void* u, double* result, stream_ref s) {
-      static_cast<fused_update<Rule, Value, Accum, Param>*>(u)->sum_of_squares(result, s);
-    };
+    using run = update_run<Value, Accum, Param>;
+    if constexpr (elementwise_rule<Rule>) {
+      (void)parameters;
+      (void)pieces;
+      auto update = std::make_shared<fused_update<Rule, Value, Accum, Param>>(runs, state, state_stride, state_count, stream_.rank);
+      prepared_bytes_ = update->bytes();
+      norm_target_ = update.get();
+      norm_ = [](void* u, double* result, stream_ref s) {
+        static_cast<fused_update<Rule, Value, Accum, Param>*>(u)->sum_of_squares(result, s);
+      };
+      update_ = std::move(update);
+    } else {
+      auto norm = std::make_shared<detail::segment_table<Value, Accum, Param>>(
+          runs, [](const run& r) { return detail::aligned16(r.grads); }, stream_.rank, "device_backend norm");
+      auto update = std::make_shared<tensorwise_update<Rule, Value, Accum, Param>>(pieces, state, state_stride, state_count,
+                                                                                   stream_.rank);
+      tensor_words_ = device_buffer<double>(2 * parameters, stream_.rank);
+      prepared_bytes_ = norm->bytes() + update->bytes() + tensor_words_.bytes();
+      norm_target_ = norm.get();
+      norm_ = [](void* t, double* result, stream_ref s) {
+        static_cast<const detail::segment_table<Value, Accum, Param>*>(t)->sum_of_squares(result, s);
+      };
+      norm_owner_ = std::move(norm);
+      update_ = std::move(update);
+    }
     clear_nonfinite();
     check(cudaStreamSynchronize(stream_.stream), "cudaStreamSynchronize (engine construction)", stream_.rank);
   }
@@ -155,7 +180,7 @@ class device_backend {
   //! bits as the update's fused norm). Waits for the stream.
   template <class Value, class Accum, class Param>
   double sum_of_squares(std::span<const update_run<Value, Accum, Param>>) {
-    norm_(update_.get(), squares_.data(), stream_);
+    norm_(norm_target_, squares_.data(), stream_);
     return read_squares();
   }
 
@@ -170,6 +195,38 @@ class device_backend {
     controls.sum_of_squares = with_norm ? squares_.data() : nullptr;
     launch(c, controls, round, id_base, stream_);
     return with_norm ? read_squares() : 0.0;
+  }
+
+  //! Pass 1 of a tensor-wise rule over the prepared pieces; the sums of piece q into
+  //! `sums[2q]`, `sums[2q + 1]` (host memory). Waits for the stream.
+  template <tensorwise_rule Rule, class Value, class Accum, class Param>
+  void tensor_sums(const typename Rule::constants& c, std::span<const update_run<Value, Accum, Param>>, float factor,
+                   double* sums) {
+    static_cast<tensorwise_update<Rule, Value, Accum, Param>*>(update_.get())->first_pass(c, factor, sums, stream_);
+  }
+
+  //! Every rank's `n` per-tensor sums added, in place (host memory): to the device, through the
+  //! communicator's all-reduce, and back (the host waits for them).
+  template <class Comm>
+  void all_reduce_sums(Comm& comm, double* sums, std::size_t n) {
+    if (n > tensor_words_.size())
+      throw usage_error("zero: device_backend exchanges " + std::to_string(tensor_words_.size()) + " per-tensor sums, asked " +
+                        std::to_string(n));
+    if (n == 0) return;
+    check(cudaMemcpyAsync(tensor_words_.data(), sums, n * sizeof(double), cudaMemcpyHostToDevice, stream_.stream),
+          "cudaMemcpyAsync (per-tensor sums to the device)", stream_.rank);
+    comm.all_reduce(tensor_words_.data(), tensor_words_.data(), n, reduce_op::sum);
+    check(cudaMemcpyAsync(sums, tensor_words_.data(), n * sizeof(double), cudaMemcpyDeviceToHost, stream_.stream),
+          "cudaMemcpyAsync (per-tensor sums to the host)", stream_.rank);
+    check(cudaStreamSynchronize(stream_.stream), "cudaStreamSynchronize (per-tensor sums)", stream_.rank);
+  }
+
+  //! Pass 2 of a tensor-wise rule: piece q updated with `trust[q]` (host memory). Enqueued; does
+  //! not wait.
+  template <tensorwise_rule Rule, class Value, class Accum, class Param>
+  void tensor_update(const typename Rule::constants& c, std::span<const update_run<Value, Accum, Param>>, const float* trust,
+                     const zero::detail::value_rounding<Value>& round, std::uint64_t id_base) {
+    static_cast<tensorwise_update<Rule, Value, Accum, Param>*>(update_.get())->second_pass(c, trust, round, id_base, stream_);
   }
 
   //! Device bytes the backend holds besides the engine's buffers (flags, statistics words, the
@@ -199,9 +256,13 @@ class device_backend {
   device_buffer<unsigned long long> first_;  // the first non-finite check's order (~0: none)
   device_buffer<double> squares_;
   std::uint64_t checks_ = 0;                 // non-finite checks since the last clear
-  // the fused update, typed by the engine's rule and precision (known at `prepare`)
+  // the update (fused_update or tensorwise_update), typed by the engine's rule and precision
+  // (known at `prepare`), and what computes the norm (the fused update itself, or norm_owner_)
   std::shared_ptr<void> update_;
+  std::shared_ptr<void> norm_owner_;
+  void* norm_target_ = nullptr;
   void (*norm_)(void*, double*, stream_ref) = nullptr;
+  device_buffer<double> tensor_words_;  // tensor-wise rules: the per-tensor sums' exchange
   std::size_t prepared_bytes_ = 0;
 };
 

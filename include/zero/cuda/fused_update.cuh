@@ -17,7 +17,7 @@
 //! search in the table. A segment whose arrays (values, grads, out, every state slot) all start
 //! 16-byte aligned moves in 16-byte vectors (8 elements per thread and step), its ragged end and
 //! every other segment element by element. Element-wise rules only; tensor-wise rules (lamb)
-//! are refused at compile time.
+//! run in `zero/cuda/tensorwise_update.cuh`.
 //!
 //! Needs nvcc (include it from a .cu file); link `zero::cuda`.
 
@@ -167,17 +167,32 @@ __device__ __forceinline__ double update_packed(const update_arguments<Rule, Val
   return squares;
 }
 
-//! The segment of `chunk`: the last one starting at or before it (binary search in the table).
+//! The index of the segment of `chunk`: the last one starting at or before it (binary search
+//! in the table).
 template <class Value, class Accum, class Param>
-__device__ __forceinline__ device_segment<Value, Accum, Param> segment_of(const device_segment<Value, Accum, Param>* segments,
-                                                                          std::uint32_t segment_count, std::size_t chunk) {
+__device__ __forceinline__ std::uint32_t segment_index(const device_segment<Value, Accum, Param>* segments,
+                                                       std::uint32_t segment_count, std::size_t chunk) {
   std::uint32_t lo = 0, hi = segment_count;
   while (hi - lo > 1) {
     const std::uint32_t mid = lo + (hi - lo) / 2;
     if (segments[mid].first_chunk <= chunk) lo = mid;
     else hi = mid;
   }
-  return segments[lo];
+  return lo;
+}
+
+template <class Value, class Accum, class Param>
+__device__ __forceinline__ device_segment<Value, Accum, Param> segment_of(const device_segment<Value, Accum, Param>* segments,
+                                                                          std::uint32_t segment_count, std::size_t chunk) {
+  return segments[segment_index(segments, segment_count, chunk)];
+}
+
+//! Elements [begin, end) of `chunk` within its segment `seg`.
+template <class Value, class Accum, class Param>
+__device__ __forceinline__ void chunk_range(const device_segment<Value, Accum, Param>& seg, std::size_t chunk, std::size_t& begin,
+                                            std::size_t& end) {
+  begin = (chunk - seg.first_chunk) * chunk_elements;
+  end = begin + chunk_elements < seg.count ? begin + chunk_elements : seg.count;
 }
 
 //! Walks this block's chunks: packed(seg, i) for each whole pack of a vectorized segment,
@@ -189,8 +204,8 @@ __device__ __forceinline__ double for_each_chunk(const device_segment<Value, Acc
   double squares = 0;
   for (std::size_t chunk = blockIdx.x; chunk < chunk_count; chunk += gridDim.x) {
     const device_segment<Value, Accum, Param> seg = segment_of(segments, segment_count, chunk);
-    const std::size_t begin = (chunk - seg.first_chunk) * chunk_elements;
-    const std::size_t end = begin + chunk_elements < seg.count ? begin + chunk_elements : seg.count;
+    std::size_t begin = 0, end = 0;
+    chunk_range(seg, chunk, begin, end);
     std::size_t scalar_begin = begin;
     if (seg.vectorized != 0) {
       const std::size_t packed_end = begin + (end - begin) / pack * pack;
@@ -264,6 +279,84 @@ __global__ void __launch_bounds__(block_threads) segments_sum_of_squares_kernel(
   finish_sum(squares, partials, arrivals, result);
 }
 
+//! The segments of a launch, uploaded once: the non-empty runs in order, each cut into chunks
+//! of `chunk_elements`, with the grid that walks them and the sum of squares' block partials.
+template <class Value, class Accum, class Param>
+class segment_table {
+ public:
+  using run = update_run<Value, Accum, Param>;
+  using entry = device_segment<Value, Accum, Param>;
+
+  segment_table() = default;
+
+  //! Uploads the table (a synchronous copy: call it at setup).
+  //! @param vectorize  whether a run may move in 16-byte vectors (its arrays are aligned)
+  //! @param owner      names the object in errors
+  //! @throws usage_error for a null values or grads pointer in a non-empty run
+  template <class Vectorize>
+  segment_table(std::span<const run> runs, Vectorize&& vectorize, int rank, const std::string& owner) {
+    std::vector<entry> table;
+    for (std::size_t s = 0; s < runs.size(); ++s) {
+      const run& r = runs[s];
+      if (r.count == 0) continue;
+      if (r.values == nullptr || r.grads == nullptr)
+        throw usage_error("zero: " + owner + " segment " + std::to_string(s) + " (" + std::to_string(r.count) +
+                          " elements) has a null values or grads pointer");
+      const bool vectorized = vectorize(r);
+      table.push_back({r.values, r.grads, r.out, r.count, r.state_offset, chunk_count_, vectorized ? 1u : 0u});
+      sources_.push_back(s);
+      elements_ += r.count;
+      vectorized_elements_ += vectorized ? r.count : 0;
+      chunk_count_ += (r.count + chunk_elements - 1) / chunk_elements;
+    }
+    if (table.size() > 0xffffffffu) throw usage_error("zero: " + owner + ": more than 2^32 - 1 segments");
+    grid_ = chunk_count_ < max_blocks ? static_cast<unsigned>(chunk_count_) : max_blocks;
+    if (!table.empty()) {
+      table_ = device_buffer<entry>(table.size(), rank);
+      check(cudaMemcpy(table_.data(), table.data(), table.size() * sizeof(entry), cudaMemcpyHostToDevice),
+            "cudaMemcpy (" + owner + " segment table)", rank);
+      partials_ = device_buffer<double>(grid_, rank);
+      arrivals_ = device_buffer<std::uint32_t>(1, rank);
+      check(cudaMemset(arrivals_.data(), 0, sizeof(std::uint32_t)), "cudaMemset (" + owner + " arrivals)", rank);
+    }
+  }
+
+  const entry* data() const noexcept { return table_.data(); }
+  std::uint32_t count() const noexcept { return static_cast<std::uint32_t>(sources_.size()); }
+  //! The run each entry came from (empty runs have none).
+  std::span<const std::size_t> sources() const noexcept { return sources_; }
+  std::size_t chunks() const noexcept { return chunk_count_; }
+  unsigned grid() const noexcept { return grid_; }
+  std::size_t elements() const noexcept { return elements_; }
+  std::size_t vectorized_elements() const noexcept { return vectorized_elements_; }
+  double* partials() const noexcept { return const_cast<double*>(partials_.data()); }
+  std::uint32_t* arrivals() const noexcept { return const_cast<std::uint32_t*>(arrivals_.data()); }
+  std::size_t bytes() const noexcept { return table_.bytes() + partials_.bytes() + arrivals_.bytes(); }
+
+  //! Enqueues *result = the sum of double(float(grad))^2 over every segment (device memory,
+  //! overwritten): one launch, chunks and order as the fused update's own norm.
+  //! @pre no other launch using this table's partials is in flight on another stream
+  void sum_of_squares(double* result, stream_ref s) const {
+    if (chunk_count_ == 0) {
+      check(cudaMemsetAsync(result, 0, sizeof(double), s.stream), "cudaMemsetAsync (sum of squares of no elements)", s.rank);
+      return;
+    }
+    segments_sum_of_squares_kernel<<<grid_, block_threads, 0, s.stream>>>(data(), count(), chunk_count_, partials(), arrivals(),
+                                                                         result);
+    check_launch("zero::cuda sum of squares over a segment table", s.rank);
+  }
+
+ private:
+  std::vector<std::size_t> sources_;
+  std::size_t chunk_count_ = 0;
+  std::size_t elements_ = 0;
+  std::size_t vectorized_elements_ = 0;
+  unsigned grid_ = 0;
+  device_buffer<entry> table_;
+  device_buffer<double> partials_;
+  device_buffer<std::uint32_t> arrivals_;
+};
+
 }  // namespace detail
 
 //! The fused update of one rank's shard with rule `Rule`, over a fixed table of segments.
@@ -274,7 +367,7 @@ template <update_rule Rule, element_type Value, element_type Accum, element_type
 class fused_update {
   static_assert(elementwise_rule<Rule>,
                 "zero::cuda::fused_update runs element-wise rules (adamw, adam, sgd, lion, adagrad); a tensor-wise "
-                "rule such as lamb needs per-tensor norms between two passes, which the CUDA backend does not do yet");
+                "rule such as lamb runs in zero::cuda::tensorwise_update (zero/cuda/tensorwise_update.cuh)");
 
  public:
   using segment = update_segment<Value, Accum, Param>;
@@ -293,33 +386,21 @@ class fused_update {
     if (state_count > max_state_slots)
       throw usage_error("zero: fused_update supports at most " + std::to_string(max_state_slots) + " state slots, not " +
                         std::to_string(state_count));
+    if (state_count > 0 && state == nullptr)
+      for (std::size_t s = 0; s < segments.size(); ++s)
+        if (segments[s].count != 0)
+          throw usage_error("zero: fused_update segment " + std::to_string(s) + " (" + std::to_string(segments[s].count) +
+                            " elements) has a null state pointer");
     for (std::size_t k = 0; k < state_count; ++k) slots_[k] = state + k * state_stride;
-    std::vector<detail::device_segment<Value, Accum, Param>> table;
-    for (std::size_t s = 0; s < segments.size(); ++s) {
-      const segment& seg = segments[s];
-      if (seg.count == 0) continue;
-      if (seg.values == nullptr || seg.grads == nullptr || (state_count > 0 && state == nullptr))
-        throw usage_error("zero: fused_update segment " + std::to_string(s) + " (" + std::to_string(seg.count) +
-                          " elements) has a null values, grads or state pointer");
-      bool vectorized = state_count <= detail::register_slots && detail::aligned16(seg.values) &&
-                        detail::aligned16(seg.grads) && (seg.out == nullptr || detail::aligned16(seg.out));
-      for (std::size_t k = 0; k < state_count; ++k) vectorized = vectorized && detail::aligned16(slots_[k] + seg.state_offset);
-      table.push_back({seg.values, seg.grads, seg.out, seg.count, seg.state_offset, chunk_count_, vectorized ? 1u : 0u});
-      elements_ += seg.count;
-      vectorized_elements_ += vectorized ? seg.count : 0;
-      chunk_count_ += (seg.count + detail::chunk_elements - 1) / detail::chunk_elements;
-    }
-    if (table.size() > 0xffffffffu) throw usage_error("zero: fused_update: more than 2^32 - 1 segments");
-    segment_count_ = static_cast<std::uint32_t>(table.size());
-    grid_ = chunk_count_ < detail::max_blocks ? static_cast<unsigned>(chunk_count_) : detail::max_blocks;
-    if (!table.empty()) {
-      table_ = device_buffer<detail::device_segment<Value, Accum, Param>>(table.size(), rank);
-      check(cudaMemcpy(table_.data(), table.data(), table.size() * sizeof(table[0]), cudaMemcpyHostToDevice),
-            "cudaMemcpy (fused_update segment table)", rank);
-      partials_ = device_buffer<double>(grid_, rank);
-      arrivals_ = device_buffer<std::uint32_t>(1, rank);
-      check(cudaMemset(arrivals_.data(), 0, sizeof(std::uint32_t)), "cudaMemset (fused_update arrivals)", rank);
-    }
+    table_ = detail::segment_table<Value, Accum, Param>(
+        segments,
+        [&](const segment& seg) {
+          bool vectorized = state_count <= detail::register_slots && detail::aligned16(seg.values) &&
+                            detail::aligned16(seg.grads) && (seg.out == nullptr || detail::aligned16(seg.out));
+          for (std::size_t k = 0; k < state_count; ++k) vectorized = vectorized && detail::aligned16(slots_[k] + seg.state_offset);
+          return vectorized;
+        },
+        rank, "fused_update");
   }
 
   //! Enqueues the update of every segment on `s`: one kernel launch (none when there is nothing
@@ -333,24 +414,24 @@ class fused_update {
   void operator()(const typename Rule::constants& constants, const update_controls& controls,
                   const zero::detail::value_rounding<Value>& rounding, std::uint64_t first_id, stream_ref s) {
     const int rank = s.rank >= 0 ? s.rank : rank_;
-    if (chunk_count_ == 0) {
+    if (table_.chunks() == 0) {
       if (controls.sum_of_squares != nullptr)
         check(cudaMemsetAsync(controls.sum_of_squares, 0, sizeof(double), s.stream), "cudaMemsetAsync (fused_update norm)", rank);
       return;
     }
     detail::update_arguments<Rule, Value, Accum, Param> a{};
     a.segments = table_.data();
-    a.segment_count = segment_count_;
-    a.chunk_count = chunk_count_;
+    a.segment_count = table_.count();
+    a.chunk_count = table_.chunks();
     for (std::size_t k = 0; k < max_state_slots; ++k) a.slots[k] = slots_[k];
     a.state_count = static_cast<std::uint32_t>(state_count_);
     a.constants = constants;
     a.controls = controls;
     a.rounding = rounding;
     a.first_id = first_id;
-    a.partials = partials_.data();
-    a.arrivals = arrivals_.data();
-    detail::fused_update_kernel<<<grid_, detail::block_threads, 0, s.stream>>>(a);
+    a.partials = table_.partials();
+    a.arrivals = table_.arrivals();
+    detail::fused_update_kernel<<<table_.grid(), detail::block_threads, 0, s.stream>>>(a);
     const cudaError_t launched = cudaGetLastError();
     if (launched != cudaSuccess)
       check(launched, "launch of zero::cuda::fused_update<" + std::string(Rule::name) + "> (or an earlier asynchronous failure)",
@@ -363,37 +444,23 @@ class fused_update {
   //! @param result device memory (one double), overwritten
   //! @pre no other launch of this object is in flight on another stream
   void sum_of_squares(double* result, stream_ref s) {
-    const int rank = s.rank >= 0 ? s.rank : rank_;
-    if (chunk_count_ == 0) {
-      check(cudaMemsetAsync(result, 0, sizeof(double), s.stream), "cudaMemsetAsync (fused_update sum of squares)", rank);
-      return;
-    }
-    detail::segments_sum_of_squares_kernel<<<grid_, detail::block_threads, 0, s.stream>>>(
-        table_.data(), segment_count_, chunk_count_, partials_.data(), arrivals_.data(), result);
-    check_launch("zero::cuda::fused_update::sum_of_squares", rank);
+    table_.sum_of_squares(result, {s.stream, s.rank >= 0 ? s.rank : rank_});
   }
 
-  std::size_t elements() const noexcept { return elements_; }
+  std::size_t elements() const noexcept { return table_.elements(); }
   //! Elements in segments that move in 16-byte vectors.
-  std::size_t vectorized_elements() const noexcept { return vectorized_elements_; }
-  std::size_t segments() const noexcept { return segment_count_; }
+  std::size_t vectorized_elements() const noexcept { return table_.vectorized_elements(); }
+  std::size_t segments() const noexcept { return table_.count(); }
   //! Blocks per launch.
-  unsigned grid() const noexcept { return grid_; }
+  unsigned grid() const noexcept { return table_.grid(); }
   //! Device bytes this object holds (the table and the norm's partials).
-  std::size_t bytes() const noexcept { return table_.bytes() + partials_.bytes() + arrivals_.bytes(); }
+  std::size_t bytes() const noexcept { return table_.bytes(); }
 
  private:
   float* slots_[max_state_slots] = {};
   std::size_t state_count_ = 0;
   int rank_ = -1;
-  std::uint32_t segment_count_ = 0;
-  std::size_t chunk_count_ = 0;
-  std::size_t elements_ = 0;
-  std::size_t vectorized_elements_ = 0;
-  unsigned grid_ = 0;
-  device_buffer<detail::device_segment<Value, Accum, Param>> table_;
-  device_buffer<double> partials_;
-  device_buffer<std::uint32_t> arrivals_;
+  detail::segment_table<Value, Accum, Param> table_;
 };
 
 }  // namespace zero::cuda

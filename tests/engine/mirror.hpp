@@ -1,0 +1,201 @@
+#pragma once
+// The harness's schedule (harness.hpp) run by one function whatever memory the framework's
+// buffers live in: `mirror::train` registers the model, reports the harness's gradients (the
+// same values, micro-steps, shared weight and unreported parameters; each micro-step in
+// reverse order, which must not change the result) and steps. With `host_memory` it runs here;
+// tests/cuda/engine_test.cu gives it device memory and a device communicator, and compares
+// with the host engine. tests/engine/mirror_test.cpp holds the host runs to `harness::run`
+// bitwise, so that a device failure is the device's, not the mirror's.
+//
+// A Memory policy says where buffers live:
+//   stream_type                        what its copies are ordered on
+//   upload(host, s) / write(to, host, s) / download(from, n, s) / release(p)
+//   allocations()                      allocations so far (stepping must add none)
+//   with_rank(rendezvous, f)           calls f(comm, stream) on one thread rank
+
+#include <algorithm>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <mutex>
+#include <vector>
+
+#include "engine/harness.hpp"
+
+namespace mirror {
+
+struct host_memory {
+  using stream_type = std::nullptr_t;
+  template <class T>
+  static T* upload(const std::vector<T>& host, stream_type) {
+    T* p = new T[std::max<std::size_t>(host.size(), 1)];
+    std::copy(host.begin(), host.end(), p);
+    return p;
+  }
+  template <class T>
+  static void write(T* to, const std::vector<T>& host, stream_type) {
+    std::copy(host.begin(), host.end(), to);
+  }
+  template <class T>
+  static std::vector<float> download(const T* from, std::size_t n, stream_type) {
+    std::vector<float> out;
+    for (std::size_t i = 0; i < n; ++i) out.push_back(static_cast<float>(from[i]));
+    return out;
+  }
+  template <class T>
+  static void release(T* p) {
+    delete[] p;
+  }
+  static std::size_t allocations() { return 0; }
+  template <class F>
+  static void with_rank(zero::thread_communicator& rendezvous, F&& f) {
+    f(rendezvous, nullptr);
+  }
+};
+
+// A non-finite gradient element injected at (step, rank, parameter, element), first micro-step.
+struct poison {
+  int step;
+  int rank;
+  std::size_t param;
+  std::size_t element;
+};
+
+// What the ranks do besides the harness's options.
+struct schedule {
+  std::vector<poison> poisons;
+  bool scale_by_engine = false;  // gradients carry the engine's current loss scale (dynamic scaling)
+};
+
+struct run_record {
+  std::vector<std::vector<float>> params;  // the framework's parameters after the last step
+  std::vector<zero::step_report> reports;  // one per step
+  bool allocated_while_stepping = false;
+  bool memory_as_expected = false;  // memory() == expected_memory
+};
+
+// One rank's training. The layout, clipping, rounding and a fixed loss scale come from `o`,
+// everything else from `options`.
+template <class Engine, class Memory, class Comm>
+run_record train(Comm& comm, typename Memory::stream_type stream, const harness::run_options& o,
+                 typename Engine::options_type options, const schedule& plan = {}) {
+  using P = typename Engine::param_type;
+  using G = typename Engine::grad_type;
+  const auto& sizes = harness::model_sizes;
+  const int rank = comm.rank();
+  auto uses = [&](std::size_t p) { return o.shared_weight && p == 4 ? 2 : 1; };
+  std::vector<P*> values(sizes.size());
+  std::vector<G*> grads(2 * sizes.size());  // one buffer per use: the engine may hold both until the unit reduces
+  std::vector<zero::parameter<P>> registered;
+  for (std::size_t p = 0; p < sizes.size(); ++p) {
+    std::vector<P> initial(sizes[p]);
+    for (std::size_t i = 0; i < sizes[p]; ++i) initial[i] = P(harness::initial_value(p, i));
+    values[p] = Memory::upload(initial, stream);
+    for (std::size_t u = 0; u < 2; ++u) grads[2 * p + u] = Memory::upload(std::vector<G>(sizes[p]), stream);
+    registered.push_back({"p" + std::to_string(p), {values[p], sizes[p]}, static_cast<std::uint32_t>(uses(p))});
+  }
+  options.layout.bucket_elements = o.bucket_elements;
+  options.layout.alignment = o.alignment;
+  options.layout.staging_buffers = o.staging_buffers;
+  options.layout.defer_reduction = o.defer_reduction;
+  options.max_grad_norm = o.max_grad_norm;
+  if (o.stochastic_rounding) options.value_rounding = zero::rounding::stochastic;
+  if (o.loss_scale > 0) {
+    options.loss_scale.kind = zero::loss_scale_options::mode::fixed;
+    options.loss_scale.fixed_scale = o.loss_scale;
+  }
+  run_record result;
+  {
+    Engine opt(comm, registered, options);
+    comm.barrier();  // every rank's engine is built: a process-wide count stays put from here
+    const std::size_t allocations = Memory::allocations();
+    for (int t = 0; t < o.steps; ++t) {
+      const double scale = o.loss_scale > 0 ? o.loss_scale : plan.scale_by_engine ? opt.scaler().scale() : 1.0;
+      for (int m = 0; m < o.micro_steps; ++m) {
+        if (m > 0) opt.end_micro_step();
+        for (std::size_t p = sizes.size(); p-- > 0;) {
+          if (!harness::reported(o, t * o.micro_steps + m, rank, p)) continue;
+          for (int u = 0; u < uses(p); ++u) {
+            std::vector<G> g(sizes[p]);
+            for (std::size_t i = 0; i < sizes[p]; ++i) g[i] = harness::gradient<G>(t, rank, p, i, m, u, scale);
+            for (const poison& x : plan.poisons)
+              if (x.step == t && x.rank == rank && x.param == p && m == 0 && u == 0)
+                g[x.element] = G(std::numeric_limits<float>::infinity());
+            G* to = grads[2 * p + static_cast<std::size_t>(u)];
+            Memory::write(to, g, stream);
+            opt.gradient_ready(p, {to, sizes[p]});
+          }
+        }
+      }
+      result.reports.push_back(opt.step());
+    }
+    comm.barrier();
+    result.allocated_while_stepping = Memory::allocations() != allocations;
+    result.memory_as_expected = opt.memory() == zero::expected_memory<typename Engine::precision_type>(
+                                                    511, comm.world_size(), Engine::stage_value, opt.state_count(), options.layout);
+  }
+  for (std::size_t p = 0; p < sizes.size(); ++p) {
+    result.params.push_back(Memory::download(values[p], sizes[p], stream));
+    Memory::release(values[p]);
+    Memory::release(grads[2 * p]);
+    Memory::release(grads[2 * p + 1]);
+  }
+  return result;
+}
+
+// `train` on every rank of a group of `o.world` thread ranks; `Memory::with_rank` gives each its
+// communicator and stream.
+template <class Engine, class Memory>
+std::vector<run_record> train_group(const harness::run_options& o, const typename Engine::options_type& options,
+                                    const schedule& plan = {}) {
+  std::vector<run_record> records(static_cast<std::size_t>(o.world));
+  std::mutex lock;
+  zero::thread_group group(o.world, {std::chrono::seconds(120)});
+  group.run([&](zero::thread_communicator& rendezvous) {
+    run_record mine;
+    Memory::with_rank(rendezvous, [&](auto& comm, typename Memory::stream_type stream) {
+      mine = train<Engine, Memory>(comm, stream, o, options, plan);
+    });
+    std::lock_guard guard(lock);
+    records[static_cast<std::size_t>(rendezvous.rank())] = std::move(mine);
+  });
+  return records;
+}
+
+template <class Engine>
+typename Engine::options_type options_with(const typename Engine::hyperparameters_type& h) {
+  typename Engine::options_type options;
+  options.hyperparameters = h;
+  return options;
+}
+
+// The dynamic loss-scaling schedule the device test runs: fp16 gradients carrying a scale of
+// 2^17 overflow until the scale drops, a window of 3 grows it back into overflow, and three
+// injected infinities (the first: step 6, rank 1, parameter 10).
+template <class Engine>
+typename Engine::options_type dynamic_scaling_options() {
+  auto options = options_with<Engine>(harness::adamw_hyperparameters());
+  options.loss_scale.kind = zero::loss_scale_options::mode::dynamic;
+  options.loss_scale.initial_scale_power = 17;
+  options.loss_scale.window = 3;
+  options.loss_scale.hysteresis = 2;
+  return options;
+}
+
+inline schedule dynamic_scaling_schedule() {
+  schedule plan;
+  plan.scale_by_engine = true;
+  plan.poisons = {{6, 1, 10, 5}, {7, 2, 0, 0}, {11, 0, 6, 100}};
+  return plan;
+}
+
+inline harness::run_options dynamic_scaling_run() {
+  harness::run_options o;
+  o.world = 3;
+  o.steps = 16;
+  o.bucket_elements = 37;
+  return o;
+}
+
+}  // namespace mirror
