@@ -62,6 +62,9 @@ struct backend_options {
 template <class B>
 concept backend = requires(B& b, float* to, const float* from, std::size_t n) {
   typename B::template buffer<float>;
+  { B::host_accessible } -> std::convertible_to<bool>;
+  b.to_host(to, from, n);
+  b.from_host(to, from, n);
   { b.template allocate<float>(n) } -> std::same_as<typename B::template buffer<float>>;
   b.fill(to, n, 0.0f);
   b.convert(to, from, n);
@@ -77,6 +80,8 @@ class host_backend {
   template <class T>
   using buffer = detail::owned_buffer<T>;
   static constexpr std::size_t none = static_cast<std::size_t>(-1);
+  //! The engine's buffers (and the framework's) are host memory.
+  static constexpr bool host_accessible = true;
 
   explicit host_backend(const backend_options& o) : memory_(o.memory), pool_(o.threads) {}
   //! Built by the engine for its communicator (the host backend needs nothing of it).
@@ -114,6 +119,16 @@ class host_backend {
   }
   std::size_t first_nonfinite() const noexcept { return first_nonfinite_; }
   void clear_nonfinite() noexcept { first_nonfinite_ = none; }
+
+  //! Copies between the engine's memory and host memory (here both are host memory).
+  template <class T>
+  void to_host(T* to, const T* from, std::size_t n) {
+    if (n != 0) std::memcpy(static_cast<void*>(to), static_cast<const void*>(from), n * sizeof(T));
+  }
+  template <class T>
+  void from_host(T* to, const T* from, std::size_t n) {
+    to_host(to, from, n);
+  }
 
   //! Every rank's `n` words of statistics, in rank order, into `all` (host memory both).
   template <class Comm>

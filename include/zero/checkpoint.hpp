@@ -153,14 +153,15 @@ rank_outcome run_local(F&& f) {
   return out;
 }
 
-//! Every rank's outcome, on every rank (two all-gathers at most; the same calls on all ranks).
-template <class Comm>
-std::vector<rank_outcome> exchange_outcomes(Comm& comm, const rank_outcome& mine) {
-  const std::size_t n = static_cast<std::size_t>(comm.world_size());
+//! Every rank's outcome, on every rank (two word exchanges at most; the same calls on all
+//! ranks), through the optimizer's communicator.
+template <class Opt>
+std::vector<rank_outcome> exchange_outcomes(Opt& opt, const rank_outcome& mine) {
+  const std::size_t n = static_cast<std::size_t>(opt.world_size());
   const std::string text = mine.message.substr(0, 2000);
   const std::uint64_t head[3] = {mine.code, mine.value, text.size()};
   std::vector<std::uint64_t> heads(3 * n);
-  comm.all_gather(head, heads.data(), 3);
+  opt.all_gather_words(head, heads.data(), 3);
   std::vector<rank_outcome> all(n);
   std::uint64_t longest = 0;
   for (std::size_t r = 0; r < n; ++r) {
@@ -172,7 +173,7 @@ std::vector<rank_outcome> exchange_outcomes(Comm& comm, const rank_outcome& mine
     const std::size_t words = static_cast<std::size_t>((longest + 7) / 8);
     std::vector<std::uint64_t> my_words(words, 0), words_of_all(words * n);
     std::memcpy(my_words.data(), text.data(), text.size());
-    comm.all_gather(my_words.data(), words_of_all.data(), words);
+    opt.all_gather_words(my_words.data(), words_of_all.data(), words);
     for (std::size_t r = 0; r < n; ++r)
       all[r].message.assign(reinterpret_cast<const char*>(words_of_all.data() + r * words), static_cast<std::size_t>(heads[3 * r + 2]));
   }
@@ -229,6 +230,19 @@ std::vector<T> gather_shard(const partition_plan& plan, int rank, FlatOf&& flat)
   return shard;
 }
 
+//! `s` (engine or framework memory of `opt`) readable on the host: itself when the engine's
+//! buffers are host memory, else a copy in `copy`.
+template <class Opt, class T>
+std::span<const T> host_view(Opt& opt, std::span<const T> s, std::vector<T>& copy) {
+  if constexpr (Opt::buffers_on_host) {
+    return s;
+  } else {
+    copy.resize(s.size());
+    opt.copy_to_host(copy.data(), s.data(), s.size());
+    return copy;
+  }
+}
+
 //! Writes this rank's file and returns its size in bytes.
 template <class Opt>
 std::uint64_t write_rank_file(Opt& opt, file_writer& w, const std::filesystem::path& dir, const std::string& name,
@@ -243,27 +257,36 @@ std::uint64_t write_rank_file(Opt& opt, file_writer& w, const std::filesystem::p
   // the shard of the saved plan this rank stores: its own (stages 1, 2) or cut from the full
   // copy every rank holds (stage 0), so that every file holds one shard whatever the stage
   std::vector<value_type> value_copy;
-  std::vector<std::vector<float>> state_copy;
+  std::vector<std::vector<float>> state_copy(opt.state_count());
   std::span<const value_type> values;
   std::vector<std::span<const float>> states;
   if constexpr (sharded) {
-    values = opt.values();
-    for (std::size_t k = 0; k < opt.state_count(); ++k) states.push_back(opt.state(k));
+    values = host_view(opt, opt.values(), value_copy);
+    for (std::size_t k = 0; k < opt.state_count(); ++k) states.push_back(host_view(opt, opt.state(k), state_copy[k]));
   } else {
-    const auto flat_values = opt.values();
+    std::vector<value_type> flat_copy;
+    const auto flat_values = host_view(opt, opt.values(), flat_copy);
+    // without master weights the values are the framework's parameters
+    std::vector<std::vector<param_type>> parameter_copies(flat_values.empty() ? plan.param_size.size() : 0);
+    std::vector<std::span<const param_type>> parameters;
+    for (std::size_t p = 0; p < parameter_copies.size(); ++p) {
+      const auto registered = opt.parameter_values(p);
+      parameters.push_back(host_view(opt, std::span<const param_type>(registered.data, registered.size), parameter_copies[p]));
+    }
     value_copy = gather_shard<value_type>(plan, rank, [&](const owned_piece& piece, std::size_t i) -> value_type {
       if (!flat_values.empty()) return flat_values[piece.flat_offset + i];
-      if constexpr (std::is_same_v<value_type, param_type>) return opt.parameter_values(piece.param)[piece.param_offset + i];
+      if constexpr (std::is_same_v<value_type, param_type>) return parameters[piece.param][piece.param_offset + i];
       else return value_type(0.0f);  // unreachable: without master weights the values are the parameters
     });
     values = value_copy;
     for (std::size_t k = 0; k < opt.state_count(); ++k) {
-      const auto flat_state = opt.state(k);
-      state_copy.push_back(gather_shard<float>(plan, rank, [&](const owned_piece& piece, std::size_t i) {
+      std::vector<float> flat_state_copy;
+      const auto flat_state = host_view(opt, opt.state(k), flat_state_copy);
+      state_copy[k] = gather_shard<float>(plan, rank, [&](const owned_piece& piece, std::size_t i) {
         return flat_state[piece.flat_offset + i];
-      }));
+      });
+      states.push_back(state_copy[k]);
     }
-    for (const auto& s : state_copy) states.push_back(s);
   }
   if (values.size() != plan.shard_size) throw usage_error("zero: save_checkpoint: values hold " + std::to_string(values.size()) + " elements, not the shard's " + std::to_string(plan.shard_size));
 
@@ -570,13 +593,16 @@ checkpoint_info save_checkpoint(Opt& opt, const std::filesystem::path& directory
   const int rank = comm.rank(), world = comm.world_size();
   posix_file_writer default_writer;
   file_writer& writer = options.writer != nullptr ? *options.writer : default_writer;
-  std::uint64_t save_id = rank == 0 ? detail::random_save_id() : 0;
-  comm.broadcast(&save_id, 1, 0);
+  // rank 0's random id, on every rank
+  const std::uint64_t my_id = rank == 0 ? detail::random_save_id() : 0;
+  std::vector<std::uint64_t> ids(static_cast<std::size_t>(world));
+  opt.all_gather_words(&my_id, ids.data(), 1);
+  const std::uint64_t save_id = ids[0];
   const std::uint64_t step = opt.step_count();
   const fs::path step_dir = directory / checkpoint_format::step_directory_name(step);
   const std::string name = checkpoint_format::rank_file_name(static_cast<std::uint32_t>(rank), static_cast<std::uint32_t>(world));
 
-  const auto written = detail::exchange_outcomes(comm, detail::run_local([&]() -> std::uint64_t {
+  const auto written = detail::exchange_outcomes(opt, detail::run_local([&]() -> std::uint64_t {
     std::error_code ec;
     if (fs::exists(step_dir / checkpoint_format::marker_name, ec))
       throw checkpoint_error(checkpoint_error::kind::exists, "a committed checkpoint " + step_dir.string() +
@@ -589,7 +615,7 @@ checkpoint_info save_checkpoint(Opt& opt, const std::filesystem::path& directory
                               "; nothing was committed (earlier checkpoints are untouched)",
                               [](checkpoint_error::kind k) { return k == checkpoint_error::kind::exists; });
 
-  const auto committed = detail::exchange_outcomes(comm, detail::run_local([&]() -> std::uint64_t {
+  const auto committed = detail::exchange_outcomes(opt, detail::run_local([&]() -> std::uint64_t {
     if (rank != 0) return 0;
     commit_marker m;
     m.step = step;
@@ -644,7 +670,7 @@ checkpoint_info load_checkpoint(Opt& opt, const std::filesystem::path& path) {
   checkpoint_info info;
   loss_scaler::state saved_scaler{};
   bool saved_dynamic = false;
-  const auto outcome = detail::exchange_outcomes(comm, detail::run_local([&]() -> std::uint64_t {
+  const auto outcome = detail::exchange_outcomes(opt, detail::run_local([&]() -> std::uint64_t {
     detail::checkpoint_set set = detail::open_checkpoint(path);
     const checkpoint_header& h0 = set.headers[0];
     detail::check_compatible(opt, h0, set.files[0].string());
@@ -656,13 +682,13 @@ checkpoint_info load_checkpoint(Opt& opt, const std::filesystem::path& path) {
     if constexpr (values_are_parameters) {
       for (const auto& piece : opt.owned_pieces()) {
         const auto p = opt.parameter_values(piece.param);
-        std::copy(p.data + piece.param_offset, p.data + piece.param_offset + piece.count, values.begin() + static_cast<std::ptrdiff_t>(piece.flat_offset));
+        opt.copy_to_host(values.data() + piece.flat_offset, p.data + piece.param_offset, piece.count);
       }
     } else {
-      std::copy(opt.values().begin(), opt.values().end(), values.begin());
+      opt.copy_to_host(values.data(), opt.values().data(), updated);
     }
     state.resize(state_count * updated);
-    for (std::size_t k = 0; k < state_count; ++k) std::copy(opt.state(k).begin(), opt.state(k).end(), state.begin() + static_cast<std::ptrdiff_t>(k * updated));
+    for (std::size_t k = 0; k < state_count; ++k) opt.copy_to_host(state.data() + k * updated, opt.state(k).data(), updated);
 
     const auto copies = detail::plan_copies(h0.plan, opt.owned_pieces(), !sharded);
     for (std::uint32_t f = 0; f < h0.world_size; ++f) {
@@ -695,12 +721,11 @@ checkpoint_info load_checkpoint(Opt& opt, const std::filesystem::path& path) {
   // every rank succeeded: commit what was read
   if constexpr (values_are_parameters) {
     for (const auto& piece : opt.owned_pieces())
-      std::copy_n(values.begin() + static_cast<std::ptrdiff_t>(piece.flat_offset), piece.count, opt.parameter_values(piece.param).data + piece.param_offset);
+      opt.copy_from_host(opt.parameter_values(piece.param).data + piece.param_offset, values.data() + piece.flat_offset, piece.count);
   } else {
-    std::copy(values.begin(), values.end(), opt.mutable_values().begin());
+    opt.copy_from_host(opt.mutable_values().data(), values.data(), updated);
   }
-  for (std::size_t k = 0; k < state_count; ++k)
-    std::copy_n(state.begin() + static_cast<std::ptrdiff_t>(k * updated), updated, opt.mutable_state(k).begin());
+  for (std::size_t k = 0; k < state_count; ++k) opt.copy_from_host(opt.mutable_state(k).data(), state.data() + k * updated, updated);
   // the dynamic scaler's progress carries over; a fixed or absent scale is configuration
   opt.restore_progress(info.step, saved_dynamic && opt.scaler().dynamic() ? saved_scaler : opt.scaler().current());
   opt.synchronize_parameters();

@@ -354,6 +354,28 @@ class optimizer {
   }
   std::size_t state_count() const noexcept { return state_count_; }
 
+  //! Whether `values()`, `state(k)` and the registered parameters are host memory (the host
+  //! backend), or device memory (a device backend, such as the CUDA one). `copy_to_host` and
+  //! `copy_from_host` move them either way.
+  static constexpr bool buffers_on_host = backend_type::host_accessible;
+  //! Copies `n` elements of the engine's memory or the framework's registered memory to host
+  //! memory `to` (a plain copy on the host backend; on a device it waits for the engine's
+  //! stream). For use between steps.
+  template <class T>
+  void copy_to_host(T* to, const T* from, std::size_t n) {
+    backend_.to_host(to, from, n);
+  }
+  //! Copies `n` elements of host memory `from` into the engine's or the framework's memory.
+  template <class T>
+  void copy_from_host(T* to, const T* from, std::size_t n) {
+    backend_.from_host(to, from, n);
+  }
+  //! Every rank's `n` words (host memory), in rank order, into `all`: an all-gather through the
+  //! engine's communicator, whatever memory it works on. Collective; between steps.
+  void all_gather_words(const std::uint64_t* mine, std::uint64_t* all, std::size_t n) {
+    backend_.all_gather_words(*comm_, mine, all, n);
+  }
+
   // ---- restoring saved state (checkpoints) -------------------------------------------------
   // A checkpoint loader writes the values and state slots this rank updates (indexed like
   // `values()` / `state(k)`, through `owned_pieces()`), the framework's parameters, and the

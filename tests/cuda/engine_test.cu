@@ -20,6 +20,9 @@
 //    the double reference.
 //  * Dynamic loss scaling in fp16 with overflows (from the scale and injected): every report
 //    (skipped, scale, rank and parameter named) and the parameters equal the host engine's.
+//  * Checkpoints: saved by a device engine and resumed by the host engine, and the reverse,
+//    bitwise equal to an uninterrupted host run (shards with master weights; stage 0 whose
+//    values are the framework's parameters).
 //  * NCCL with one rank: AdamW and LAMB, as above.
 // Without a GPU the executable exits 77 (skipped) before running anything (device_main.cpp).
 #include <doctest/doctest.h>
@@ -302,6 +305,32 @@ TEST_SUITE("cuda") {
     CHECK(host[0].reports[6].skipped);
     CHECK(host[0].reports[6].nonfinite_rank == 1);
     CHECK(host[0].reports[6].nonfinite_parameter == 10);
+  }
+
+  TEST_CASE("engine on the device: checkpoints resume bitwise from the device on the host and from the host on the device") {
+    const auto h = harness::adamw_hyperparameters();
+    auto check_both_ways = [&]<class E>(E, const harness::run_options& o) {
+      using host_engine = typename E::host;
+      using device_engine = typename E::device;
+      const auto expected = harness::run<host_engine>(o, h);
+      const auto on_host = mirror::train_resumed<device_engine, device_memory, host_engine, host_memory>(
+          o, 5, options_with<device_engine>(h), options_with<host_engine>(h));
+      const auto on_device = mirror::train_resumed<host_engine, host_memory, device_engine, device_memory>(
+          o, 5, options_with<host_engine>(h), options_with<device_engine>(h));
+      check_device_records(on_device);
+      for (std::size_t r = 0; r < static_cast<std::size_t>(o.world); ++r) {
+        CAPTURE(r);
+        CHECK(on_host[r].params == expected.params[r]);
+        CHECK(on_device[r].params == expected.params[r]);
+      }
+    };
+    harness::run_options o;
+    o.steps = 10;
+    o.bucket_elements = 37;
+    o.world = 3;
+    check_both_ways(engines<zero::stage2, zero::bf16_mixed, zero::adamw>{}, o);  // shards of master weights and state
+    o.world = 2;
+    check_both_ways(engines<zero::stage0, zero::bf16_pure, zero::adamw>{}, o);  // the values are the framework's parameters
   }
 
   TEST_CASE("engine on the device: a non-finite gradient skips the step on every rank and changes nothing") {

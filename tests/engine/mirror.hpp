@@ -14,11 +14,15 @@
 //   with_rank(rendezvous, f)           calls f(comm, stream) on one thread rank
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <filesystem>
 #include <limits>
 #include <mutex>
+#include <random>
+#include <string>
 #include <vector>
 
 #include "engine/harness.hpp"
@@ -66,6 +70,9 @@ struct poison {
 struct schedule {
   std::vector<poison> poisons;
   bool scale_by_engine = false;  // gradients carry the engine's current loss scale (dynamic scaling)
+  int first_step = 0;                // steps [first_step, o.steps) run
+  std::filesystem::path load_from;   // when set: load_checkpoint from it before the first step
+  std::filesystem::path save_to;     // when set: save_checkpoint into it after the last step
 };
 
 struct run_record {
@@ -108,9 +115,10 @@ run_record train(Comm& comm, typename Memory::stream_type stream, const harness:
   run_record result;
   {
     Engine opt(comm, registered, options);
+    if (!plan.load_from.empty()) zero::load_checkpoint(opt, plan.load_from);
     comm.barrier();  // every rank's engine is built: a process-wide count stays put from here
     const std::size_t allocations = Memory::allocations();
-    for (int t = 0; t < o.steps; ++t) {
+    for (int t = plan.first_step; t < o.steps; ++t) {
       const double scale = o.loss_scale > 0 ? o.loss_scale : plan.scale_by_engine ? opt.scaler().scale() : 1.0;
       for (int m = 0; m < o.micro_steps; ++m) {
         if (m > 0) opt.end_micro_step();
@@ -132,6 +140,7 @@ run_record train(Comm& comm, typename Memory::stream_type stream, const harness:
     }
     comm.barrier();
     result.allocated_while_stepping = Memory::allocations() != allocations;
+    if (!plan.save_to.empty()) zero::save_checkpoint(opt, plan.save_to);
     result.memory_as_expected = opt.memory() == zero::expected_memory<typename Engine::precision_type>(
                                                     511, comm.world_size(), Engine::stage_value, opt.state_count(), options.layout);
   }
@@ -161,6 +170,45 @@ std::vector<run_record> train_group(const harness::run_options& o, const typenam
     records[static_cast<std::size_t>(rendezvous.rank())] = std::move(mine);
   });
   return records;
+}
+
+// A fresh directory under the system's temporary one, removed with this object.
+class scratch_directory {
+ public:
+  explicit scratch_directory(const std::string& name) {
+    static std::atomic<unsigned> count{0};
+    path_ = std::filesystem::temp_directory_path() /
+            ("zero-" + name + "-" + std::to_string(std::random_device{}()) + "-" + std::to_string(count++));
+    std::filesystem::remove_all(path_);
+    std::filesystem::create_directories(path_);
+  }
+  ~scratch_directory() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path_, ignored);
+  }
+  scratch_directory(const scratch_directory&) = delete;
+  scratch_directory& operator=(const scratch_directory&) = delete;
+  const std::filesystem::path& path() const noexcept { return path_; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+// Trains `First` for the first `split` steps of `o` and saves, then loads into `Second` (a new
+// group) and trains the rest: the second group's records.
+template <class First, class FirstMemory, class Second, class SecondMemory>
+std::vector<run_record> train_resumed(const harness::run_options& o, int split, const typename First::options_type& first,
+                                      const typename Second::options_type& second) {
+  scratch_directory directory("mirror-resume");
+  harness::run_options before = o;
+  before.steps = split;
+  schedule save;
+  save.save_to = directory.path();
+  train_group<First, FirstMemory>(before, first, save);
+  schedule load;
+  load.first_step = split;
+  load.load_from = directory.path();
+  return train_group<Second, SecondMemory>(o, second, load);
 }
 
 template <class Engine>

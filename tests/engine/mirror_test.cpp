@@ -102,6 +102,28 @@ TEST_SUITE("equivalence") {
     check_mirror<engine<zero::stage2, zero::bf16_mixed, zero::lamb>>(o, lamb);
   }
 
+  TEST_CASE("the device tests' runner on host memory resumes from a checkpoint bitwise") {
+    harness::run_options o;
+    o.world = 3;
+    o.steps = 10;
+    o.bucket_elements = 37;
+    const auto h = harness::adamw_hyperparameters();
+    using sharded = engine<zero::stage2, zero::bf16_mixed>;
+    using whole = engine<zero::stage0, zero::bf16_pure>;
+    const auto expected = harness::run<sharded>(o, h);
+    const auto resumed = mirror::train_resumed<sharded, mirror::host_memory, sharded, mirror::host_memory>(
+        o, 5, mirror::options_with<sharded>(h), mirror::options_with<sharded>(h));
+    o.world = 2;
+    const auto expected_whole = harness::run<whole>(o, h);
+    const auto resumed_whole = mirror::train_resumed<whole, mirror::host_memory, whole, mirror::host_memory>(
+        o, 5, mirror::options_with<whole>(h), mirror::options_with<whole>(h));
+    for (std::size_t r = 0; r < 3; ++r) {
+      CHECK(resumed[r].params == expected.params[r]);
+      CHECK(resumed[r].reports.size() == 5);
+    }
+    for (std::size_t r = 0; r < 2; ++r) CHECK(resumed_whole[r].params == expected_whole.params[r]);
+  }
+
   TEST_CASE("the device tests' dynamic loss-scaling schedule overflows rescales and names the injected values") {
     using E = engine<zero::stage2, zero::fp16_mixed>;
     const auto o = mirror::dynamic_scaling_run();

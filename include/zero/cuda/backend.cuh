@@ -49,8 +49,12 @@ namespace zero::cuda {
 class device_backend {
  public:
   static constexpr std::size_t none = static_cast<std::size_t>(-1);
-  //! Most 64-bit words a rank contributes to one statistics exchange.
+  //! Most 64-bit words a rank contributes to one collective of an exchange (longer exchanges
+  //! take several).
   static constexpr std::size_t max_words = 8;
+  //! The engine's buffers are device memory: the host reads and writes them with `to_host` and
+  //! `from_host`.
+  static constexpr bool host_accessible = false;
 
   //! A device buffer the engine owns: zeroed on the backend's stream when allocated and by
   //! `zero()`.
@@ -75,6 +79,7 @@ class device_backend {
       : stream_(stream_of(comm), comm.rank()),
         world_(static_cast<std::size_t>(comm.world_size())),
         words_((world_ + 1) * max_words, comm.rank()),
+        received_(world_ * max_words),
         first_(1, comm.rank()),
         squares_(1, comm.rank()) {}
 
@@ -123,21 +128,36 @@ class device_backend {
     checks_ = 0;
   }
 
-  //! The statistics exchange: the words go to the device, through the communicator's
-  //! all-gather, and back (the host waits for them).
+  //! Copies between device memory (the engine's buffers, the framework's parameters) and host
+  //! memory; each waits for the stream (used between steps, by checkpoints).
+  template <class T>
+  void to_host(T* to, const T* from, std::size_t n) {
+    copy(to, from, n, cudaMemcpyDeviceToHost, "cudaMemcpyAsync (device to host)");
+  }
+  template <class T>
+  void from_host(T* to, const T* from, std::size_t n) {
+    copy(to, from, n, cudaMemcpyHostToDevice, "cudaMemcpyAsync (host to device)");
+  }
+
+  //! A word exchange (the per-step statistics, checkpoints' outcomes): every rank's `n` words
+  //! (host memory) into `all` in rank order, through the communicator's all-gather on device
+  //! memory, `max_words` at a time. The host waits for each.
   template <class Comm>
   void all_gather_words(Comm& comm, const std::uint64_t* mine, std::uint64_t* all, std::size_t n) {
-    if (n > max_words)
-      throw usage_error("zero: device_backend exchanges at most " + std::to_string(max_words) + " words per rank, asked " +
-                        std::to_string(n));
     std::uint64_t* send = words_.data();
     std::uint64_t* receive = words_.data() + max_words;
-    check(cudaMemcpyAsync(send, mine, n * sizeof(std::uint64_t), cudaMemcpyHostToDevice, stream_.stream),
-          "cudaMemcpyAsync (statistics to the device)", stream_.rank);
-    comm.all_gather(send, receive, n);
-    check(cudaMemcpyAsync(all, receive, world_ * n * sizeof(std::uint64_t), cudaMemcpyDeviceToHost, stream_.stream),
-          "cudaMemcpyAsync (statistics to the host)", stream_.rank);
-    check(cudaStreamSynchronize(stream_.stream), "cudaStreamSynchronize (statistics)", stream_.rank);
+    for (std::size_t at = 0; at < n; at += max_words) {
+      const std::size_t count = n - at < max_words ? n - at : max_words;
+      check(cudaMemcpyAsync(send, mine + at, count * sizeof(std::uint64_t), cudaMemcpyHostToDevice, stream_.stream),
+            "cudaMemcpyAsync (words to the device)", stream_.rank);
+      comm.all_gather(send, receive, count);
+      check(cudaMemcpyAsync(received_.data(), receive, world_ * count * sizeof(std::uint64_t), cudaMemcpyDeviceToHost,
+                            stream_.stream),
+            "cudaMemcpyAsync (words to the host)", stream_.rank);
+      check(cudaStreamSynchronize(stream_.stream), "cudaStreamSynchronize (word exchange)", stream_.rank);
+      for (std::size_t r = 0; r < world_; ++r)
+        for (std::size_t k = 0; k < count; ++k) all[r * n + at + k] = received_[r * count + k];
+    }
   }
 
   //! At the engine's construction: the non-finite flags, the update's segment table (the fused
@@ -242,6 +262,13 @@ class device_backend {
     else return comm.stream();
   }
 
+  template <class T>
+  void copy(T* to, const T* from, std::size_t n, cudaMemcpyKind kind, const char* what) {
+    if (n == 0) return;
+    check(cudaMemcpyAsync(to, from, n * sizeof(T), kind, stream_.stream), what, stream_.rank);
+    check(cudaStreamSynchronize(stream_.stream), "cudaStreamSynchronize (copy between host and device)", stream_.rank);
+  }
+
   double read_squares() {
     double total = 0;
     check(cudaMemcpyAsync(&total, squares_.data(), sizeof total, cudaMemcpyDeviceToHost, stream_.stream),
@@ -253,6 +280,7 @@ class device_backend {
   stream_ref stream_;
   std::size_t world_;
   device_buffer<std::uint64_t> words_;
+  std::vector<std::uint64_t> received_;  // one collective's words, every rank's, on the host
   device_buffer<unsigned long long> first_;  // the first non-finite check's order (~0: none)
   device_buffer<double> squares_;
   std::uint64_t checks_ = 0;                 // non-finite checks since the last clear
