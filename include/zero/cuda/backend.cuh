@@ -16,7 +16,9 @@
 //!   a tensor-wise rule (lamb)        zero::cuda::tensorwise_update: two launches around the
 //!                                    exchange of per-tensor sums
 //!
-//! Where the host waits (documented sync points): once per step to read the statistics the
+//! Where the host waits (documented sync points), always first through the communicator's
+//! `synchronize()` when it has one (NCCL: the collectives in flight, under their deadlines), then
+//! for the stream: once per step to read the statistics the
 //! ranks exchange (sum of squares and non-finite flags, a few words copied to the host, as
 //! DeepSpeed reads the overflow flag and the norm), and at construction; with a tensor-wise
 //! rule also twice more per step: to read the per-piece sums of pass 1, and in the exchange of
@@ -81,7 +83,12 @@ class device_backend {
         words_((world_ + 1) * max_words, comm.rank()),
         received_(world_ * max_words),
         first_(1, comm.rank()),
-        squares_(1, comm.rank()) {}
+        squares_(1, comm.rank()) {
+    if constexpr (requires { comm.synchronize(); }) {
+      comm_ = &comm;
+      settle_ = [](void* c) { static_cast<Comm*>(c)->synchronize(); };
+    }
+  }
 
   device_backend(const device_backend&) = delete;
   device_backend& operator=(const device_backend&) = delete;
@@ -117,6 +124,7 @@ class device_backend {
   //! `clear_nonfinite()`. Waits for the stream (a documented sync point).
   std::size_t first_nonfinite() {
     unsigned long long first = 0;
+    settle();
     check(cudaMemcpyAsync(&first, first_.data(), sizeof first, cudaMemcpyDeviceToHost, stream_.stream),
           "cudaMemcpyAsync (first non-finite check)", stream_.rank);
     check(cudaStreamSynchronize(stream_.stream), "cudaStreamSynchronize (first non-finite check)", stream_.rank);
@@ -151,6 +159,7 @@ class device_backend {
       check(cudaMemcpyAsync(send, mine + at, count * sizeof(std::uint64_t), cudaMemcpyHostToDevice, stream_.stream),
             "cudaMemcpyAsync (words to the device)", stream_.rank);
       comm.all_gather(send, receive, count);
+      settle();
       check(cudaMemcpyAsync(received_.data(), receive, world_ * count * sizeof(std::uint64_t), cudaMemcpyDeviceToHost,
                             stream_.stream),
             "cudaMemcpyAsync (words to the host)", stream_.rank);
@@ -171,7 +180,7 @@ class device_backend {
     if constexpr (elementwise_rule<Rule>) {
       (void)parameters;
       (void)pieces;
-      auto update = std::make_shared<fused_update<Rule, Value, Accum, Param>>(runs, state, state_stride, state_count, stream_.rank);
+      auto update = std::make_shared<fused_update<Rule, Value, Accum, Param>>(runs, state, state_stride, state_count, stream_);
       prepared_bytes_ = update->bytes();
       norm_target_ = update.get();
       norm_ = [](void* u, double* result, stream_ref s) {
@@ -180,9 +189,9 @@ class device_backend {
       update_ = std::move(update);
     } else {
       auto norm = std::make_shared<detail::segment_table<Value, Accum, Param>>(
-          runs, [](const run& r) { return detail::aligned16(r.grads); }, stream_.rank, "device_backend norm");
+          runs, [](const run& r) { return detail::aligned16(r.grads); }, stream_, "device_backend norm");
       auto update = std::make_shared<tensorwise_update<Rule, Value, Accum, Param>>(pieces, state, state_stride, state_count,
-                                                                                   stream_.rank);
+                                                                                   stream_);
       tensor_words_ = device_buffer<double>(2 * parameters, stream_.rank);
       prepared_bytes_ = norm->bytes() + update->bytes() + tensor_words_.bytes();
       norm_target_ = norm.get();
@@ -222,6 +231,7 @@ class device_backend {
   template <tensorwise_rule Rule, class Value, class Accum, class Param>
   void tensor_sums(const typename Rule::constants& c, std::span<const update_run<Value, Accum, Param>>, float factor,
                    double* sums) {
+    settle();
     static_cast<tensorwise_update<Rule, Value, Accum, Param>*>(update_.get())->first_pass(c, factor, sums, stream_);
   }
 
@@ -236,6 +246,7 @@ class device_backend {
     check(cudaMemcpyAsync(tensor_words_.data(), sums, n * sizeof(double), cudaMemcpyHostToDevice, stream_.stream),
           "cudaMemcpyAsync (per-tensor sums to the device)", stream_.rank);
     comm.all_reduce(tensor_words_.data(), tensor_words_.data(), n, reduce_op::sum);
+    settle();
     check(cudaMemcpyAsync(sums, tensor_words_.data(), n * sizeof(double), cudaMemcpyDeviceToHost, stream_.stream),
           "cudaMemcpyAsync (per-tensor sums to the host)", stream_.rank);
     check(cudaStreamSynchronize(stream_.stream), "cudaStreamSynchronize (per-tensor sums)", stream_.rank);
@@ -265,12 +276,23 @@ class device_backend {
   template <class T>
   void copy(T* to, const T* from, std::size_t n, cudaMemcpyKind kind, const char* what) {
     if (n == 0) return;
+    settle();
     check(cudaMemcpyAsync(to, from, n * sizeof(T), kind, stream_.stream), what, stream_.rank);
     check(cudaStreamSynchronize(stream_.stream), "cudaStreamSynchronize (copy between host and device)", stream_.rank);
   }
 
+  //! Before the host waits for the stream: the host waits for the communicator's collectives
+  //! in flight through the communicator (`synchronize()`, watched by its deadlines), so that a
+  //! rank that died makes this one throw `timeout_error` instead of blocking in the CUDA runtime.
+  //! The stream wait after it waits for this GPU's own work. (A reading from device memory into
+  //! pageable host memory blocks the host until the stream reaches it.)
+  void settle() {
+    if (settle_ != nullptr) settle_(comm_);
+  }
+
   double read_squares() {
     double total = 0;
+    settle();
     check(cudaMemcpyAsync(&total, squares_.data(), sizeof total, cudaMemcpyDeviceToHost, stream_.stream),
           "cudaMemcpyAsync (sum of squares)", stream_.rank);
     check(cudaStreamSynchronize(stream_.stream), "cudaStreamSynchronize (sum of squares)", stream_.rank);
@@ -278,6 +300,8 @@ class device_backend {
   }
 
   stream_ref stream_;
+  void* comm_ = nullptr;                 // the communicator, when it has a watched `synchronize()`
+  void (*settle_)(void*) = nullptr;
   std::size_t world_;
   device_buffer<std::uint64_t> words_;
   std::vector<std::uint64_t> received_;  // one collective's words, every rank's, on the host

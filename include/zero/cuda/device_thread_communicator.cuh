@@ -111,7 +111,13 @@ class device_thread_communicator {
   }
   device_thread_communicator(const device_thread_communicator&) = delete;
   device_thread_communicator& operator=(const device_thread_communicator&) = delete;
+  //! Meets the other ranks first (a host barrier), so that no rank destroys its events while
+  //! another may still be making its stream wait for them after the last collective.
   ~device_thread_communicator() {
+    try {
+      host_->barrier();
+    } catch (...) {  // a broken or timed-out group: the others are not coming
+    }
     for (auto* e : {&ready_, &phase_one_, &phase_two_})
       if (*e != nullptr) (void)cudaEventDestroy(*e);
   }
@@ -238,7 +244,14 @@ class device_thread_communicator {
   template <class T>
   bool on_host(const T* send, const T* recv, std::size_t count) const {
     check_usable();
-    return count != 0 && (!cuda::is_device_pointer(send) || !cuda::is_device_pointer(recv));
+    if (count == 0) return false;
+    const bool send_on_device = cuda::is_device_pointer(send), recv_on_device = cuda::is_device_pointer(recv);
+    if (send_on_device != recv_on_device)
+      throw usage_error("zero: device_thread_communicator on rank " + std::to_string(rank()) +
+                        ": a collective's send and receive buffers must both be device memory or both host memory; send is " +
+                        (send_on_device ? "device" : "host") + " memory, receive is " + (recv_on_device ? "device" : "host") +
+                        " memory");
+    return !send_on_device;
   }
 
   void check_usable() const {

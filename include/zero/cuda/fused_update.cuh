@@ -289,12 +289,14 @@ class segment_table {
 
   segment_table() = default;
 
-  //! Uploads the table (a synchronous copy: call it at setup).
+  //! Uploads the table on `on` and waits for it (call it at setup): launches on that stream (or
+  //! any other, after this returns) see it whole.
   //! @param vectorize  whether a run may move in 16-byte vectors (its arrays are aligned)
   //! @param owner      names the object in errors
   //! @throws usage_error for a null values or grads pointer in a non-empty run
   template <class Vectorize>
-  segment_table(std::span<const run> runs, Vectorize&& vectorize, int rank, const std::string& owner) {
+  segment_table(std::span<const run> runs, Vectorize&& vectorize, stream_ref on, const std::string& owner) {
+    const int rank = on.rank;
     std::vector<entry> table;
     for (std::size_t s = 0; s < runs.size(); ++s) {
       const run& r = runs[s];
@@ -313,11 +315,14 @@ class segment_table {
     grid_ = chunk_count_ < max_blocks ? static_cast<unsigned>(chunk_count_) : max_blocks;
     if (!table.empty()) {
       table_ = device_buffer<entry>(table.size(), rank);
-      check(cudaMemcpy(table_.data(), table.data(), table.size() * sizeof(entry), cudaMemcpyHostToDevice),
-            "cudaMemcpy (" + owner + " segment table)", rank);
+      check(cudaMemcpyAsync(table_.data(), table.data(), table.size() * sizeof(entry), cudaMemcpyHostToDevice, on.stream),
+            "cudaMemcpyAsync (" + owner + " segment table)", rank);
       partials_ = device_buffer<double>(grid_, rank);
       arrivals_ = device_buffer<std::uint32_t>(1, rank);
-      check(cudaMemset(arrivals_.data(), 0, sizeof(std::uint32_t)), "cudaMemset (" + owner + " arrivals)", rank);
+      check(cudaMemsetAsync(arrivals_.data(), 0, sizeof(std::uint32_t), on.stream), "cudaMemsetAsync (" + owner + " arrivals)",
+            rank);
+      // `table` is about to go, and a launch on another stream must find the table written
+      check(cudaStreamSynchronize(on.stream), "cudaStreamSynchronize (" + owner + " segment table)", rank);
     }
   }
 
@@ -375,14 +380,14 @@ class fused_update {
 
   fused_update() = default;
 
-  //! Uploads the segment table (a synchronous copy: call it at setup) and allocates the norm's
-  //! block partials. Slot k of the state of the element at `state_offset + i` of a segment is
+  //! Uploads the segment table on `on` and waits for it (call it at setup), and allocates the
+  //! norm's block partials. Slot k of the state of the element at `state_offset + i` of a segment is
   //! `state[k * state_stride + state_offset + i]` (the engine's layout).
   //! @pre every pointer addresses device memory that outlives this object
   //! @throws usage_error for more than 8 state slots or a null pointer in a non-empty segment
   fused_update(std::span<const segment> segments, float* state, std::size_t state_stride, std::size_t state_count,
-               int rank = -1)
-      : state_count_(state_count), rank_(rank) {
+               stream_ref on = {})
+      : state_count_(state_count), rank_(on.rank) {
     if (state_count > max_state_slots)
       throw usage_error("zero: fused_update supports at most " + std::to_string(max_state_slots) + " state slots, not " +
                         std::to_string(state_count));
@@ -400,7 +405,7 @@ class fused_update {
           for (std::size_t k = 0; k < state_count; ++k) vectorized = vectorized && detail::aligned16(slots_[k] + seg.state_offset);
           return vectorized;
         },
-        rank, "fused_update");
+        on, "fused_update");
   }
 
   //! Enqueues the update of every segment on `s`: one kernel launch (none when there is nothing

@@ -467,9 +467,6 @@ class nccl_communicator {
                           " (pass device memory, or raise it)");
       check_nccl(call(s, r, stream_), name);
       settle(name, o.start, o.deadline);
-      if (recv_bytes != 0)
-        cuda::check(cudaMemcpyAsync(recv, r, recv_bytes, cudaMemcpyDefault, stream_),
-                    "cudaMemcpyAsync (results of a collective on host memory)", rank_);
     } else {
       check_nccl(call(s, r, stream_), name);
       settle(name, o.start, o.deadline);
@@ -477,7 +474,16 @@ class nccl_communicator {
     cuda::check(cudaEventRecord(o.done, stream_), "cudaEventRecord (after a collective)", rank_);
     ++sequence_;
     traffic_.add(kind, traffic_bytes);
-    if (staged) wait_host(sequence_);
+    if (staged) {
+      // the collective first, under its deadline; only then the copy back, which (into pageable
+      // memory) would block the host in the CUDA runtime, unwatched, until the collective ended
+      wait_host(sequence_);
+      if (recv_bytes != 0) {
+        cuda::check(cudaMemcpyAsync(recv, r, recv_bytes, cudaMemcpyDefault, stream_),
+                    "cudaMemcpyAsync (results of a collective on host memory)", rank_);
+        cuda::check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize (results of a collective on host memory)", rank_);
+      }
+    }
     return sequence_;
   }
 

@@ -139,13 +139,14 @@ class tensorwise_update {
 
   tensorwise_update() = default;
 
-  //! Uploads the piece table and allocates the sums and trust factors (synchronous: call it at
-  //! setup).
+  //! Uploads the piece table on `on` (and waits for it: call it at setup) and allocates the
+  //! sums and trust factors.
   //! @pre every pointer addresses device memory that outlives this object
   //! @throws usage_error for more than 8 state slots or a null pointer in a non-empty piece
   tensorwise_update(std::span<const piece> pieces, float* state, std::size_t state_stride, std::size_t state_count,
-                    int rank = -1)
-      : pieces_(pieces.size()), state_count_(state_count), rank_(rank) {
+                    stream_ref on = {})
+      : pieces_(pieces.size()), state_count_(state_count), rank_(on.rank) {
+    const int rank = on.rank;
     if (state_count > max_state_slots)
       throw usage_error("zero: tensorwise_update supports at most " + std::to_string(max_state_slots) + " state slots, not " +
                         std::to_string(state_count));
@@ -155,7 +156,7 @@ class tensorwise_update {
           throw usage_error("zero: tensorwise_update piece " + std::to_string(s) + " (" + std::to_string(pieces[s].count) +
                             " elements) has a null state pointer");
     for (std::size_t k = 0; k < state_count; ++k) slots_[k] = state + k * state_stride;
-    table_ = detail::segment_table<Value, Accum, Param>(pieces, [](const piece&) { return false; }, rank, "tensorwise_update");
+    table_ = detail::segment_table<Value, Accum, Param>(pieces, [](const piece&) { return false; }, on, "tensorwise_update");
     if (table_.count() != 0) {
       chunk_sums_ = device_buffer<double>(2 * table_.chunks(), rank);
       segment_sums_ = device_buffer<double>(2 * table_.count(), rank);
