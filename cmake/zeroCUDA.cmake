@@ -62,7 +62,7 @@ set_target_properties(zero_cuda PROPERTIES EXPORT_NAME cuda)
 
 # NCCL: in the toolkit (as with the CUDA 13 containers) or the system's libnccl-dev.
 find_path(ZERO_NCCL_INCLUDE_DIR nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS} ENV NCCL_HOME PATH_SUFFIXES include)
-find_library(ZERO_NCCL_LIBRARY nccl HINTS ${CUDAToolkit_LIBRARY_DIR} ENV NCCL_HOME PATH_SUFFIXES lib lib64)
+find_library(ZERO_NCCL_LIBRARY NAMES nccl libnccl.so.2 HINTS ${CUDAToolkit_LIBRARY_DIR} ENV NCCL_HOME PATH_SUFFIXES lib lib64)
 if(ZERO_NCCL_INCLUDE_DIR AND ZERO_NCCL_LIBRARY)
   add_library(zero_nccl INTERFACE)
   add_library(zero::nccl ALIAS zero_nccl)
