@@ -236,20 +236,11 @@ TEST_SUITE("cuda") {
   }
 
   TEST_CASE("engine on the device: micro-step accumulation and a shared weight equal the host engine bitwise") {
-    for (bool defer : {false, true}) {
-      for (bool shared : {false, true}) {
-        CAPTURE(defer);
-        CAPTURE(shared);
-        harness::run_options o;
-        o.world = 3;
-        o.micro_steps = 3;
-        o.bucket_elements = 37;
-        o.skip_some = true;
-        o.defer_reduction = defer;
-        o.shared_weight = shared;
-        check_against_host<engines<zero::stage2, zero::fp32_precision, zero::adamw>>(o, harness::adamw_hyperparameters());
-        check_against_host<engines<zero::stage1, zero::bf16_mixed, zero::adamw>>(o, harness::adamw_hyperparameters(), 0, 0);
-      }
+    for (const auto& o : mirror::accumulation_runs()) {
+      CAPTURE(o.defer_reduction);
+      CAPTURE(o.shared_weight);
+      check_against_host<engines<zero::stage2, zero::fp32_precision, zero::adamw>>(o, harness::adamw_hyperparameters());
+      check_against_host<engines<zero::stage1, zero::bf16_mixed, zero::adamw>>(o, harness::adamw_hyperparameters(), 0, 0);
     }
   }
 

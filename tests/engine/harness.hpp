@@ -203,6 +203,22 @@ struct run_options {
   bool stochastic_rounding = false;  // values without master weights rounded stochastically (bf16_pure)
 };
 
+// The engine options `o` sets: layout, clipping, rounding, a fixed loss scale.
+template <class Options>
+void apply(const run_options& o, Options& options) {
+  options.layout.bucket_elements = o.bucket_elements;
+  options.layout.alignment = o.alignment;
+  options.layout.gradient_slots = o.slots;
+  options.layout.defer_reduction = o.defer_reduction;
+  options.layout.staging_buffers = o.staging_buffers;
+  options.max_grad_norm = o.max_grad_norm;
+  if (o.stochastic_rounding) options.value_rounding = zero::rounding::stochastic;
+  if (o.loss_scale > 0) {
+    options.loss_scale.kind = zero::loss_scale_options::mode::fixed;
+    options.loss_scale.fixed_scale = o.loss_scale;
+  }
+}
+
 // Whether rank r reports parameter p at micro-step t (counted over the run) under `skip_some`
 // (a gradient never reported counts as zero).
 inline bool reported(const run_options& o, int t, int r, std::size_t p) {
@@ -303,17 +319,7 @@ run_result run(const run_options& o, const typename Optimizer::hyperparameters_t
                         static_cast<std::uint32_t>(uses(p))});
     typename Optimizer::options_type options;
     options.hyperparameters = h;
-    options.layout.bucket_elements = o.bucket_elements;
-    options.layout.alignment = o.alignment;
-    options.layout.gradient_slots = o.slots;
-    options.layout.defer_reduction = o.defer_reduction;
-    options.layout.staging_buffers = o.staging_buffers;
-    options.max_grad_norm = o.max_grad_norm;
-    if (o.stochastic_rounding) options.value_rounding = zero::rounding::stochastic;
-    if (o.loss_scale > 0) {
-      options.loss_scale.kind = zero::loss_scale_options::mode::fixed;
-      options.loss_scale.fixed_scale = o.loss_scale;
-    }
+    apply(o, options);
     Optimizer opt(comm, params, options);
     double norm_error = 0;
     std::size_t norm_disagreements = 0;

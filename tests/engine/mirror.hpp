@@ -82,8 +82,8 @@ struct run_record {
   bool memory_as_expected = false;  // memory() == expected_memory
 };
 
-// One rank's training. The layout, clipping, rounding and a fixed loss scale come from `o`,
-// everything else from `options`.
+// One rank's training. The layout, clipping, rounding and a fixed loss scale come from `o`
+// (harness::apply), everything else from `options`.
 template <class Engine, class Memory, class Comm>
 run_record train(Comm& comm, typename Memory::stream_type stream, const harness::run_options& o,
                  typename Engine::options_type options, const schedule& plan = {}) {
@@ -102,16 +102,8 @@ run_record train(Comm& comm, typename Memory::stream_type stream, const harness:
     for (std::size_t u = 0; u < 2; ++u) grads[2 * p + u] = Memory::upload(std::vector<G>(sizes[p]), stream);
     registered.push_back({"p" + std::to_string(p), {values[p], sizes[p]}, static_cast<std::uint32_t>(uses(p))});
   }
-  options.layout.bucket_elements = o.bucket_elements;
-  options.layout.alignment = o.alignment;
-  options.layout.staging_buffers = o.staging_buffers;
-  options.layout.defer_reduction = o.defer_reduction;
-  options.max_grad_norm = o.max_grad_norm;
-  if (o.stochastic_rounding) options.value_rounding = zero::rounding::stochastic;
-  if (o.loss_scale > 0) {
-    options.loss_scale.kind = zero::loss_scale_options::mode::fixed;
-    options.loss_scale.fixed_scale = o.loss_scale;
-  }
+  if (o.slots) throw zero::usage_error("mirror::train reports spans; gradient slots are the harness's alone");
+  harness::apply(o, options);
   run_record result;
   {
     Engine opt(comm, registered, options);
@@ -209,6 +201,25 @@ std::vector<run_record> train_resumed(const harness::run_options& o, int split, 
   load.first_step = split;
   load.load_from = directory.path();
   return train_group<Second, SecondMemory>(o, second, load);
+}
+
+// The accumulation configurations both the device test and its host check run: 3 ranks, 3
+// micro-steps, some gradients unreported, reduced every micro-step or once, with and without a
+// shared weight reported twice.
+inline std::vector<harness::run_options> accumulation_runs() {
+  std::vector<harness::run_options> runs;
+  for (bool defer : {false, true})
+    for (bool shared : {false, true}) {
+      harness::run_options o;
+      o.world = 3;
+      o.micro_steps = 3;
+      o.bucket_elements = 37;
+      o.skip_some = true;
+      o.defer_reduction = defer;
+      o.shared_weight = shared;
+      runs.push_back(o);
+    }
+  return runs;
 }
 
 template <class Engine>

@@ -69,20 +69,11 @@ TEST_SUITE("equivalence") {
 
   TEST_CASE("the device tests' runner on host memory equals the harness bitwise / accumulation clipping LAMB stochastic rounding") {
     const auto h = harness::adamw_hyperparameters();
-    for (bool defer : {false, true}) {
-      for (bool shared : {false, true}) {
-        CAPTURE(defer);
-        CAPTURE(shared);
-        harness::run_options o;
-        o.world = 3;
-        o.micro_steps = 3;
-        o.bucket_elements = 37;
-        o.skip_some = true;
-        o.defer_reduction = defer;
-        o.shared_weight = shared;
-        check_mirror<engine<zero::stage2, zero::fp32_precision>>(o, h);
-        check_mirror<engine<zero::stage1, zero::bf16_mixed>>(o, h);
-      }
+    for (const auto& o : mirror::accumulation_runs()) {
+      CAPTURE(o.defer_reduction);
+      CAPTURE(o.shared_weight);
+      check_mirror<engine<zero::stage2, zero::fp32_precision>>(o, h);
+      check_mirror<engine<zero::stage1, zero::bf16_mixed>>(o, h);
     }
     harness::run_options o;
     o.world = 3;

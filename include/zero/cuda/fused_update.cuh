@@ -96,13 +96,45 @@ struct device_segment {
   std::uint32_t vectorized;
 };
 
+//! The engine's state slots as the kernels see them (in their arguments): slot k of element e
+//! is slots[k][e], for k < count.
+struct state_slots {
+  float* slots[max_state_slots];
+  std::uint32_t count;
+
+  //! The slots of one segment: slot k of its element i at out[k][i] (null past `count`).
+  __device__ __forceinline__ void of_segment(std::size_t state_offset, float* (&out)[max_state_slots]) const {
+#pragma unroll
+    for (std::size_t k = 0; k < max_state_slots; ++k) out[k] = k < count ? slots[k] + state_offset : nullptr;
+  }
+};
+
+//! `count` slots of `state`, `stride` elements apart, for the runs of `owner` (named in errors).
+//! @throws usage_error for more than `max_state_slots` slots, or a null `state` with slots and
+//!         a non-empty run
+template <class Run>
+state_slots make_state_slots(std::span<const Run> runs, float* state, std::size_t stride, std::size_t count,
+                             const std::string& owner) {
+  if (count > max_state_slots)
+    throw usage_error("zero: " + owner + " supports at most " + std::to_string(max_state_slots) + " state slots, not " +
+                      std::to_string(count));
+  if (count > 0 && state == nullptr)
+    for (std::size_t s = 0; s < runs.size(); ++s)
+      if (runs[s].count != 0)
+        throw usage_error("zero: " + owner + " segment " + std::to_string(s) + " (" + std::to_string(runs[s].count) +
+                          " elements) has a null state pointer");
+  state_slots out{};
+  out.count = static_cast<std::uint32_t>(count);
+  for (std::size_t k = 0; k < count; ++k) out.slots[k] = state + k * stride;
+  return out;
+}
+
 template <class Rule, class Value, class Accum, class Param>
 struct update_arguments {
   const device_segment<Value, Accum, Param>* segments;
   std::uint32_t segment_count;
   std::size_t chunk_count;
-  float* slots[max_state_slots];  // slot k of element e: slots[k][e]
-  std::uint32_t state_count;
+  state_slots state;
   typename Rule::constants constants;
   update_controls controls;
   zero::detail::value_rounding<Value> rounding;
@@ -115,8 +147,7 @@ template <class Rule, class Value, class Accum, class Param>
 __device__ __forceinline__ double update_scalar(const update_arguments<Rule, Value, Accum, Param>& a,
                                                 const device_segment<Value, Accum, Param>& seg, std::size_t i, float factor) {
   float* slots[max_state_slots];
-#pragma unroll
-  for (std::size_t k = 0; k < max_state_slots; ++k) slots[k] = k < a.state_count ? a.slots[k] + seg.state_offset : nullptr;
+  a.state.of_segment(seg.state_offset, slots);
   const Accum g = seg.grads[i];
   const float v = zero::detail::updated_value<Rule>(a.constants, seg.values[i], g, factor, state_ref{slots, i});
   const Value stored = a.rounding(v, a.first_id + seg.state_offset + i);
@@ -135,8 +166,8 @@ __device__ __forceinline__ double update_packed(const update_arguments<Rule, Val
   float state[register_slots][pack] = {};
 #pragma unroll
   for (std::size_t k = 0; k < register_slots; ++k)
-    if (k < a.state_count) {
-      const elements<float> s = load_pack(a.slots[k] + seg.state_offset + i);
+    if (k < a.state.count) {
+      const elements<float> s = load_pack(a.state.slots[k] + seg.state_offset + i);
 #pragma unroll
       for (int j = 0; j < pack; ++j) state[k][j] = s.v[j];
     }
@@ -157,11 +188,11 @@ __device__ __forceinline__ double update_packed(const update_arguments<Rule, Val
   store_pack(seg.values + i, values);
 #pragma unroll
   for (std::size_t k = 0; k < register_slots; ++k)
-    if (k < a.state_count) {
+    if (k < a.state.count) {
       elements<float> s;
 #pragma unroll
       for (int j = 0; j < pack; ++j) s.v[j] = state[k][j];
-      store_pack(a.slots[k] + seg.state_offset + i, s);
+      store_pack(a.state.slots[k] + seg.state_offset + i, s);
     }
   if (seg.out != nullptr) store_pack(seg.out + i, out);
   return squares;
@@ -387,22 +418,14 @@ class fused_update {
   //! @throws usage_error for more than 8 state slots or a null pointer in a non-empty segment
   fused_update(std::span<const segment> segments, float* state, std::size_t state_stride, std::size_t state_count,
                stream_ref on = {})
-      : state_count_(state_count), rank_(on.rank) {
-    if (state_count > max_state_slots)
-      throw usage_error("zero: fused_update supports at most " + std::to_string(max_state_slots) + " state slots, not " +
-                        std::to_string(state_count));
-    if (state_count > 0 && state == nullptr)
-      for (std::size_t s = 0; s < segments.size(); ++s)
-        if (segments[s].count != 0)
-          throw usage_error("zero: fused_update segment " + std::to_string(s) + " (" + std::to_string(segments[s].count) +
-                            " elements) has a null state pointer");
-    for (std::size_t k = 0; k < state_count; ++k) slots_[k] = state + k * state_stride;
+      : state_(detail::make_state_slots(segments, state, state_stride, state_count, "fused_update")), rank_(on.rank) {
     table_ = detail::segment_table<Value, Accum, Param>(
         segments,
         [&](const segment& seg) {
           bool vectorized = state_count <= detail::register_slots && detail::aligned16(seg.values) &&
                             detail::aligned16(seg.grads) && (seg.out == nullptr || detail::aligned16(seg.out));
-          for (std::size_t k = 0; k < state_count; ++k) vectorized = vectorized && detail::aligned16(slots_[k] + seg.state_offset);
+          for (std::size_t k = 0; k < state_count; ++k)
+            vectorized = vectorized && detail::aligned16(state_.slots[k] + seg.state_offset);
           return vectorized;
         },
         on, "fused_update");
@@ -428,8 +451,7 @@ class fused_update {
     a.segments = table_.data();
     a.segment_count = table_.count();
     a.chunk_count = table_.chunks();
-    for (std::size_t k = 0; k < max_state_slots; ++k) a.slots[k] = slots_[k];
-    a.state_count = static_cast<std::uint32_t>(state_count_);
+    a.state = state_;
     a.constants = constants;
     a.controls = controls;
     a.rounding = rounding;
@@ -462,8 +484,7 @@ class fused_update {
   std::size_t bytes() const noexcept { return table_.bytes(); }
 
  private:
-  float* slots_[max_state_slots] = {};
-  std::size_t state_count_ = 0;
+  detail::state_slots state_{};
   int rank_ = -1;
   detail::segment_table<Value, Accum, Param> table_;
 };

@@ -44,8 +44,7 @@ struct tensor_arguments {
   const device_segment<Value, Accum, Param>* segments;
   std::uint32_t segment_count;
   std::size_t chunk_count;
-  float* slots[max_state_slots];  // slot k of element e: slots[k][e]
-  std::uint32_t state_count;
+  state_slots state;
   typename Rule::constants constants;
   float factor;              // pass 1: multiplies every gradient
   double* chunk_sums;        // pass 1: two per chunk
@@ -53,13 +52,6 @@ struct tensor_arguments {
   zero::detail::value_rounding<Value> rounding;
   std::uint64_t first_id;
 };
-
-template <class Rule, class Value, class Accum, class Param>
-__device__ __forceinline__ void segment_slots(const tensor_arguments<Rule, Value, Accum, Param>& a,
-                                              const device_segment<Value, Accum, Param>& seg, float* (&slots)[max_state_slots]) {
-#pragma unroll
-  for (std::size_t k = 0; k < max_state_slots; ++k) slots[k] = k < a.state_count ? a.slots[k] + seg.state_offset : nullptr;
-}
 
 //! Pass 1: the state of every element, and per chunk the two block sums.
 template <class Rule, class Value, class Accum, class Param>
@@ -69,7 +61,7 @@ __global__ void __launch_bounds__(block_threads) tensor_first_pass_kernel(const 
   for (std::size_t chunk = blockIdx.x; chunk < a.chunk_count; chunk += gridDim.x) {
     const device_segment<Value, Accum, Param> seg = segment_of(a.segments, a.segment_count, chunk);
     float* slots[max_state_slots];
-    segment_slots(a, seg, slots);
+    a.state.of_segment(seg.state_offset, slots);
     std::size_t begin = 0, end = 0;
     chunk_range(seg, chunk, begin, end);
     zero::tensor_sums sums;
@@ -114,7 +106,7 @@ __global__ void __launch_bounds__(block_threads) tensor_second_pass_kernel(const
     const device_segment<Value, Accum, Param> seg = a.segments[index];
     const float trust = a.trust[index];
     float* slots[max_state_slots];
-    segment_slots(a, seg, slots);
+    a.state.of_segment(seg.state_offset, slots);
     std::size_t begin = 0, end = 0;
     chunk_range(seg, chunk, begin, end);
     for (std::size_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
@@ -145,17 +137,10 @@ class tensorwise_update {
   //! @throws usage_error for more than 8 state slots or a null pointer in a non-empty piece
   tensorwise_update(std::span<const piece> pieces, float* state, std::size_t state_stride, std::size_t state_count,
                     stream_ref on = {})
-      : pieces_(pieces.size()), state_count_(state_count), rank_(on.rank) {
+      : pieces_(pieces.size()),
+        state_(detail::make_state_slots(pieces, state, state_stride, state_count, "tensorwise_update")),
+        rank_(on.rank) {
     const int rank = on.rank;
-    if (state_count > max_state_slots)
-      throw usage_error("zero: tensorwise_update supports at most " + std::to_string(max_state_slots) + " state slots, not " +
-                        std::to_string(state_count));
-    if (state_count > 0 && state == nullptr)
-      for (std::size_t s = 0; s < pieces.size(); ++s)
-        if (pieces[s].count != 0)
-          throw usage_error("zero: tensorwise_update piece " + std::to_string(s) + " (" + std::to_string(pieces[s].count) +
-                            " elements) has a null state pointer");
-    for (std::size_t k = 0; k < state_count; ++k) slots_[k] = state + k * state_stride;
     table_ = detail::segment_table<Value, Accum, Param>(pieces, [](const piece&) { return false; }, on, "tensorwise_update");
     if (table_.count() != 0) {
       chunk_sums_ = device_buffer<double>(2 * table_.chunks(), rank);
@@ -220,15 +205,13 @@ class tensorwise_update {
     a.segments = table_.data();
     a.segment_count = table_.count();
     a.chunk_count = table_.chunks();
-    for (std::size_t k = 0; k < max_state_slots; ++k) a.slots[k] = slots_[k];
-    a.state_count = static_cast<std::uint32_t>(state_count_);
+    a.state = state_;
     a.constants = constants;
     return a;
   }
 
   std::size_t pieces_ = 0;
-  float* slots_[max_state_slots] = {};
-  std::size_t state_count_ = 0;
+  detail::state_slots state_{};
   int rank_ = -1;
   detail::segment_table<Value, Accum, Param> table_;
   device_buffer<double> chunk_sums_;
