@@ -72,6 +72,7 @@ concept backend = requires(B& b, float* to, const float* from, std::size_t n) {
   b.check_finite(n, from, n);
   { b.first_nonfinite() } -> std::convertible_to<std::size_t>;
   b.clear_nonfinite();
+  { b.bytes() } -> std::convertible_to<std::size_t>;
 };
 
 //! The CPU backend: buffers from a `std::pmr::memory_resource`, passes on worker threads.
@@ -232,6 +233,10 @@ class host_backend {
       }
     }
   }
+
+  //! Bytes of the engine's memory space the backend holds besides the engine's buffers: none
+  //! (its per-thread partial sums are ordinary heap, like the engine's bookkeeping).
+  std::size_t bytes() const noexcept { return 0; }
 
   //! Threads the passes use (the calling thread included).
   unsigned threads() const noexcept { return split_threads(); }

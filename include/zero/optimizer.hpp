@@ -414,6 +414,11 @@ class optimizer {
     reset_step();
   }
 
+  //! Bytes the engine's backend holds in the engine's memory space besides `memory()`: 0 on the
+  //! host; on a GPU the statistics words and the update's tables (a few KiB). `memory().total()
+  //! + backend_bytes()` is every byte the engine allocated there.
+  std::size_t backend_bytes() const noexcept { return backend_.bytes(); }
+
   //! Bytes this rank's engine allocated, by kind; equals `expected_memory` for the shipped
   //! partitioners.
   memory_report memory() const noexcept {

@@ -84,6 +84,7 @@ struct device_memory {
     (void)cudaFree(p);
   }
   static std::size_t allocations() { return zero::cuda::allocated().allocations; }
+  static std::size_t live_bytes() { return zero::cuda::allocated().live_bytes; }
   template <class F>
   static void with_rank(zero::thread_communicator& rendezvous, F&& f) {
     zero::cuda::check(cudaSetDevice(0), "cudaSetDevice");
@@ -102,12 +103,18 @@ using mirror::options_with;
 using mirror::train;
 using mirror::train_group;
 
-// The device run's own checks: no device allocation while stepping, memory as expected.
+// The device run's own checks: no device allocation while stepping, memory as expected, and
+// every device byte the group's engines allocated is in their reports (memory() plus the
+// backends' bytes), to the byte.
 void check_device_records(const std::vector<mirror::run_record>& records) {
+  std::size_t reported = 0;
   for (const auto& r : records) {
     CHECK_FALSE(r.allocated_while_stepping);
     CHECK(r.memory_as_expected);
+    CHECK(r.construction_bytes == records[0].construction_bytes);
+    reported += r.engine_bytes;
   }
+  CHECK(reported == records[0].construction_bytes);
 }
 
 // The host engine over thread ranks and the same engine over device thread ranks.

@@ -10,7 +10,8 @@
 // A Memory policy says where buffers live:
 //   stream_type                        what its copies are ordered on
 //   upload(host, s) / write(to, host, s) / download(from, n, s) / release(p)
-//   allocations()                      allocations so far (stepping must add none)
+//   allocations(), live_bytes()        allocations so far (stepping must add none) and the bytes
+//                                      they hold (process-wide)
 //   with_rank(rendezvous, f)           calls f(comm, stream) on one thread rank
 
 #include <algorithm>
@@ -52,6 +53,7 @@ struct host_memory {
     delete[] p;
   }
   static std::size_t allocations() { return 0; }
+  static std::size_t live_bytes() { return 0; }
   template <class F>
   static void with_rank(zero::thread_communicator& rendezvous, F&& f) {
     f(rendezvous, nullptr);
@@ -79,7 +81,9 @@ struct run_record {
   std::vector<std::vector<float>> params;  // the framework's parameters after the last step
   std::vector<zero::step_report> reports;  // one per step
   bool allocated_while_stepping = false;
-  bool memory_as_expected = false;  // memory() == expected_memory
+  bool memory_as_expected = false;     // memory() == expected_memory
+  std::size_t engine_bytes = 0;        // memory().total() + backend_bytes()
+  std::size_t construction_bytes = 0;  // live bytes the group's engines added while they were built
 };
 
 // One rank's training. The layout, clipping, rounding and a fixed loss scale come from `o`
@@ -105,8 +109,14 @@ run_record train(Comm& comm, typename Memory::stream_type stream, const harness:
   if (o.slots) throw zero::usage_error("mirror::train reports spans; gradient slots are the harness's alone");
   harness::apply(o, options);
   run_record result;
+  comm.barrier();  // every rank's buffers are uploaded: the group's engines alone allocate until the next barrier
+  const std::size_t before = Memory::live_bytes();
+  comm.barrier();
   {
     Engine opt(comm, registered, options);
+    comm.barrier();
+    result.construction_bytes = Memory::live_bytes() - before;
+    result.engine_bytes = opt.memory().total() + opt.backend_bytes();
     if (!plan.load_from.empty()) zero::load_checkpoint(opt, plan.load_from);
     comm.barrier();  // every rank's engine is built: a process-wide count stays put from here
     const std::size_t allocations = Memory::allocations();
