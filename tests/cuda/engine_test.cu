@@ -154,34 +154,18 @@ void check_against_host(const harness::run_options& o, const typename Engines::h
 
 template <class Engines>
 void check_adamw_sweep() {
-  for (int world : {1, 2, 3}) {
-    for (std::size_t bucket : {std::size_t{37}, std::size_t{1} << 20}) {
-      for (std::size_t staging : {std::size_t{1}, std::size_t{2}}) {
-        CAPTURE(world);
-        CAPTURE(bucket);
-        CAPTURE(staging);
-        harness::run_options o;
-        o.world = world;
-        o.steps = 10;
-        o.bucket_elements = bucket;
-        o.alignment = 8;
-        o.staging_buffers = staging;
-        check_against_host<Engines>(o, harness::adamw_hyperparameters());
-      }
-    }
+  for (const auto& o : mirror::adamw_runs()) {
+    CAPTURE(o.world);
+    CAPTURE(o.bucket_elements);
+    CAPTURE(o.staging_buffers);
+    check_against_host<Engines>(o, harness::adamw_hyperparameters());
   }
 }
 
 template <class Rule, zero::stage S, class Precision>
 void check_rule(double loss_scale) {
-  for (int world : {1, 2, 3}) {
-    CAPTURE(world);
-    harness::run_options o;
-    o.world = world;
-    o.bucket_elements = 61;
-    o.alignment = 4;
-    o.loss_scale = loss_scale;
-    o.skip_some = true;
+  for (const auto& o : mirror::rule_runs(loss_scale)) {
+    CAPTURE(o.world);
     check_against_host<engines<S, Precision, Rule, zero::bucketed_partitioner>>(o, harness::rule_hyperparameters<Rule>());
   }
 }

@@ -213,6 +213,40 @@ std::vector<run_record> train_resumed(const harness::run_options& o, int split, 
   return train_group<Second, SecondMemory>(o, second, load);
 }
 
+// The AdamW layouts the device test sweeps and its host check runs: 1 to 3 ranks, buckets of a
+// prime and larger than the model, blocking and pipelined, 10 steps.
+inline std::vector<harness::run_options> adamw_runs() {
+  std::vector<harness::run_options> runs;
+  for (int world : {1, 2, 3})
+    for (std::size_t bucket : {std::size_t{37}, std::size_t{1} << 20})
+      for (std::size_t staging : {std::size_t{1}, std::size_t{2}}) {
+        harness::run_options o;
+        o.world = world;
+        o.steps = 10;
+        o.bucket_elements = bucket;
+        o.alignment = 8;
+        o.staging_buffers = staging;
+        runs.push_back(o);
+      }
+  return runs;
+}
+
+// The runs of every rule, for the device test and its host check: 1 to 3 ranks, buckets of 61,
+// some gradients unreported, the gradients carrying `loss_scale` (fp16: fixed; 0: none).
+inline std::vector<harness::run_options> rule_runs(double loss_scale) {
+  std::vector<harness::run_options> runs;
+  for (int world : {1, 2, 3}) {
+    harness::run_options o;
+    o.world = world;
+    o.bucket_elements = 61;
+    o.alignment = 4;
+    o.loss_scale = loss_scale;
+    o.skip_some = true;
+    runs.push_back(o);
+  }
+  return runs;
+}
+
 // The accumulation configurations both the device test and its host check run: 3 ranks, 3
 // micro-steps, some gradients unreported, reduced every micro-step or once, with and without a
 // shared weight reported twice.

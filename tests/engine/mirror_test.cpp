@@ -27,38 +27,31 @@ using engine = zero::optimizer<S, Precision, Rule, Partitioner>;
 
 template <class Rule>
 void check_rule() {
-  harness::run_options o;
-  o.world = 3;
-  o.bucket_elements = 61;
-  o.alignment = 4;
-  o.skip_some = true;
   const auto h = harness::rule_hyperparameters<Rule>();
-  check_mirror<engine<zero::stage0, zero::fp32_precision, Rule, zero::bucketed_partitioner>>(o, h);
-  check_mirror<engine<zero::stage2, zero::bf16_mixed, Rule, zero::bucketed_partitioner>>(o, h);
-  o.loss_scale = 1024;
-  check_mirror<engine<zero::stage2, zero::fp16_mixed, Rule, zero::bucketed_partitioner>>(o, h);
+  for (const auto& o : mirror::rule_runs(0)) {
+    CAPTURE(o.world);
+    check_mirror<engine<zero::stage0, zero::fp32_precision, Rule, zero::bucketed_partitioner>>(o, h);
+    check_mirror<engine<zero::stage2, zero::bf16_mixed, Rule, zero::bucketed_partitioner>>(o, h);
+  }
+  for (const auto& o : mirror::rule_runs(1024)) {
+    CAPTURE(o.world);
+    check_mirror<engine<zero::stage2, zero::fp16_mixed, Rule, zero::bucketed_partitioner>>(o, h);
+  }
 }
 
 }  // namespace
 
 TEST_SUITE("equivalence") {
   TEST_CASE("the device tests' runner on host memory equals the harness bitwise / AdamW layouts") {
-    for (int world : {1, 2, 3}) {
-      for (std::size_t staging : {std::size_t{1}, std::size_t{2}}) {
-        CAPTURE(world);
-        CAPTURE(staging);
-        harness::run_options o;
-        o.world = world;
-        o.steps = 10;
-        o.bucket_elements = 37;
-        o.alignment = 8;
-        o.staging_buffers = staging;
-        const auto h = harness::adamw_hyperparameters();
-        check_mirror<engine<zero::stage0, zero::fp32_precision>>(o, h);
-        check_mirror<engine<zero::stage1, zero::fp32_precision>>(o, h);
-        check_mirror<engine<zero::stage2, zero::fp32_precision, zero::adamw, zero::bucketed_partitioner>>(o, h);
-        check_mirror<engine<zero::stage2, zero::bf16_mixed>>(o, h);
-      }
+    for (const auto& o : mirror::adamw_runs()) {
+      CAPTURE(o.world);
+      CAPTURE(o.bucket_elements);
+      CAPTURE(o.staging_buffers);
+      const auto h = harness::adamw_hyperparameters();
+      check_mirror<engine<zero::stage0, zero::fp32_precision>>(o, h);
+      check_mirror<engine<zero::stage1, zero::fp32_precision>>(o, h);
+      check_mirror<engine<zero::stage2, zero::fp32_precision, zero::adamw, zero::bucketed_partitioner>>(o, h);
+      check_mirror<engine<zero::stage2, zero::bf16_mixed>>(o, h);
     }
   }
 
