@@ -7,7 +7,7 @@
 //! Every communicator counts the bytes it moves per kind of collective, per rank, as the
 //! payload the collective carries on this rank: a reduce-scatter counts its whole input, an
 //! all-gather its whole output, an all-reduce twice its buffer (a reduce-scatter followed by an
-//! all-gather), a broadcast its buffer. With these counts one ZeRO stage-2 step (reduce-scatter
+//! all-gather), a broadcast its buffer, a reduce (to one root) its input. With these counts one ZeRO stage-2 step (reduce-scatter
 //! of the gradients, all-gather of the parameters) moves what one plain data-parallel
 //! all-reduce moves, as in the ZeRO paper. Multiply by (n-1)/n for nccl-tests' bus bytes.
 
@@ -31,11 +31,11 @@ enum class reduce_op : std::uint8_t {
 };
 
 //! The kinds of collective a communicator counts.
-enum class collective : std::uint8_t { reduce_scatter, all_gather, all_reduce, broadcast, barrier };
-inline constexpr std::size_t collective_kinds = 5;
+enum class collective : std::uint8_t { reduce_scatter, all_gather, all_reduce, broadcast, barrier, reduce };
+inline constexpr std::size_t collective_kinds = 6;
 
 constexpr std::string_view to_string(collective c) noexcept {
-  constexpr std::string_view names[] = {"reduce_scatter", "all_gather", "all_reduce", "broadcast", "barrier"};
+  constexpr std::string_view names[] = {"reduce_scatter", "all_gather", "all_reduce", "broadcast", "barrier", "reduce"};
   return names[static_cast<std::size_t>(c)];
 }
 
@@ -155,6 +155,40 @@ concept nonblocking_communicator =
                             decltype(c.iall_reduce(s, r, n, reduce_op::sum))>;
     };
 
+template <class C, class T>
+concept reduces_to_root = requires(C& c, const T* send, T* recv, std::size_t n, reduce_op op, int root) {
+  c.reduce(send, recv, n, op, root);  // send: n elements on every rank; recv: n, written on `root` only
+};
+
+//! A Communicator with a rooted reduce: `reduce(send, recv, count, op, root)` leaves in `recv` on
+//! rank `root` the reduction over all ranks of their `count` elements of `send` (a sum in rank
+//! order, as every reduction), and writes nothing on the other ranks (their `recv` may be null);
+//! `send == recv` is allowed. The engine reduces a unit that one rank owns whole (the contiguous
+//! partitioner's buckets, DeepSpeed's reduce to the owning rank) with it; a communicator without
+//! it has such a unit all-reduced instead, which moves twice the bytes.
+template <class C>
+concept rooted_communicator = communicator<C> && reduces_to_root<C, float> && reduces_to_root<C, bf16> &&
+                              reduces_to_root<C, fp16> && reduces_to_root<C, double>;
+
+template <class C, class T>
+concept starts_rooted_collectives = requires(C& c, const T* send, T* recv, T* data, std::size_t n, reduce_op op, int root) {
+  { c.ireduce(send, recv, n, op, root) } -> collective_request;
+  { c.ibroadcast(data, n, root) } -> collective_request;
+};
+
+//! A non-blocking communicator whose rooted collectives have non-blocking forms too (`ireduce`,
+//! `ibroadcast`), returning the request type of its other `i...` forms; the engine then pipelines
+//! owner units as it pipelines the others.
+template <class C>
+concept nonblocking_rooted_communicator =
+    nonblocking_communicator<C> && rooted_communicator<C> && starts_rooted_collectives<C, float> &&
+    starts_rooted_collectives<C, bf16> && starts_rooted_collectives<C, fp16> && starts_rooted_collectives<C, double> &&
+    requires(C& c, const float* s, float* r, const bf16* sb, bf16* rb, std::size_t n) {
+      requires std::same_as<decltype(c.ireduce(s, r, n, reduce_op::sum, 0)), decltype(c.ireduce_scatter(s, r, n, reduce_op::sum))>;
+      requires std::same_as<decltype(c.ibroadcast(rb, n, 0)), decltype(c.ireduce_scatter(s, r, n, reduce_op::sum))>;
+      requires std::same_as<decltype(c.ireduce(sb, rb, n, reduce_op::sum, 0)), decltype(c.ireduce_scatter(s, r, n, reduce_op::sum))>;
+    };
+
 //! The communicator of a group of one: collectives copy, nothing is sent anywhere.
 class single_rank_communicator {
  public:
@@ -182,6 +216,12 @@ class single_rank_communicator {
     if (root != 0) throw usage_error("zero: broadcast root " + std::to_string(root) + " outside a group of 1 rank");
     traffic_.add(collective::broadcast, count * sizeof(T));
   }
+  template <reducible T>
+  void reduce(const T* send, T* recv, std::size_t count, reduce_op, int root) {
+    if (root != 0) throw usage_error("zero: reduce root " + std::to_string(root) + " outside a group of 1 rank");
+    copy(send, recv, count);
+    traffic_.add(collective::reduce, count * sizeof(T));
+  }
   void barrier() noexcept { traffic_.add(collective::barrier, 0); }
 
  private:
@@ -193,5 +233,6 @@ class single_rank_communicator {
 };
 
 static_assert(communicator<single_rank_communicator>);
+static_assert(rooted_communicator<single_rank_communicator>);
 
 }  // namespace zero
