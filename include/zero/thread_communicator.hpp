@@ -11,8 +11,12 @@
 //! that call different collectives (kind, count, element type, operation, root) all throw the
 //! same `mismatch_error` naming the rank that diverges, before any memory is touched.
 //!
-//! Non-blocking forms (`ireduce_scatter`, `iall_gather`, `iall_reduce`) queue the collective
-//! and return a `thread_request`; the collective runs when that request (or a later one) is
+//! A rooted `reduce` leaves the rank-ordered reduction in the root's `recv` only: each rank
+//! reduces one chunk of it from every rank's input (as the first phase of an all-reduce), so
+//! its bits are those of `reduce_scatter` and `all_reduce`, and no other rank's memory is written.
+//!
+//! Non-blocking forms (`ireduce_scatter`, `iall_gather`, `iall_reduce`, `ireduce`,
+//! `ibroadcast`) queue the collective and return a `thread_request`; the collective runs when that request (or a later one) is
 //! waited, or when a blocking collective is called. Collectives run in the order they were
 //! started, so ranks that start them in the same order stay in step. Thread ranks make no
 //! progress in the background: these forms let an engine's pipelined path run (and be tested)
@@ -190,8 +194,9 @@ class thread_request {
   std::uint64_t ticket_ = 0;
 };
 
-//! One rank's endpoint of a `thread_group`. Satisfies `zero::communicator` and
-//! `zero::nonblocking_communicator`.
+//! One rank's endpoint of a `thread_group`. Satisfies `zero::communicator`,
+//! `zero::nonblocking_communicator`, `zero::rooted_communicator` and
+//! `zero::nonblocking_rooted_communicator`.
 class thread_communicator {
  public:
   thread_communicator(thread_group& group, int rank) : group_(&group), rank_(rank) {
@@ -230,12 +235,19 @@ class thread_communicator {
   //! data on every rank = data on `root`.
   template <class T>
   void broadcast(T* data, std::size_t count, int root) {
-    if (root < 0 || root >= world_size())
-      throw usage_error("zero: broadcast root " + std::to_string(root) + " outside a group of " + std::to_string(world_size()));
+    check_root(collective::broadcast, root);
     run_queued(queue_end_);
-    const auto d = begin<T>(collective::broadcast, data, data, count, reduce_op::sum, root);
-    if (rank_ != root && count != 0) std::memcpy(data, recv_of<T>(root), count * sizeof(T));
-    end(d, collective::broadcast, count * sizeof(T));
+    run_broadcast(data, count, root);
+  }
+
+  //! On rank `root`: recv[i] = op over ranks of send_r[i]; nothing is written on the other ranks
+  //! (their `recv` may be null). In place: send == recv.
+  //! @throws usage_error if root is outside [0, world_size), before anything runs
+  template <reducible T>
+  void reduce(const T* send, T* recv, std::size_t count, reduce_op op, int root) {
+    check_root(collective::reduce, root);
+    run_queued(queue_end_);
+    run_reduce(send, recv, count, op, root);
   }
 
   void barrier() {
@@ -250,20 +262,36 @@ class thread_communicator {
   //! @pre the buffers stay valid and `send` unchanged until then
   template <reducible T>
   [[nodiscard]] thread_request ireduce_scatter(const T* send, T* recv, std::size_t count, reduce_op op = reduce_op::sum) {
-    return enqueue({send, recv, count, op, [](thread_communicator& c, const queued& q) {
+    return enqueue({send, recv, count, op, 0, [](thread_communicator& c, const queued& q) {
                       c.run_reduce_scatter(static_cast<const T*>(q.send), static_cast<T*>(q.recv), q.count, q.op);
                     }});
   }
   template <class T>
   [[nodiscard]] thread_request iall_gather(const T* send, T* recv, std::size_t count) {
-    return enqueue({send, recv, count, reduce_op::sum, [](thread_communicator& c, const queued& q) {
+    return enqueue({send, recv, count, reduce_op::sum, 0, [](thread_communicator& c, const queued& q) {
                       c.run_all_gather(static_cast<const T*>(q.send), static_cast<T*>(q.recv), q.count);
                     }});
   }
   template <reducible T>
   [[nodiscard]] thread_request iall_reduce(const T* send, T* recv, std::size_t count, reduce_op op = reduce_op::sum) {
-    return enqueue({send, recv, count, op, [](thread_communicator& c, const queued& q) {
+    return enqueue({send, recv, count, op, 0, [](thread_communicator& c, const queued& q) {
                       c.run_all_reduce(static_cast<const T*>(q.send), static_cast<T*>(q.recv), q.count, q.op);
+                    }});
+  }
+  //! As `reduce`; a root outside the group throws usage_error here, at the call.
+  template <reducible T>
+  [[nodiscard]] thread_request ireduce(const T* send, T* recv, std::size_t count, reduce_op op, int root) {
+    check_root(collective::reduce, root);
+    return enqueue({send, recv, count, op, root, [](thread_communicator& c, const queued& q) {
+                      c.run_reduce(static_cast<const T*>(q.send), static_cast<T*>(q.recv), q.count, q.op, q.root);
+                    }});
+  }
+  //! As `broadcast`; a root outside the group throws usage_error here, at the call.
+  template <class T>
+  [[nodiscard]] thread_request ibroadcast(T* data, std::size_t count, int root) {
+    check_root(collective::broadcast, root);
+    return enqueue({data, data, count, reduce_op::sum, root, [](thread_communicator& c, const queued& q) {
+                      c.run_broadcast(static_cast<T*>(q.recv), q.count, q.root);
                     }});
   }
   //! Thread ranks advance nothing in the background: a no-op.
@@ -281,6 +309,7 @@ class thread_communicator {
     void* recv;
     std::size_t count;
     reduce_op op;
+    int root;
     void (*run)(thread_communicator&, const queued&);
   };
   static constexpr std::size_t queue_capacity = 16;  // more in flight: the oldest runs first
@@ -321,6 +350,30 @@ class thread_communicator {
       if (e > b) std::memcpy(recv + b, recv_of<T>(r) + b, (e - b) * sizeof(T));
     }
     end(d, collective::all_reduce, 2 * count * sizeof(T));
+  }
+
+  template <class T>
+  void run_broadcast(T* data, std::size_t count, int root) {
+    const auto d = begin<T>(collective::broadcast, data, data, count, reduce_op::sum, root);
+    if (rank_ != root && count != 0) std::memcpy(data, recv_of<T>(root), count * sizeof(T));
+    end(d, collective::broadcast, count * sizeof(T));
+  }
+
+  template <reducible T>
+  void run_reduce(const T* send, T* recv, std::size_t count, reduce_op op, int root) {
+    const auto d = begin<T>(collective::reduce, send, recv, count, op, root);
+    // every rank reduces its chunk straight into the root's recv (the chunks are disjoint, and an
+    // in-place root's input element is read before the same element is written)
+    const auto mine = chunk(count, rank_);
+    const std::size_t lo = mine.first, hi = mine.second;
+    if (hi > lo) detail::reduce_ranks(recv_of<T>(root) + lo, hi - lo, world_size(), [&](int r) { return send_of<T>(r) + lo; }, op);
+    end(d, collective::reduce, count * sizeof(T));
+  }
+
+  void check_root(collective kind, int root) const {
+    if (root < 0 || root >= world_size())
+      throw usage_error("zero: " + std::string(to_string(kind)) + " root " + std::to_string(root) + " on rank " +
+                        std::to_string(rank_) + " outside a group of " + std::to_string(world_size()));
   }
 
   thread_request enqueue(const queued& q) {
@@ -375,8 +428,8 @@ class thread_communicator {
 
   static std::string describe(const thread_group::slot& s) {
     std::string d = std::string(to_string(s.kind)) + "<" + std::string(s.type) + ">(count " + std::to_string(s.count);
-    if (s.kind == collective::broadcast) d += ", root " + std::to_string(s.root);
-    if (s.kind == collective::reduce_scatter || s.kind == collective::all_reduce)
+    if (s.kind == collective::broadcast || s.kind == collective::reduce) d += ", root " + std::to_string(s.root);
+    if (s.kind == collective::reduce_scatter || s.kind == collective::all_reduce || s.kind == collective::reduce)
       d += s.op == reduce_op::sum ? ", sum" : ", max";
     return d + ")";
   }
@@ -420,6 +473,8 @@ class thread_communicator {
 
 static_assert(communicator<thread_communicator>);
 static_assert(nonblocking_communicator<thread_communicator>);
+static_assert(rooted_communicator<thread_communicator>);
+static_assert(nonblocking_rooted_communicator<thread_communicator>);
 
 inline void thread_request::wait() {
   if (comm_ != nullptr) comm_->run_queued(ticket_);

@@ -1,7 +1,9 @@
 // Communicators: single_rank_communicator and thread_communicator. Collectives are checked
 // bitwise against plain references (sums in rank order 0..n-1, 16-bit floats summed in float and
 // rounded once), in-place forms, count 0, traffic counters, reproducibility under random thread
-// timing, and the failure modes (timeouts, mismatches, ranks that leave, usage errors).
+// timing, and the failure modes (timeouts, mismatches, ranks that leave, usage errors). The
+// rooted reduce is checked against the root's slice of a reduce_scatter of the same data, and
+// its non-blocking form (with ibroadcast) against the blocking bits.
 
 #include <doctest/doctest.h>
 
@@ -423,10 +425,228 @@ std::string mismatch_message(int n, F&& body) {
   return results[0].message;
 }
 
+//! One rank's results of rooted reduces to every root, and what the same data gives through
+//! reduce_scatter and all_reduce on the same group.
+template <class T>
+struct reduce_outputs {
+  std::vector<std::vector<T>> sum, sum_inplace, max;  // per root; written on the root only
+  std::vector<T> rs, ar, ar_max;  // this rank's reduce_scatter slice of the all-reduce inputs repeated n times; all_reduce sum and max
+  T zero_count = T{};             // recv of a reduce with count 0
+  zero::traffic_counters delta;   // what the reduces counted
+};
+
+template <class T>
+T reduce_sentinel() {
+  return make_value<T>(hash(97, 0, 0));
+}
+
+//! Reduces to every root on n thread ranks: sum, sum in place, max (NaN on one rank per
+//! element). Odd ranks that are not the root pass a null recv; the others a buffer of sentinels.
+template <class T>
+std::vector<reduce_outputs<T>> run_thread_reduce(const inputs<T>& in) {
+  const int n = in.n;
+  const std::size_t un = static_cast<std::size_t>(n);
+  std::vector<reduce_outputs<T>> out(un);
+  zero::thread_group g(n, {20s});
+  g.run([&](zero::thread_communicator& c) {
+    const int r = c.rank();
+    const std::size_t ur = static_cast<std::size_t>(r);
+    auto& o = out[ur];
+    std::vector<T> repeated;
+    for (int q = 0; q < n; ++q) repeated.insert(repeated.end(), in.ar[ur].begin(), in.ar[ur].end());
+    o.rs.assign(count, T{});
+    o.ar.assign(count, T{});
+    o.ar_max.assign(count, T{});
+    c.reduce_scatter(repeated.data(), o.rs.data(), count, reduce_op::sum);
+    c.all_reduce(in.ar[ur].data(), o.ar.data(), count, reduce_op::sum);
+    c.all_reduce(in.ar_max[ur].data(), o.ar_max.data(), count, reduce_op::max);
+    const auto before = c.traffic();
+    o.sum.assign(un, std::vector<T>(count, reduce_sentinel<T>()));
+    o.max.assign(un, std::vector<T>(count, reduce_sentinel<T>()));
+    o.sum_inplace.assign(un, in.ar[ur]);
+    for (int root = 0; root < n; ++root) {
+      const std::size_t uq = static_cast<std::size_t>(root);
+      const bool null_recv = r != root && r % 2 == 1;
+      c.reduce(in.ar[ur].data(), null_recv ? static_cast<T*>(nullptr) : o.sum[uq].data(), count, reduce_op::sum, root);
+      c.reduce(o.sum_inplace[uq].data(), o.sum_inplace[uq].data(), count, reduce_op::sum, root);
+      c.reduce(in.ar_max[ur].data(), null_recv ? static_cast<T*>(nullptr) : o.max[uq].data(), count, reduce_op::max, root);
+    }
+    o.zero_count = reduce_sentinel<T>();
+    c.reduce(in.ar[ur].data(), &o.zero_count, 0, reduce_op::sum, n - 1);
+    o.delta = c.traffic() - before;
+  });
+  return out;
+}
+
+//! "" or the first result that is not the rank-order reduction on the root (bitwise the root's
+//! reduce_scatter slice and all_reduce result), or that was written on another rank.
+template <class T>
+std::string check_reduce_outputs(const inputs<T>& in, const std::vector<reduce_outputs<T>>& out) {
+  const int n = in.n;
+  const std::size_t un = static_cast<std::size_t>(n);
+  for (int r = 0; r < n; ++r) {
+    const std::size_t ur = static_cast<std::size_t>(r);
+    const auto& o = out[ur];
+    for (int root = 0; root < n; ++root) {
+      const std::size_t uq = static_cast<std::size_t>(root);
+      const std::string at = " on rank " + std::to_string(r) + " with root " + std::to_string(root) + " element ";
+      for (std::size_t i = 0; i < count; ++i) {
+        const std::string where = at + std::to_string(i);
+        if (r == root) {
+          const T sum = reference(in.ar, i, reduce_op::sum), max = reference(in.ar_max, i, reduce_op::max);
+          if (!same_bits(o.sum[uq][i], sum)) return "reduce sum" + where;
+          if (!same_bits(o.sum[uq][i], o.rs[i]) || !same_bits(o.sum[uq][i], o.ar[i])) return "reduce sum differs from reduce_scatter" + where;
+          if (!same_bits(o.sum_inplace[uq][i], sum)) return "in-place reduce" + where;
+          if (!same_value(o.max[uq][i], max)) return "reduce max" + where;
+          if (!same_bits(o.max[uq][i], o.ar_max[i])) return "reduce max differs from all_reduce" + where;
+        } else {
+          if (!same_bits(o.sum[uq][i], reduce_sentinel<T>())) return "reduce sum wrote" + where;
+          if (!same_bits(o.sum_inplace[uq][i], in.ar[ur][i])) return "in-place reduce wrote" + where;
+          if (!same_bits(o.max[uq][i], reduce_sentinel<T>())) return "reduce max wrote" + where;
+        }
+      }
+    }
+    if (!same_bits(o.zero_count, reduce_sentinel<T>())) return "a reduce with count 0 wrote memory on rank " + std::to_string(r);
+    const std::uint64_t bytes = 3 * un * count * sizeof(T);
+    if (o.delta.bytes_of(collective::reduce) != bytes || o.delta.calls_of(collective::reduce) != 3 * un + 1 ||
+        o.delta.total_bytes() != bytes)
+      return "rank " + std::to_string(r) + " counted " + std::to_string(o.delta.bytes_of(collective::reduce)) + " bytes in " +
+             std::to_string(o.delta.calls_of(collective::reduce)) + " reduces (" + std::to_string(o.delta.total_bytes()) +
+             " bytes in all), expected " + std::to_string(bytes) + " in " + std::to_string(3 * un + 1);
+  }
+  return "";
+}
+
+template <class T>
+void check_thread_reduce() {
+  for (int n : {1, 2, 3, 4, 5}) {
+    CAPTURE(n);
+    CAPTURE(zero::type_name<T>());
+    const inputs<T> in(n);
+    const auto out = run_thread_reduce<T>(in);
+    CHECK(check_reduce_outputs<T>(in, out) == "");
+    if constexpr (is_float_like<T>) CHECK(is_nan(out[0].max[0][0]));  // NaN on rank 0 alone propagates
+  }
+}
+
+//! One rank's results of a mix of collectives with rooted ones among them.
+template <class T>
+struct mixed_outputs {
+  std::vector<T> rs, red, ag, bc, ar, red_inplace, red_max, bc_last;
+  zero::traffic_counters traffic;
+  std::uint64_t sequence = 0;
+  std::string trouble;  // "" unless a request misbehaved
+};
+
+//! reduce_scatter, reduce, all_gather, broadcast, all_reduce (blocking in the non-blocking run,
+//! which runs what is queued before it), reduce in place, reduce max and broadcast, blocking or
+//! started as requests and waited in reverse order.
+template <class T>
+void mixed_body(zero::thread_communicator& c, const inputs<T>& in, mixed_outputs<T>& o, bool nonblocking) {
+  const int r = c.rank(), n = c.world_size();
+  const std::size_t ur = static_cast<std::size_t>(r), un = static_cast<std::size_t>(n);
+  const int root_a = n - 1, root_b = n / 2;
+  o.rs.assign(count, T{});
+  o.red.assign(count, reduce_sentinel<T>());
+  o.ag.assign(count * un, T{});
+  o.bc = in.bc[ur];
+  o.ar.assign(count, T{});
+  o.red_inplace = in.ar[ur];
+  o.red_max.assign(count, reduce_sentinel<T>());
+  o.bc_last = in.ag[ur];
+  T* max_recv = r == root_a ? o.red_max.data() : nullptr;
+  if (!nonblocking) {
+    c.reduce_scatter(in.rs[ur].data(), o.rs.data(), count, reduce_op::sum);
+    c.reduce(in.ar[ur].data(), o.red.data(), count, reduce_op::sum, root_a);
+    c.all_gather(in.ag[ur].data(), o.ag.data(), count);
+    c.broadcast(o.bc.data(), count, root_b);
+    c.all_reduce(in.ar[ur].data(), o.ar.data(), count, reduce_op::sum);
+    c.reduce(o.red_inplace.data(), o.red_inplace.data(), count, reduce_op::sum, root_b);
+    c.reduce(in.ar_max[ur].data(), max_recv, count, reduce_op::max, root_a);
+    c.broadcast(o.bc_last.data(), count, root_a);
+  } else {
+    std::vector<zero::thread_request> q;
+    q.push_back(c.ireduce_scatter(in.rs[ur].data(), o.rs.data(), count, reduce_op::sum));
+    q.push_back(c.ireduce(in.ar[ur].data(), o.red.data(), count, reduce_op::sum, root_a));
+    q.push_back(c.iall_gather(in.ag[ur].data(), o.ag.data(), count));
+    q.push_back(c.ibroadcast(o.bc.data(), count, root_b));
+    if (c.queued_count() != 4) o.trouble = "4 started, " + std::to_string(c.queued_count()) + " queued";
+    c.all_reduce(in.ar[ur].data(), o.ar.data(), count, reduce_op::sum);
+    for (const auto& x : q)
+      if (!x.done()) o.trouble = "a request started before a blocking collective has not run";
+    q.push_back(c.ireduce(o.red_inplace.data(), o.red_inplace.data(), count, reduce_op::sum, root_b));
+    q.push_back(c.ireduce(in.ar_max[ur].data(), max_recv, count, reduce_op::max, root_a));
+    q.push_back(c.ibroadcast(o.bc_last.data(), count, root_a));
+    if (q.back().done() || c.queued_count() != 3) o.trouble = "requests ran before they were waited";
+    for (auto it = q.rbegin(); it != q.rend(); ++it) it->wait();
+    if (c.queued_count() != 0) o.trouble = "requests left after waiting";
+  }
+  o.traffic = c.traffic();
+  o.sequence = c.sequence();
+}
+
+template <class T>
+std::vector<mixed_outputs<T>> run_mixed(const inputs<T>& in, bool nonblocking) {
+  std::vector<mixed_outputs<T>> out(static_cast<std::size_t>(in.n));
+  zero::thread_group g(in.n, {20s});
+  g.run([&](zero::thread_communicator& c) { mixed_body<T>(c, in, out[static_cast<std::size_t>(c.rank())], nonblocking); });
+  return out;
+}
+
+template <class T>
+bool same_vector(const std::vector<T>& a, const std::vector<T>& b) {
+  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
+}
+
+template <class T>
+void check_mixed_requests() {
+  for (int n : {1, 2, 3, 4, 5}) {
+    CAPTURE(n);
+    CAPTURE(zero::type_name<T>());
+    const inputs<T> in(n);
+    const auto blocking = run_mixed<T>(in, false);
+    const auto started = run_mixed<T>(in, true);
+    const int root_a = n - 1, root_b = n / 2;
+    for (int r = 0; r < n; ++r) {
+      CAPTURE(r);
+      const std::size_t ur = static_cast<std::size_t>(r);
+      const auto &b = blocking[ur], &s = started[ur];
+      CHECK(s.trouble == "");
+      CHECK(same_vector(s.rs, b.rs));
+      CHECK(same_vector(s.red, b.red));
+      CHECK(same_vector(s.ag, b.ag));
+      CHECK(same_vector(s.bc, b.bc));
+      CHECK(same_vector(s.ar, b.ar));
+      CHECK(same_vector(s.red_inplace, b.red_inplace));
+      CHECK(same_vector(s.red_max, b.red_max));
+      CHECK(same_vector(s.bc_last, b.bc_last));
+      CHECK(s.traffic.bytes == b.traffic.bytes);
+      CHECK(s.traffic.calls == b.traffic.calls);
+      CHECK(s.sequence == 8u);
+      CHECK(s.traffic.calls_of(collective::reduce) == 3u);
+      CHECK(s.traffic.bytes_of(collective::reduce) == 3u * count * sizeof(T));
+      CHECK(s.traffic.calls_of(collective::broadcast) == 2u);
+      // and the blocking results are right: the reductions on their roots, sentinels elsewhere
+      std::size_t wrong = 0;
+      for (std::size_t i = 0; i < count; ++i) {
+        wrong += !same_bits(b.red[i], r == root_a ? reference(in.ar, i, reduce_op::sum) : reduce_sentinel<T>());
+        wrong += !same_bits(b.red_inplace[i], r == root_b ? reference(in.ar, i, reduce_op::sum) : in.ar[ur][i]);
+        wrong += !same_value(b.red_max[i], r == root_a ? reference(in.ar_max, i, reduce_op::max) : reduce_sentinel<T>());
+        wrong += !same_bits(b.bc[i], in.bc[static_cast<std::size_t>(root_b)][i]);
+        wrong += !same_bits(b.bc_last[i], in.ag[static_cast<std::size_t>(root_a)][i]);
+        wrong += !same_bits(b.rs[i], reference(in.rs, ur * count + i, reduce_op::sum));
+      }
+      CHECK(wrong == 0);
+    }
+  }
+}
+
 }  // namespace
 
 static_assert(zero::communicator<zero::single_rank_communicator>);
 static_assert(zero::communicator<zero::thread_communicator>);
+static_assert(zero::rooted_communicator<zero::single_rank_communicator>);
+static_assert(zero::nonblocking_rooted_communicator<zero::thread_communicator>);
 static_assert(zero::reducible<std::int32_t> && zero::reducible<bf16> && !zero::reducible<char>);
 
 TEST_SUITE("unit") {
@@ -509,7 +729,7 @@ TEST_CASE("thread_communicator: max propagates NaN from any rank and handles inf
 
 TEST_CASE("thread_communicator: traffic counters follow the documented byte rule") {
   // explicit numbers, for world 4 and fp32 (the rule: reduce_scatter count*world*size,
-  // all_gather count*world*size, all_reduce 2*count*size, broadcast count*size)
+  // all_gather count*world*size, all_reduce 2*count*size, broadcast count*size, reduce count*size)
   std::vector<zero::traffic_counters> t(4), before(4);
   zero::thread_group g(4, {20s});
   g.run([&](zero::thread_communicator& c) {
@@ -521,6 +741,7 @@ TEST_CASE("thread_communicator: traffic counters follow the documented byte rule
     c.all_gather(a.data(), b.data(), 10);
     c.all_reduce(a.data(), b.data(), 40);
     c.broadcast(a.data(), 5, 3);
+    c.reduce(a.data(), c.rank() == 1 ? b.data() : nullptr, 6, reduce_op::sum, 1);
     c.barrier();
     std::vector<std::uint64_t> u(8, 1), v(32);
     c.all_gather(u.data(), v.data(), 8);
@@ -537,9 +758,11 @@ TEST_CASE("thread_communicator: traffic counters follow the documented byte rule
     CHECK(x.calls_of(collective::all_reduce) == 1u);
     CHECK(x.bytes_of(collective::broadcast) == 5u * 4u);
     CHECK(x.calls_of(collective::broadcast) == 1u);
+    CHECK(x.bytes_of(collective::reduce) == 6u * 4u);  // on the root and off it
+    CHECK(x.calls_of(collective::reduce) == 1u);
     CHECK(x.bytes_of(collective::barrier) == 0u);
     CHECK(x.calls_of(collective::barrier) == 2u);
-    CHECK(x.total_bytes() == 320u + 416u + 320u + 20u);
+    CHECK(x.total_bytes() == 320u + 416u + 320u + 20u + 24u);
     const auto delta = x - before[static_cast<std::size_t>(r)];
     CHECK(delta.calls_of(collective::barrier) == 1u);
     CHECK(delta.total_bytes() == x.total_bytes());
@@ -557,6 +780,7 @@ TEST_CASE("thread_communicator: traffic counters follow the documented byte rule
   CHECK(s.traffic().calls_of(collective::barrier) == 1u);
   CHECK(zero::to_string(collective::reduce_scatter) == "reduce_scatter");
   CHECK(zero::to_string(collective::barrier) == "barrier");
+  CHECK(zero::to_string(collective::reduce) == "reduce");
 }
 
 TEST_CASE("thread_communicator: eight ranks on two cores run 2000 small collectives quickly") {
@@ -598,6 +822,32 @@ TEST_CASE("thread_communicator: group and endpoint accessors") {
   solo.barrier();
   CHECK(y == 3.0f);
   CHECK(solo.sequence() == 2u);
+}
+
+TEST_CASE("thread_communicator: reduce to every root matches reduce_scatter bitwise for fp32") { check_thread_reduce<float>(); }
+TEST_CASE("thread_communicator: reduce to every root matches reduce_scatter bitwise for fp64") { check_thread_reduce<double>(); }
+TEST_CASE("thread_communicator: reduce to every root matches reduce_scatter bitwise for bf16") { check_thread_reduce<bf16>(); }
+TEST_CASE("thread_communicator: reduce to every root matches reduce_scatter bitwise for fp16") { check_thread_reduce<fp16>(); }
+TEST_CASE("thread_communicator: reduce to every root matches reduce_scatter bitwise for u64") { check_thread_reduce<std::uint64_t>(); }
+
+TEST_CASE("thread_communicator: ireduce and ibroadcast among other requests give the blocking bits") {
+  check_mixed_requests<float>();
+  check_mixed_requests<bf16>();
+  check_mixed_requests<fp16>();
+  check_mixed_requests<double>();
+}
+
+TEST_CASE("single_rank_communicator: reduce copies and counts its input") {
+  zero::single_rank_communicator s;
+  std::vector<bf16> a(6), b(6);
+  for (std::size_t i = 0; i < a.size(); ++i) a[i] = make_value<bf16>(hash(5, 0, i));
+  s.reduce(a.data(), b.data(), a.size(), reduce_op::sum, 0);
+  CHECK(same_vector(a, b));
+  s.reduce(a.data(), a.data(), a.size(), reduce_op::max, 0);
+  CHECK(same_vector(a, b));
+  CHECK(s.traffic().bytes_of(collective::reduce) == 2u * 6u * sizeof(bf16));
+  CHECK(s.traffic().calls_of(collective::reduce) == 2u);
+  CHECK(s.traffic().total_bytes() == 2u * 6u * sizeof(bf16));
 }
 
 }  // TEST_SUITE("unit")
@@ -905,6 +1155,143 @@ TEST_CASE("thread_communicator: invalid world size rank timeout and root are usa
   CHECK_THROWS_WITH_AS(s.broadcast(&x, 1, 1), doctest::Contains("root 1"), zero::usage_error);
   CHECK_THROWS_AS(s.broadcast(&x, 1, -1), zero::usage_error);
   CHECK_NOTHROW(s.broadcast(&x, 1, 0));
+}
+
+TEST_CASE("thread_communicator: a different reduce root is a mismatch naming the diverging rank") {
+  std::vector<std::vector<float>> recv(4, std::vector<float>(4, 7.0f));
+  const std::string m = mismatch_message(4, [&](zero::thread_communicator& c) {
+    const std::vector<float> send(4, 1.0f);
+    c.reduce(send.data(), recv[static_cast<std::size_t>(c.rank())].data(), 4, reduce_op::sum, c.rank() == 0 ? 1 : 0);
+  });
+  CHECK(contains(m, "call #1"));
+  CHECK(contains(m, "most ranks call reduce<fp32>(count 4, root 0, sum)"));
+  CHECK(contains(m, "rank 0 calls reduce<fp32>(count 4, root 1, sum)"));
+  CHECK_FALSE(contains(m, "rank 1 calls"));
+  for (const auto& v : recv)
+    for (float x : v) CHECK(x == 7.0f);  // nothing was written, on either root
+}
+
+TEST_CASE("thread_communicator: a reduce with a different count / type / operation or kind is a mismatch") {
+  std::string m = mismatch_message(3, [](zero::thread_communicator& c) {
+    std::vector<float> a(5, 1.0f), b(5);
+    c.reduce(a.data(), b.data(), c.rank() == 1 ? 5 : 4, reduce_op::sum, 2);
+  });
+  CHECK(contains(m, "rank 1 calls reduce<fp32>(count 5, root 2, sum)"));
+  CHECK(contains(m, "most ranks call reduce<fp32>(count 4, root 2, sum)"));
+  m = mismatch_message(4, [](zero::thread_communicator& c) {
+    if (c.rank() == 3) {
+      std::vector<double> a(4, 1.0), b(4);
+      c.reduce(a.data(), b.data(), 4, reduce_op::sum, 0);
+    } else {
+      std::vector<float> a(4, 1.0f), b(4);
+      c.reduce(a.data(), b.data(), 4, reduce_op::sum, 0);
+    }
+  });
+  CHECK(contains(m, "rank 3 calls reduce<fp64>(count 4, root 0, sum)"));
+  m = mismatch_message(3, [](zero::thread_communicator& c) {
+    std::vector<std::uint64_t> a(2, 1), b(2);
+    c.reduce(a.data(), b.data(), 2, c.rank() == 2 ? reduce_op::max : reduce_op::sum, 1);
+  });
+  CHECK(contains(m, "rank 2 calls reduce<u64>(count 2, root 1, max)"));
+  m = mismatch_message(3, [](zero::thread_communicator& c) {
+    std::vector<float> a(2, 1.0f), b(2);
+    if (c.rank() == 1) c.all_reduce(a.data(), b.data(), 2);
+    else c.reduce(a.data(), b.data(), 2, reduce_op::sum, 1);
+  });
+  CHECK(contains(m, "most ranks call reduce<fp32>(count 2, root 1, sum)"));
+  CHECK(contains(m, "rank 1 calls all_reduce<fp32>(count 2, sum)"));
+  m = mismatch_message(2, [](zero::thread_communicator& c) {
+    std::vector<float> a(2, 1.0f), b(2);
+    if (c.rank() == 0) c.reduce(a.data(), b.data(), 2, reduce_op::sum, 1);
+    else c.broadcast(a.data(), 2, 1);
+  });
+  CHECK(contains(m, "most ranks call reduce<fp32>(count 2, root 1, sum)"));
+  CHECK(contains(m, "rank 1 calls broadcast<fp32>(count 2, root 1)"));
+}
+
+TEST_CASE("thread_communicator: ireduce and ibroadcast with different roots are mismatches when waited") {
+  std::string m = mismatch_message(3, [](zero::thread_communicator& c) {
+    std::vector<bf16> a(3, bf16(1.0f)), b(3);
+    auto q = c.ireduce(a.data(), b.data(), 3, reduce_op::sum, c.rank() == 2 ? 0 : 2);
+    q.wait();
+  });
+  CHECK(contains(m, "rank 2 calls reduce<bf16>(count 3, root 0, sum)"));
+  CHECK(contains(m, "most ranks call reduce<bf16>(count 3, root 2, sum)"));
+  m = mismatch_message(4, [](zero::thread_communicator& c) {
+    std::vector<fp16> a(3, fp16(1.0f)), b(3);
+    auto first = c.ireduce(a.data(), b.data(), 3, reduce_op::sum, 1);  // agrees
+    auto second = c.ibroadcast(a.data(), 3, c.rank() == 3 ? 3 : 1);
+    second.wait();
+  });
+  CHECK(contains(m, "call #2"));
+  CHECK(contains(m, "rank 3 calls broadcast<fp16>(count 3, root 3)"));
+  CHECK(contains(m, "most ranks call broadcast<fp16>(count 3, root 1)"));
+}
+
+TEST_CASE("thread_communicator: a reduce root outside the group is a usage error naming the root and rank") {
+  for (int root : {3, -1}) {
+    CAPTURE(root);
+    zero::thread_group g(3, {10s});
+    std::string run_error;
+    const auto results = run_recording(
+        g,
+        [root](zero::thread_communicator& c) {
+          float x = 1.0f, y = 0.0f;
+          c.reduce(&x, &y, 1, reduce_op::sum, root);
+        },
+        &run_error);
+    CHECK(starts_with(run_error, "usage_error: "));
+    for (int r = 0; r < 3; ++r) {
+      CAPTURE(r);
+      const auto& res = results[static_cast<std::size_t>(r)];
+      CHECK(res.error == "usage_error");
+      CHECK(contains(res.message, "reduce root " + std::to_string(root) + " on rank " + std::to_string(r) + " outside a group of 3"));
+    }
+  }
+  // the non-blocking forms refuse it at the call, and queue nothing
+  zero::thread_group g(2, {10s});
+  auto c = g.communicator(1);
+  float x = 1.0f, y = 0.0f;
+  CHECK_THROWS_WITH_AS((void)c.ireduce(&x, &y, 1, reduce_op::sum, 2), doctest::Contains("reduce root 2 on rank 1"), zero::usage_error);
+  CHECK_THROWS_WITH_AS((void)c.ibroadcast(&x, 1, -1), doctest::Contains("broadcast root -1 on rank 1"), zero::usage_error);
+  CHECK(c.queued_count() == 0u);
+  CHECK(c.sequence() == 0u);
+  zero::single_rank_communicator s;
+  CHECK_THROWS_WITH_AS(s.reduce(&x, &y, 1, reduce_op::sum, 1), doctest::Contains("reduce root 1"), zero::usage_error);
+  CHECK_THROWS_AS(s.reduce(&x, &y, 1, reduce_op::sum, -1), zero::usage_error);
+  CHECK_NOTHROW(s.reduce(&x, &y, 1, reduce_op::sum, 0));
+  CHECK(y == 1.0f);
+}
+
+TEST_CASE("thread_communicator: a rank that never arrives at a reduce makes the others time out") {
+  for (bool nonblocking : {false, true}) {
+    CAPTURE(nonblocking);
+    zero::thread_group g(4, {200ms});
+    std::string run_error;
+    const auto results = run_recording(
+        g,
+        [nonblocking](zero::thread_communicator& c) {
+          c.barrier();                // collective #1 completes
+          if (c.rank() == 3) return;  // rank 3, the root, leaves without a word
+          std::vector<float> a(4, 1.0f);
+          if (nonblocking) {
+            auto q = c.ireduce(a.data(), static_cast<float*>(nullptr), 4, reduce_op::sum, 3);  // collective #2
+            q.wait();
+          } else {
+            c.reduce(a.data(), static_cast<float*>(nullptr), 4, reduce_op::sum, 3);
+          }
+        },
+        &run_error);
+    CHECK(starts_with(run_error, "timeout_error: "));
+    for (int r = 0; r < 3; ++r) {
+      CAPTURE(r);
+      const auto& res = results[static_cast<std::size_t>(r)];
+      CHECK(res.error == "timeout_error");
+      CHECK(contains(res.message, "reduce #2"));
+      CHECK(contains(res.message, "rank(s) 3 never arrived"));
+    }
+    CHECK(results[3].error == "");
+  }
 }
 
 }  // TEST_SUITE("reliability")
