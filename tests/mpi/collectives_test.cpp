@@ -2,7 +2,9 @@
 // references and to thread_communicator (a thread group of the same world size inside each
 // process) for every element type, blocking and non-blocking, in place and count 0, with and
 // without the debug mode; traffic counted as the thread communicator counts it; native MPI
-// reductions (user-defined MPI_Ops for bf16/fp16); sub-communicators; usage errors.
+// reductions (user-defined MPI_Ops for bf16/fp16); the rooted reduce and ireduce to every root
+// in both reduction modes (bitwise the root's slice of a rank-ordered reduce-scatter), and its
+// root checked by the debug mode; sub-communicators; usage errors.
 #include <doctest/doctest.h>
 #include <mpi.h>
 
@@ -233,6 +235,14 @@ std::string check_reference(const inputs<T>& in, const outputs<T>& o, int r, int
   return "";
 }
 
+bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+
+int mpi_world_size() {
+  int n = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &n);
+  return n;
+}
+
 template <class T>
 bool identical(const std::vector<T>& a, const std::vector<T>& b) {
   return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
@@ -285,10 +295,198 @@ void check_against_threads() {
   }
 }
 
+//! This rank's results of rooted reduces to every root: sum (odd ranks other than the root pass
+//! a null recv, the others a buffer of sentinels), sum in place, max (NaN on one rank per element).
+template <class T>
+struct reduce_outputs {
+  std::vector<std::vector<T>> sum, sum_inplace, max;  // per root
+  zero::traffic_counters delta;
+};
+
+template <class T>
+T reduce_sentinel(int rank) {
+  return make_value<T>(hash(97, static_cast<std::uint64_t>(rank), 0));
+}
+
+//! Reduces to every root, blocking; or started as requests among an ireduce_scatter, an
+//! ibroadcast and an iall_reduce per root, then waited in reverse order or polled.
+template <class T>
+reduce_outputs<T> run_reduce(zero::mpi_communicator& c, const inputs<T>& in, style how) {
+  const int r = c.rank(), n = c.world_size();
+  const std::size_t ur = static_cast<std::size_t>(r), un = static_cast<std::size_t>(n), count = in.count;
+  reduce_outputs<T> o;
+  o.sum.assign(un, std::vector<T>(count, reduce_sentinel<T>(r)));
+  o.max.assign(un, std::vector<T>(count, reduce_sentinel<T>(r)));
+  o.sum_inplace.assign(un, in.ar[ur]);
+  std::vector<std::vector<T>> rs(un, std::vector<T>(count)), ar(un, std::vector<T>(count)), bc(un, in.bc[ur]);
+  const auto before = c.traffic();
+  std::vector<zero::mpi_request> requests;
+  for (int root = 0; root < n; ++root) {
+    const std::size_t uq = static_cast<std::size_t>(root);
+    T* sum_recv = r != root && r % 2 == 1 ? nullptr : o.sum[uq].data();
+    T* max_recv = r != root && r % 2 == 1 ? nullptr : o.max[uq].data();
+    if (how == style::blocking) {
+      c.reduce(in.ar[ur].data(), sum_recv, count, reduce_op::sum, root);
+      c.reduce(o.sum_inplace[uq].data(), o.sum_inplace[uq].data(), count, reduce_op::sum, root);
+      c.reduce(in.ar_max[ur].data(), max_recv, count, reduce_op::max, root);
+    } else {
+      requests.push_back(c.ireduce(in.ar[ur].data(), sum_recv, count, reduce_op::sum, root));
+      requests.push_back(c.ireduce_scatter(in.rs[ur].data(), rs[uq].data(), count, reduce_op::sum));
+      requests.push_back(c.ireduce(o.sum_inplace[uq].data(), o.sum_inplace[uq].data(), count, reduce_op::sum, root));
+      requests.push_back(c.ibroadcast(bc[uq].data(), count, root));
+      requests.push_back(c.ireduce(in.ar_max[ur].data(), max_recv, count, reduce_op::max, root));
+      requests.push_back(c.iall_reduce(in.ar[ur].data(), ar[uq].data(), count, reduce_op::sum));
+    }
+  }
+  if (how == style::nonblocking_reverse) {
+    for (auto it = requests.rbegin(); it != requests.rend(); ++it) it->wait();
+  } else if (how == style::nonblocking_polled) {
+    for (bool all_done = false; !all_done;) {
+      c.progress();
+      all_done = true;
+      for (std::size_t k = requests.size(); k-- > 0;) all_done = requests[k].test() && all_done;
+    }
+  }
+  for (const auto& q : requests) CHECK(q.done());
+  // the other collectives among them are right too
+  std::size_t wrong = 0;
+  for (std::size_t q = 0; q < (how == style::blocking ? 0 : un); ++q)
+    for (std::size_t i = 0; i < count; ++i)
+      wrong += !same_bits(bc[q][i], in.bc[q][i]) ||
+               (c.options().reduction == zero::mpi_reduction::rank_ordered &&
+                (!same_bits(rs[q][i], reference(in.rs, ur * count + i, reduce_op::sum)) || !same_bits(ar[q][i], reference(in.ar, i, reduce_op::sum))));
+  CHECK(wrong == 0);
+  o.delta = c.traffic() - before;
+  if (how != style::blocking) {
+    // take out what the other collectives counted
+    o.delta.bytes[static_cast<std::size_t>(collective::reduce_scatter)] -= un * count * un * sizeof(T);
+    o.delta.bytes[static_cast<std::size_t>(collective::broadcast)] -= un * count * sizeof(T);
+    o.delta.bytes[static_cast<std::size_t>(collective::all_reduce)] -= un * 2 * count * sizeof(T);
+  }
+  return o;
+}
+
+//! Whether `got` is the sum of element `at` over the ranks to within `tolerance` times the sum
+//! of the magnitudes (MPI's own reductions may add in any order, rounding partial sums).
+template <class T>
+bool close_to_sum(T got, const std::vector<std::vector<T>>& all, std::size_t at, double tolerance) {
+  double magnitude = 0;
+  for (const auto& v : all) magnitude += std::fabs(static_cast<double>(widen(v[at])));
+  const double want = static_cast<double>(widen(reference(all, at, reduce_op::sum)));
+  return std::fabs(static_cast<double>(widen(got)) - want) <= tolerance * magnitude;
+}
+
+//! "" or the first wrong result of `run_reduce` on this rank. On the root, rank-ordered results
+//! are bitwise the reference and the root's slice of a rank-ordered reduce-scatter (`rs`,
+//! `rs_max`: this rank's slices of the all-reduce inputs repeated n times); native sums are
+//! within `tolerance`, native max and integer sums exact. Other ranks' memory is untouched.
+template <class T>
+std::string check_reduce(const inputs<T>& in, const reduce_outputs<T>& o, const std::vector<T>& rs, const std::vector<T>& rs_max,
+                         int r, int n, bool native, double tolerance) {
+  const std::size_t ur = static_cast<std::size_t>(r), count = in.count;
+  for (int root = 0; root < n; ++root) {
+    const std::size_t uq = static_cast<std::size_t>(root);
+    const std::string at = " with root " + std::to_string(root) + " element ";
+    for (std::size_t i = 0; i < count; ++i) {
+      const std::string where = at + std::to_string(i);
+      if (r == root) {
+        const T sum = reference(in.ar, i, reduce_op::sum);
+        if (!native || std::is_integral_v<T>) {
+          if (!same_bits(o.sum[uq][i], sum) || !same_bits(o.sum_inplace[uq][i], sum)) return "reduce sum" + where;
+          if (!same_bits(o.sum[uq][i], rs[i])) return "reduce sum differs from reduce_scatter" + where;
+        } else if (!close_to_sum(o.sum[uq][i], in.ar, i, tolerance) || !close_to_sum(o.sum_inplace[uq][i], in.ar, i, tolerance)) {
+          return "native reduce sum" + where;
+        }
+        if (!same_value(o.max[uq][i], reference(in.ar_max, i, reduce_op::max)) || !same_value(o.max[uq][i], rs_max[i]))
+          return "reduce max" + where;
+        if (!native && !same_bits(o.max[uq][i], rs_max[i])) return "reduce max differs from reduce_scatter" + where;
+      } else {
+        if (!same_bits(o.sum[uq][i], reduce_sentinel<T>(r))) return "reduce sum wrote" + where;
+        if (!same_bits(o.sum_inplace[uq][i], in.ar[ur][i])) return "in-place reduce wrote" + where;
+        if (!same_bits(o.max[uq][i], reduce_sentinel<T>(r))) return "reduce max wrote" + where;
+      }
+    }
+  }
+  const std::uint64_t calls = 3 * static_cast<std::uint64_t>(n), bytes = calls * count * sizeof(T);
+  if (o.delta.calls_of(collective::reduce) != calls || o.delta.bytes_of(collective::reduce) != bytes || o.delta.total_bytes() != bytes)
+    return "counted " + std::to_string(o.delta.bytes_of(collective::reduce)) + " bytes in " + std::to_string(o.delta.calls_of(collective::reduce)) +
+           " reduces (" + std::to_string(o.delta.total_bytes()) + " bytes in all), expected " + std::to_string(bytes) + " in " +
+           std::to_string(calls);
+  return "";
+}
+
+//! Reduces to every root in one reduction mode, with and without the debug mode, blocking and
+//! non-blocking, for counts on both sides of the one-gather limit (rank-ordered mode).
+template <class T>
+void check_reduce_mode(zero::mpi_reduction reduction, double tolerance = 0.0) {
+  int rank = 0, world = 1;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  const std::size_t un = static_cast<std::size_t>(world), ur = static_cast<std::size_t>(rank);
+  const std::size_t large = zero::detail::mpi_gather_reduce_bytes / sizeof(T) + 37;  // reduce-scatter, then gather
+  static_assert(1000 * sizeof(double) <= zero::detail::mpi_gather_reduce_bytes);     // one gather
+  zero::mpi_communicator ordered(MPI_COMM_WORLD, {30s});  // the rank-ordered reduce-scatter to compare with
+  for (std::size_t count : {std::size_t{0}, std::size_t{1}, std::size_t{37}, std::size_t{1000}, large}) {
+    CAPTURE(count);
+    CAPTURE(zero::type_name<T>());
+    const inputs<T> in(world, count);
+    std::vector<T> repeated, repeated_max, rs(count), rs_max(count);
+    for (std::size_t q = 0; q < un; ++q) {
+      repeated.insert(repeated.end(), in.ar[ur].begin(), in.ar[ur].end());
+      repeated_max.insert(repeated_max.end(), in.ar_max[ur].begin(), in.ar_max[ur].end());
+    }
+    ordered.reduce_scatter(repeated.data(), rs.data(), count, reduce_op::sum);
+    ordered.reduce_scatter(repeated_max.data(), rs_max.data(), count, reduce_op::max);
+    for (bool checked : {false, true}) {
+      CAPTURE(checked);
+      zero::mpi_communicator comm(MPI_COMM_WORLD, {30s, checked, reduction});
+      std::vector<reduce_outputs<T>> results;
+      for (style how : {style::blocking, style::nonblocking_reverse, style::nonblocking_polled}) {
+        CAPTURE(static_cast<int>(how));
+        results.push_back(run_reduce<T>(comm, in, how));
+        CHECK(check_reduce<T>(in, results.back(), rs, rs_max, rank, world, reduction == zero::mpi_reduction::native, tolerance) == "");
+      }
+      if (reduction == zero::mpi_reduction::rank_ordered)
+        for (std::size_t k = 1; k < results.size(); ++k)
+          for (std::size_t q = 0; q < un; ++q) {
+            CHECK(identical(results[k].sum[q], results[0].sum[q]));
+            CHECK(identical(results[k].sum_inplace[q], results[0].sum_inplace[q]));
+            CHECK(identical(results[k].max[q], results[0].max[q]));
+          }
+      CHECK(comm.sequence() == 3 * un + 2 * 6 * un);
+      CHECK_FALSE(comm.broken());
+    }
+  }
+}
+
+//! A communicator with the debug mode, in which the ranks disagree at call #2: every rank
+//! must throw the same mismatch_error, and the communicator is unusable after it.
+template <class F>
+std::string reduce_mismatch(F&& body) {
+  zero::mpi_communicator comm(MPI_COMM_WORLD, {30s, true});
+  comm.barrier();  // call #1 agrees
+  std::string message;
+  try {
+    body(comm);
+  } catch (const zero::mismatch_error& e) {
+    message = e.what();
+  }
+  REQUIRE_FALSE(message.empty());
+  std::uint64_t h = 0xcbf29ce484222325ull;
+  for (unsigned char ch : message) h = (h ^ ch) * 0x100000001b3ull;
+  std::vector<std::uint64_t> all(static_cast<std::size_t>(comm.world_size()));
+  MPI_Allgather(&h, 1, MPI_UINT64_T, all.data(), 1, MPI_UINT64_T, MPI_COMM_WORLD);
+  for (auto x : all) CHECK(x == all[0]);  // the same text on every rank
+  CHECK(comm.broken());
+  CHECK_THROWS_AS(comm.barrier(), zero::communicator_error);
+  return message;
+}
+
 }  // namespace
 
 static_assert(zero::communicator<zero::mpi_communicator>);
 static_assert(zero::nonblocking_communicator<zero::mpi_communicator>);
+static_assert(zero::nonblocking_rooted_communicator<zero::mpi_communicator>);
 
 TEST_SUITE("mpi") {
   TEST_CASE("mpi_communicator: collectives equal thread_communicator bitwise for fp32") { check_against_threads<float>(); }
@@ -298,6 +496,72 @@ TEST_SUITE("mpi") {
   TEST_CASE("mpi_communicator: collectives equal thread_communicator bitwise for u64 and i32") {
     check_against_threads<std::uint64_t>();
     check_against_threads<std::int32_t>();
+  }
+
+  TEST_CASE("mpi_communicator: reduce and ireduce to every root equal the rank-ordered reduce-scatter bitwise") {
+    check_reduce_mode<float>(zero::mpi_reduction::rank_ordered);
+    check_reduce_mode<double>(zero::mpi_reduction::rank_ordered);
+    check_reduce_mode<bf16>(zero::mpi_reduction::rank_ordered);
+    check_reduce_mode<fp16>(zero::mpi_reduction::rank_ordered);
+    check_reduce_mode<std::uint64_t>(zero::mpi_reduction::rank_ordered);
+  }
+
+  TEST_CASE("mpi_communicator: native reduce and ireduce to every root hand the sum to MPI") {
+    const double n = static_cast<double>(zero::mpi_communicator(MPI_COMM_WORLD, {30s}).world_size());
+    check_reduce_mode<float>(zero::mpi_reduction::native, 1e-6);
+    check_reduce_mode<double>(zero::mpi_reduction::native, 1e-14);
+    check_reduce_mode<bf16>(zero::mpi_reduction::native, n * 0x1.0p-8);
+    check_reduce_mode<fp16>(zero::mpi_reduction::native, n * 0x1.0p-11);
+    check_reduce_mode<std::uint64_t>(zero::mpi_reduction::native);
+  }
+
+  TEST_CASE("mpi_communicator: reduce equals thread_communicator's reduce bitwise") {
+    int rank = 0, world = 1;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &world);
+    const std::size_t count = zero::detail::mpi_gather_reduce_bytes / sizeof(float) + 5;
+    for (std::size_t n : {std::size_t{37}, count}) {
+      CAPTURE(n);
+      const inputs<float> in(world, n);
+      const int root = world - 1;
+      std::vector<float> threads(n), mine(n);
+      zero::thread_group group(world, {30s});
+      group.run([&](zero::thread_communicator& c) {
+        const auto ur = static_cast<std::size_t>(c.rank());
+        c.reduce(in.ar[ur].data(), c.rank() == root ? threads.data() : nullptr, n, reduce_op::sum, root);
+      });
+      zero::mpi_communicator comm(MPI_COMM_WORLD, {30s});
+      comm.reduce(in.ar[static_cast<std::size_t>(rank)].data(), mine.data(), n, reduce_op::sum, root);
+      if (rank == root) CHECK(identical(mine, threads));
+      else CHECK(identical(mine, std::vector<float>(n)));
+    }
+  }
+
+  TEST_CASE("mpi_communicator: the debug mode names a rank that reduces to a different root") {
+    const int last = mpi_world_size() - 1;
+    std::vector<float> recv(8, 7.0f);
+    std::string message = reduce_mismatch([&](zero::mpi_communicator& c) {
+      const std::vector<float> send(8, 1.0f);
+      c.reduce(send.data(), recv.data(), 8, reduce_op::sum, c.rank() == last ? 1 : 0);
+    });
+    CHECK(contains(message, "collective mismatch at call #2"));
+    CHECK(contains(message, "most ranks call reduce<fp32>(count 8, root 0, sum)"));
+    CHECK(contains(message, "rank " + std::to_string(last) + " calls reduce<fp32>(count 8, root 1, sum)"));
+    for (float x : recv) CHECK(x == 7.0f);  // no data moved
+    // non-blocking: checked at the call
+    message = reduce_mismatch([&](zero::mpi_communicator& c) {
+      std::vector<bf16> data(4);
+      auto q = c.ireduce(data.data(), data.data(), 4, c.rank() == last ? reduce_op::max : reduce_op::sum, 0);
+      q.wait();
+    });
+    CHECK(contains(message, "rank " + std::to_string(last) + " calls reduce<bf16>(count 4, root 0, max)"));
+    message = reduce_mismatch([&](zero::mpi_communicator& c) {
+      std::vector<double> data(4);
+      if (c.rank() == 0) c.broadcast(data.data(), 4, 0);
+      else c.reduce(data.data(), data.data(), 4, reduce_op::sum, 0);
+    });
+    if (mpi_world_size() > 2) CHECK(contains(message, "most ranks call reduce<fp64>(count 4, root 0, sum); rank 0 calls broadcast<fp64>(count 4, root 0)"));
+    else CHECK(contains(message, "most ranks call broadcast<fp64>(count 4, root 0); rank 1 calls reduce<fp64>(count 4, root 0, sum)"));
   }
 
   TEST_CASE("mpi_communicator: native reductions use MPI with user-defined ops for bf16 and fp16") {
@@ -422,6 +686,10 @@ TEST_SUITE("mpi") {
     float x = 1.0f;
     CHECK_THROWS_WITH_AS(comm.broadcast(&x, 1, comm.world_size()), doctest::Contains("broadcast root"), zero::usage_error);
     CHECK_THROWS_WITH_AS(comm.broadcast(&x, 1, -1), doctest::Contains("outside a group of"), zero::usage_error);
+    const std::string on_rank = " on rank " + std::to_string(comm.rank());
+    const std::string too_large = "reduce root " + std::to_string(comm.world_size()) + on_rank, negative = "reduce root -1" + on_rank;
+    CHECK_THROWS_WITH_AS(comm.reduce(&x, &x, 1, reduce_op::sum, comm.world_size()), doctest::Contains(too_large.c_str()), zero::usage_error);
+    CHECK_THROWS_WITH_AS((void)comm.ireduce(&x, &x, 1, reduce_op::max, -1), doctest::Contains(negative.c_str()), zero::usage_error);
     const std::size_t huge = static_cast<std::size_t>(std::numeric_limits<int>::max()) + 1;
     CHECK_THROWS_WITH_AS(comm.all_reduce(&x, &x, huge), doctest::Contains("MPI's int counts"), zero::usage_error);
     CHECK_FALSE(comm.broken());

@@ -12,8 +12,13 @@
 //!   that reduce-scatter over uneven chunks followed by an all-gather (MPI_Iallgatherv). Results are bitwise equal
 //!   to `thread_communicator`'s for the same world size, and the bytes each rank sends are the
 //!   bus bytes of a ring algorithm: (n-1)/n of the buffer per reduce-scatter or all-gather.
+//!   A rooted reduce of up to `detail::mpi_gather_reduce_bytes` per rank gathers every input
+//!   to the root (MPI_Igatherv into the communicator's staging), which sums in rank order; a
+//!   larger one is a reduce-scatter over chunks followed by a gather of the summed chunks
+//!   into the root's `recv`, so the root receives 2(n-1)/n of the buffer, not n-1 times it.
 //!   `mpi_reduction::native` hands reductions to MPI instead (MPI_Ireduce_scatter_block,
-//!   MPI_Iallreduce) with user-defined MPI_Ops for bf16/fp16 and for a NaN-propagating max.
+//!   MPI_Iallreduce, MPI_Ireduce) with user-defined MPI_Ops for bf16/fp16 and for a
+//!   NaN-propagating max.
 //! * Faults. The communicator works on its own duplicates of the caller's communicator, with
 //!   MPI_ERRORS_RETURN: an MPI error becomes a `communicator_error` naming the MPI call, the
 //!   error and the rank. Every collective runs non-blocking and is polled (MPI_Test, then
@@ -23,10 +28,10 @@
 //! * Mismatch detection. With `check_collectives` on, every collective first exchanges a
 //!   signature (kind, element type, count, operation, root) and every rank throws the same
 //!   `mismatch_error` naming the rank that diverges, before any data moves.
-//! * Non-blocking forms. `ireduce_scatter`, `iall_gather`, `iall_reduce`, `ibroadcast` and
-//!   `ibarrier` return an `mpi_request`; `wait()` completes it. MPI advances requests only
-//!   inside MPI calls: call `progress()` (or `test()`) now and then to overlap communication
-//!   with computation.
+//! * Non-blocking forms. `ireduce_scatter`, `iall_gather`, `iall_reduce`, `ireduce`,
+//!   `ibroadcast` and `ibarrier` return an `mpi_request`; `wait()` completes it. MPI advances
+//!   requests only inside MPI calls: call `progress()` (or `test()`) now and then to overlap
+//!   communication with computation.
 //!
 //! Traffic is counted as by every communicator (see `zero/communicator.hpp`), when a
 //! collective completes. One communicator is used by one thread at a time; MPI_THREAD_SINGLE
@@ -61,13 +66,15 @@ namespace zero {
 
 //! Who reduces: `zero` in rank order (bitwise reproducible), or MPI's own algorithms.
 enum class mpi_reduction : std::uint8_t {
-  //! All-to-all, then a sum in rank order 0..n-1 on the owning rank: results are bitwise equal
-  //! to `thread_communicator`'s for the same world size. The default.
+  //! All-to-all (or a gather, for a small rooted reduce), then a sum in rank order 0..n-1 on
+  //! the owning rank: results are bitwise equal to `thread_communicator`'s for the same world
+  //! size. The default.
   rank_ordered,
-  //! MPI_Ireduce_scatter_block / MPI_Iallreduce with MPI_SUM (fp32, fp64, integers), MPI_MAX
-  //! (integers) and user-defined MPI_Ops (bf16/fp16 sums in float, NaN-propagating max). MPI
-  //! may combine partial sums in any order, and 16-bit sums are rounded at every partial sum:
-  //! results can differ in the last bits from `rank_ordered` and between world sizes.
+  //! MPI_Ireduce_scatter_block / MPI_Iallreduce / MPI_Ireduce with MPI_SUM (fp32, fp64,
+  //! integers), MPI_MAX (integers) and user-defined MPI_Ops (bf16/fp16 sums in float,
+  //! NaN-propagating max). MPI may combine partial sums in any order, and 16-bit sums are
+  //! rounded at every partial sum: results can differ in the last bits from `rank_ordered` and
+  //! between world sizes.
   native,
 };
 
@@ -160,6 +167,12 @@ void mpi_user_reduce(void* in, void* inout, int* length, MPI_Datatype*) {
   }
 }
 
+//! A rank-ordered reduce (to one root) of at most this many bytes per rank is one gather of
+//! every input to the root; a larger one is a reduce-scatter and a gather of the sums (two
+//! MPI collectives, but the root receives 2(n-1)/n of the buffer instead of n-1 times it and
+//! the sum is spread over the ranks).
+inline constexpr std::size_t mpi_gather_reduce_bytes = 32 * 1024;
+
 //! Memory the communicator lends an operation (staging for all-to-all results, copies of
 //! overlapping inputs); returned to the communicator's pool when the operation completes.
 struct mpi_scratch {
@@ -184,8 +197,10 @@ struct mpi_operation {
   void* recv = nullptr;
   std::size_t count = 0;
   reduce_op op = reduce_op::sum;
-  mpi_scratch staging;                        // all-to-all results
+  int root = 0;                               // of a reduce
+  mpi_scratch staging;                        // all-to-all or gather results
   mpi_scratch input;                          // a copy of an input that overlaps the output
+  mpi_scratch partial;                        // a reduce's summed chunk on a rank other than the root
   std::vector<int> counts, displs, scounts, rcounts, rdispls;  // v-forms: must live until completion
   void (*complete_phase)(mpi_communicator&, mpi_operation&) = nullptr;  // ends the running phase
 
@@ -260,7 +275,9 @@ class mpi_request {
   std::shared_ptr<detail::mpi_operation> op_;
 };
 
-//! One rank's endpoint of a group of MPI processes. Satisfies `zero::communicator`.
+//! One rank's endpoint of a group of MPI processes. Satisfies `zero::communicator`,
+//! `zero::nonblocking_communicator`, `zero::rooted_communicator` and
+//! `zero::nonblocking_rooted_communicator`.
 //! Construction and destruction are collective over the caller's communicator.
 class mpi_communicator {
  public:
@@ -356,6 +373,14 @@ class mpi_communicator {
     auto pending = start_broadcast(data, count, root);
     wait(*pending);
   }
+  //! On rank `root`: recv[i] = op over ranks of send_r[i]; nothing is written on the other ranks
+  //! (their `recv` may be null). In place: send == recv.
+  //! @throws usage_error if root is outside [0, world_size), before anything starts
+  template <reducible T>
+  void reduce(const T* send, T* recv, std::size_t count, reduce_op op, int root) {
+    auto pending = start_reduce(send, recv, count, op, root);
+    wait(*pending);
+  }
   void barrier() {
     auto pending = start_barrier();
     wait(*pending);
@@ -376,6 +401,10 @@ class mpi_communicator {
   template <reducible T>
   [[nodiscard]] mpi_request iall_reduce(const T* send, T* recv, std::size_t count, reduce_op op = reduce_op::sum) {
     return {this, start_all_reduce(send, recv, count, op)};
+  }
+  template <reducible T>
+  [[nodiscard]] mpi_request ireduce(const T* send, T* recv, std::size_t count, reduce_op op, int root) {
+    return {this, start_reduce(send, recv, count, op, root)};
   }
   template <class T>
   [[nodiscard]] mpi_request ibroadcast(T* data, std::size_t count, int root) {
@@ -508,6 +537,61 @@ class mpi_communicator {
     return o;
   }
 
+  template <class T>
+  op_ptr start_reduce(const T* send, T* recv, std::size_t count, reduce_op op, int root) {
+    check_usable();
+    if (root < 0 || root >= world_)
+      throw usage_error("zero: reduce root " + std::to_string(root) + " on rank " + std::to_string(rank_) + " outside a group of " +
+                        std::to_string(world_));
+    auto o = begin<T>(collective::reduce, count, op, root, count);
+    o->send = send;
+    o->recv = recv;
+    o->count = count;
+    o->op = op;
+    o->root = root;
+    o->bytes = count * sizeof(T);
+    const bool at_root = rank_ == root;
+    if (options_.reduction == mpi_reduction::native) {
+      // MPI writes the root's recv while it reads its input: in place, or a copy of an overlapping one
+      const void* input = send;
+      if (at_root) input = send == recv ? MPI_IN_PLACE : stable_input(*o, send, count, recv, count);
+      o->complete_phase = &finish_simple;
+      call(MPI_Ireduce(input, at_root ? recv : nullptr, mpi_int(count), detail::mpi_type<T>(), reduction_op<T>(op), root, data_,
+                       &o->request),
+           "MPI_Ireduce", *o);
+      return o;
+    }
+    o->complete_phase = &finish_reduce<T>;
+    if (count * sizeof(T) <= detail::mpi_gather_reduce_bytes) {
+      // one phase: the root gathers every other rank's input into staging, in rank order without
+      // itself (MPI writes only staging, so an in-place recv is safe)
+      for (int r = 0; r < world_; ++r) {
+        o->counts.push_back(r == root ? 0 : mpi_int(count));
+        o->displs.push_back(r == root ? 0 : mpi_int(static_cast<std::size_t>(r < root ? r : r - 1) * count));
+      }
+      void* staging = nullptr;
+      if (at_root) {
+        o->staging = acquire((static_cast<std::size_t>(world_) - 1) * count * sizeof(T));
+        staging = o->staging.data.get();
+      }
+      call(MPI_Igatherv(send, at_root ? 0 : mpi_int(count), detail::mpi_type<T>(), staging, o->counts.data(), o->displs.data(),
+                        detail::mpi_type<T>(), root, data_, &o->request),
+           "MPI_Igatherv", *o);
+      return o;
+    }
+    // two phases: a reduce-scatter over the uneven chunks of all-reduce, then a gather of the
+    // summed chunks into the root's recv
+    o->phases = 2;
+    for (int r = 0; r < world_; ++r) {
+      const auto [lo, hi] = chunk(count, r);
+      o->counts.push_back(mpi_int(hi - lo));
+      o->displs.push_back(mpi_int(lo));
+    }
+    const auto [my_lo, my_hi] = chunk(count, rank_);
+    start_exchange<T>(*o, send, my_hi - my_lo);
+    return o;
+  }
+
   op_ptr start_barrier() {
     auto o = begin<std::uint8_t>(collective::barrier, 0, reduce_op::sum, 0, 0);
     o->complete_phase = &finish_simple;
@@ -589,10 +673,58 @@ class mpi_communicator {
     c.complete(o);
   }
 
+  //! One phase: the root sums the gathered inputs in rank order, its own read from its input
+  //! (element by element before the same element of an in-place recv is written). Two phases:
+  //! every rank sums its chunk in rank order, into the root's recv on the root and into scratch
+  //! elsewhere, then the chunks are gathered into the root's recv (the root's own in place).
+  template <class T>
+  static void finish_reduce(mpi_communicator& c, detail::mpi_operation& o) {
+    const bool at_root = c.rank_ == o.root;
+    if (o.phases == 1) {
+      if (at_root) {
+        const T* staging = reinterpret_cast<const T*>(o.staging.data.get());
+        const T* own = static_cast<const T*>(o.send);
+        detail::reduce_ranks(static_cast<T*>(o.recv), o.count, c.world_,
+                             [&](int r) { return r == c.rank_ ? own : staging + c.staging_slot(r) * o.count; }, o.op);
+      }
+      c.complete(o);
+      return;
+    }
+    if (o.phase == 0) {
+      // plain variables, not a structured binding: the lambda below captures them
+      const std::pair<std::size_t, std::size_t> mine = c.chunk(o.count, c.rank_);
+      const std::size_t lo = mine.first, hi = mine.second;
+      T* out = nullptr;
+      if (at_root) {
+        out = static_cast<T*>(o.recv) + lo;
+      } else {
+        o.partial = c.acquire((hi - lo) * sizeof(T));
+        out = reinterpret_cast<T*>(o.partial.data.get());
+      }
+      const T* staging = reinterpret_cast<const T*>(o.staging.data.get());
+      const T* own = static_cast<const T*>(o.send) + lo;
+      detail::reduce_ranks(out, hi - lo, c.world_, [&](int r) { return r == c.rank_ ? own : staging + c.staging_slot(r) * (hi - lo); },
+                           o.op);
+      c.release(o.staging);
+      o.phase = 1;
+      if (at_root)
+        call_on(c, MPI_Igatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, o.recv, o.counts.data(), o.displs.data(), detail::mpi_type<T>(),
+                                o.root, c.second_, &o.request),
+                "MPI_Igatherv", o);
+      else
+        call_on(c, MPI_Igatherv(out, mpi_int(hi - lo), detail::mpi_type<T>(), nullptr, o.counts.data(), o.displs.data(),
+                                detail::mpi_type<T>(), o.root, c.second_, &o.request),
+                "MPI_Igatherv", o);
+      return;
+    }
+    c.complete(o);
+  }
+
   void complete(detail::mpi_operation& o) {
     o.done = true;
     release(o.staging);
     release(o.input);
+    release(o.partial);
     traffic_.add(o.kind, o.bytes);
   }
 
@@ -638,8 +770,8 @@ class mpi_communicator {
     const auto kind = static_cast<collective>(s[0]);
     if (kind == collective::barrier) return "barrier()";
     std::string d = std::string(to_string(kind)) + "<" + detail::type_code_name(s[1], s[2]) + ">(count " + std::to_string(s[3]);
-    if (kind == collective::broadcast) d += ", root " + std::to_string(s[5]);
-    if (kind == collective::reduce_scatter || kind == collective::all_reduce)
+    if (kind == collective::broadcast || kind == collective::reduce) d += ", root " + std::to_string(s[5]);
+    if (kind == collective::reduce_scatter || kind == collective::all_reduce || kind == collective::reduce)
       d += static_cast<reduce_op>(s[4]) == reduce_op::sum ? ", sum" : ", max";
     return d + ")";
   }
@@ -656,9 +788,9 @@ class mpi_communicator {
       auto& c = calls[static_cast<std::size_t>(r)];
       std::copy_n(all.begin() + 6 * r, 6, c.begin());
       if (c[0] == static_cast<std::uint64_t>(collective::barrier)) c = {c[0], 0, 0, 0, 0, 0};
-      if (c[0] != static_cast<std::uint64_t>(collective::broadcast)) c[5] = 0;
-      if (c[0] != static_cast<std::uint64_t>(collective::reduce_scatter) && c[0] != static_cast<std::uint64_t>(collective::all_reduce))
-        c[4] = 0;
+      const auto kind = static_cast<collective>(c[0]);
+      if (kind != collective::broadcast && kind != collective::reduce) c[5] = 0;
+      if (kind != collective::reduce_scatter && kind != collective::all_reduce && kind != collective::reduce) c[4] = 0;
       same = same && c == calls[0];
     }
     if (same) return;
@@ -854,7 +986,7 @@ class mpi_communicator {
   int rank_ = 0;
   int world_ = 1;
   MPI_Comm data_ = MPI_COMM_NULL;    // first phases, signature checks
-  MPI_Comm second_ = MPI_COMM_NULL;  // second phases (all-gather of an all-reduce)
+  MPI_Comm second_ = MPI_COMM_NULL;  // second phases (all-gather of an all-reduce, gather of a reduce)
   std::array<MPI_Op, user_op_count> ops_{MPI_OP_NULL, MPI_OP_NULL, MPI_OP_NULL, MPI_OP_NULL, MPI_OP_NULL, MPI_OP_NULL};
   std::uint64_t sequence_ = 0;
   traffic_counters traffic_;
@@ -865,6 +997,9 @@ class mpi_communicator {
 };
 
 static_assert(communicator<mpi_communicator>);
+static_assert(nonblocking_communicator<mpi_communicator>);
+static_assert(rooted_communicator<mpi_communicator>);
+static_assert(nonblocking_rooted_communicator<mpi_communicator>);
 
 inline void mpi_request::wait() {
   if (op_ == nullptr || op_->done) return;
