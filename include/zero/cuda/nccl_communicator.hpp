@@ -9,9 +9,9 @@
 //!   A blocking collective then makes the compute stream wait for it (an event again): it
 //!   returns once enqueued, the host does not wait, and work enqueued on the compute stream
 //!   afterwards sees the result. A non-blocking form (`ireduce_scatter`, `iall_gather`,
-//!   `iall_reduce`) returns an `nccl_request` instead; its `wait()` makes the compute stream
-//!   wait, so the collective overlaps the compute work enqueued in between (the bucket
-//!   reductions overlapping backward). `synchronize()` and `nccl_request::synchronize()` make
+//!   `iall_reduce`, `ireduce`, `ibroadcast`) returns an `nccl_request` instead; its `wait()`
+//!   makes the compute stream wait, so the collective overlaps the compute work enqueued in
+//!   between (the bucket reductions overlapping backward). `synchronize()` and `nccl_request::synchronize()` make
 //!   the host wait, with the deadline.
 //! * Where the host waits (documented exceptions to "never synchronizes"): construction (NCCL
 //!   initialization), `barrier()`, `synchronize()`, a collective on host memory (staged through
@@ -240,13 +240,13 @@ class nccl_communicator {
   //! data on every rank = data on `root`.
   template <class T>
   void broadcast(T* data, std::size_t count, int root) {
-    if (root < 0 || root >= world_)
-      throw usage_error("zero: broadcast root " + std::to_string(root) + " outside a group of " + std::to_string(world_));
-    const std::size_t n = count * cuda::detail::nccl_scale<T>;
-    finish(start(collective::broadcast, data, data, count * sizeof(T), count * sizeof(T), count * sizeof(T),
-                 [&](const void* s, void* r, cudaStream_t stream) {
-                   return ncclBroadcast(s, r, n, cuda::detail::nccl_type<T>(), root, comm_, stream);
-                 }));
+    finish(start_broadcast(data, count, root));
+  }
+  //! On rank `root`: recv[i] = op over ranks of send_r[i] (ncclReduce). Nothing is written on the
+  //! other ranks; their `recv` may be null. In place: send == recv.
+  template <reducible T>
+  void reduce(const T* send, T* recv, std::size_t count, reduce_op op, int root) {
+    finish(start_reduce(send, recv, count, op, root));
   }
   //! Every rank has reached this point, and the collectives before it have completed: the host
   //! waits (a one-word all-reduce).
@@ -272,6 +272,15 @@ class nccl_communicator {
   template <reducible T>
   [[nodiscard]] nccl_request iall_reduce(const T* send, T* recv, std::size_t count, reduce_op op = reduce_op::sum) {
     return {this, start_all_reduce(send, recv, count, op)};
+  }
+  //! As `reduce`; the request completes on every rank (the root's `recv` is then written).
+  template <reducible T>
+  [[nodiscard]] nccl_request ireduce(const T* send, T* recv, std::size_t count, reduce_op op, int root) {
+    return {this, start_reduce(send, recv, count, op, root)};
+  }
+  template <class T>
+  [[nodiscard]] nccl_request ibroadcast(T* data, std::size_t count, int root) {
+    return {this, start_broadcast(data, count, root)};
   }
 
   //! Retires completed collectives; checks deadlines and NCCL's asynchronous error.
@@ -528,6 +537,32 @@ class nccl_communicator {
                    return ncclAllReduce(s, r, count, cuda::detail::nccl_type<T>(), nccl_op(op), comm_, stream);
                  });
   }
+  template <class T>
+  std::uint64_t start_broadcast(T* data, std::size_t count, int root) {
+    check_root(root, "broadcast");
+    const std::size_t n = count * cuda::detail::nccl_scale<T>;
+    return start(collective::broadcast, data, data, count * sizeof(T), count * sizeof(T), count * sizeof(T),
+                 [&](const void* s, void* r, cudaStream_t stream) {
+                   return ncclBroadcast(s, r, n, cuda::detail::nccl_type<T>(), root, comm_, stream);
+                 });
+  }
+  //! The receive buffer exists on the root only: elsewhere it is neither staged nor checked, and
+  //! NCCL gets null ("recvbuff may be NULL on all calls except for root device").
+  template <class T>
+  std::uint64_t start_reduce(const T* send, T* recv, std::size_t count, reduce_op op, int root) {
+    check_root(root, "reduce");
+    const bool at_root = rank_ == root;
+    return start(collective::reduce, send, at_root ? recv : nullptr, count * sizeof(T), at_root ? count * sizeof(T) : 0,
+                 count * sizeof(T), [&](const void* s, void* r, cudaStream_t stream) {
+                   return ncclReduce(s, at_root ? r : nullptr, count, cuda::detail::nccl_type<T>(), nccl_op(op), root, comm_,
+                                     stream);
+                 });
+  }
+  void check_root(int root, std::string_view what) const {
+    if (root < 0 || root >= world_)
+      throw usage_error("zero: " + std::string(what) + " root " + std::to_string(root) + " outside a group of " +
+                        std::to_string(world_) + " ranks (nccl_communicator on " + where() + ")");
+  }
 
   nccl_communicator_options options_;
   int rank_;
@@ -546,6 +581,8 @@ class nccl_communicator {
 };
 
 static_assert(communicator<nccl_communicator>);
+static_assert(nonblocking_communicator<nccl_communicator>);
+static_assert(nonblocking_rooted_communicator<nccl_communicator>);
 
 inline void nccl_request::wait() {
   if (comm_ != nullptr) comm_->order_after(sequence_);
