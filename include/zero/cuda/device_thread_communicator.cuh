@@ -15,9 +15,13 @@
 //! events, not the host) for the others' streams to reach the collective, runs its part of the
 //! result with a kernel or copies, and, after a second rendezvous, waits for the others to
 //! finish reading its buffers. The host waits only at the rendezvous; device work stays in
-//! stream order. Collectives on host memory are run by the composed `thread_communicator`.
+//! stream order. Collectives on host memory are run by the composed `thread_communicator`; the
+//! rooted `reduce` on host memory (which `thread_communicator` does not offer) meets the others
+//! through it as on the device, and its root reduces on the host with `thread_communicator`'s
+//! arithmetic (`zero::detail::reduce_ranks`).
 //!
-//! The non-blocking forms run the collective at once (stream-ordered) and return a completed
+//! The non-blocking forms (`ireduce_scatter`, `iall_gather`, `iall_reduce`, `ireduce`,
+//! `ibroadcast`) run the collective at once (stream-ordered) and return a completed
 //! request: they satisfy the interface and overlap nothing.
 //!
 //! Needs nvcc (include it from a .cu file); link `zero::cuda`.
@@ -203,6 +207,31 @@ class device_thread_communicator {
     traffic_.add(collective::broadcast, count * sizeof(T));
   }
 
+  //! On rank `root`: recv[i] = op over ranks of send_r[i], in rank order (the arithmetic of
+  //! `reduce_scatter`). Nothing is written on the other ranks; their `recv` may be null (it is not
+  //! looked at, nor its kind of memory). In place: send == recv. On host memory the ranks meet
+  //! through the thread communicator as on the device (the same agreement checks, the root
+  //! included, and whether the memory is the host's), and the root reduces on the host.
+  template <reducible T>
+  void reduce(const T* send, T* recv, std::size_t count, reduce_op op, int root) {
+    if (root < 0 || root >= world_size())
+      throw usage_error("zero: reduce root " + std::to_string(root) + " outside a group of " + std::to_string(world_size()) +
+                        " ranks (device_thread_communicator on rank " + std::to_string(rank()) + ")");
+    const bool at_root = rank() == root;
+    T* const out = at_root ? recv : nullptr;
+    if (on_host(send, at_root ? recv : send, count)) {
+      exchange<T>(collective::reduce, send, out, count, op, root, true);
+      if (at_root && count != 0)
+        zero::detail::reduce_ranks(out, count, world_size(), [&](int r) { return static_cast<const T*>(send_of(r)); }, op);
+      host_->barrier();  // the others' send buffers are read until here
+    } else {
+      meet<T>(collective::reduce, send, out, count, op, root);
+      if (at_root) reduce_into(out, 0, count, op);
+      finish(phase_one_);
+    }
+    traffic_.add(collective::reduce, count * sizeof(T));
+  }
+
   //! Every rank's host and stream reach this point: the streams wait for each other.
   void barrier() {
     check_usable();
@@ -226,12 +255,23 @@ class device_thread_communicator {
     all_reduce(send, recv, count, op);
     return {};
   }
+  template <reducible T>
+  [[nodiscard]] device_thread_request ireduce(const T* send, T* recv, std::size_t count, reduce_op op, int root) {
+    reduce(send, recv, count, op, root);
+    return {};
+  }
+  template <class T>
+  [[nodiscard]] device_thread_request ibroadcast(T* data, std::size_t count, int root) {
+    broadcast(data, count, root);
+    return {};
+  }
   void progress() noexcept {}
 
  private:
   // one rank's row of the rendezvous table
-  enum word : std::size_t { kind_word, type_word, count_word, op_word, root_word, send_word, recv_word, ready_word,
-                            phase_one_word, phase_two_word, words };
+  // (kind to memory: what every rank must agree on; memory is 1 for a collective on host memory)
+  enum word : std::size_t { kind_word, type_word, count_word, op_word, root_word, memory_word, send_word, recv_word,
+                            ready_word, phase_one_word, phase_two_word, words };
 
   std::size_t world() const noexcept { return static_cast<std::size_t>(world_size()); }
   const std::uint64_t* row(int r) const noexcept { return table_.data() + static_cast<std::size_t>(r) * words; }
@@ -283,23 +323,35 @@ class device_thread_communicator {
   static std::string describe(const std::uint64_t* w) {
     const auto kind = static_cast<collective>(w[kind_word]);
     std::string d = std::string(to_string(kind)) + "<" + type_text(w[type_word]) + ">(count " + std::to_string(w[count_word]);
-    if (kind == collective::broadcast) d += ", root " + std::to_string(w[root_word]);
-    if (kind == collective::reduce_scatter || kind == collective::all_reduce)
+    if (kind == collective::broadcast || kind == collective::reduce) d += ", root " + std::to_string(w[root_word]);
+    if (kind == collective::reduce_scatter || kind == collective::all_reduce || kind == collective::reduce)
       d += static_cast<reduce_op>(w[op_word]) == reduce_op::sum ? ", sum" : ", max";
+    if (w[memory_word] != 0) d += ", host memory";
     return d + ")";
   }
 
-  //! Rendezvous 1: records this rank's ready event, all-gathers every rank's row on the host,
-  //! checks that all call the same collective, and makes this stream wait for every rank's
-  //! stream to reach it.
+  //! Rendezvous 1: records this rank's ready event, exchanges the rows (`exchange`), and makes
+  //! this stream wait for every rank's stream to reach it.
   template <class T>
   void meet(collective kind, const void* send, void* recv, std::size_t count, reduce_op op, int root) {
     cuda::check(cudaEventRecord(ready_, stream_), "cudaEventRecord (device_thread_communicator)", rank());
+    exchange<T>(kind, send, recv, count, op, root, false);
+    for (int r = 0; r < world_size(); ++r)
+      if (r != rank())
+        cuda::check(cudaStreamWaitEvent(stream_, event_of(row(r)[ready_word]), 0), "cudaStreamWaitEvent (device_thread_communicator)",
+                    rank());
+  }
+
+  //! All-gathers every rank's row on the host and checks that all call the same collective (on
+  //! the same kind of memory).
+  template <class T>
+  void exchange(collective kind, const void* send, void* recv, std::size_t count, reduce_op op, int root, bool host_memory) {
     const std::uint64_t mine[words] = {static_cast<std::uint64_t>(kind),
                                        type_code<T>(),
                                        count,
                                        static_cast<std::uint64_t>(op),
                                        static_cast<std::uint64_t>(root),
+                                       host_memory ? 1u : 0u,
                                        reinterpret_cast<std::uintptr_t>(send),
                                        reinterpret_cast<std::uintptr_t>(recv),
                                        reinterpret_cast<std::uintptr_t>(ready_),
@@ -309,7 +361,7 @@ class device_thread_communicator {
     for (int r = 0; r < world_size(); ++r) {
       const std::uint64_t* w = row(r);
       bool same = true;
-      for (std::size_t k = 0; k <= root_word; ++k) same = same && w[k] == row(0)[k];
+      for (std::size_t k = 0; k <= memory_word; ++k) same = same && w[k] == row(0)[k];
       if (same) continue;
       // every rank sees the same table, so every rank throws the same error
       broken_ = "zero: device collective mismatch in a device_thread_communicator group of " +
@@ -317,10 +369,6 @@ class device_thread_communicator {
                 " calls " + describe(w);
       throw mismatch_error(broken_);
     }
-    for (int r = 0; r < world_size(); ++r)
-      if (r != rank())
-        cuda::check(cudaStreamWaitEvent(stream_, event_of(row(r)[ready_word]), 0), "cudaStreamWaitEvent (device_thread_communicator)",
-                    rank());
   }
 
   //! After this rank's part: records `event`, meets the others again (host), and makes this
@@ -363,5 +411,8 @@ class device_thread_communicator {
 };
 
 static_assert(communicator<device_thread_communicator>);
+static_assert(nonblocking_communicator<device_thread_communicator>);
+static_assert(rooted_communicator<device_thread_communicator>);
+static_assert(nonblocking_rooted_communicator<device_thread_communicator>);
 
 }  // namespace zero
