@@ -123,8 +123,9 @@ std::size_t batch_index(unsigned seed, int step, int i, std::size_t n) {
 
 // ---- the model ------------------------------------------------------------------------------
 
-// The framework's parameters, in bf16, registered in the order backward produces their
-// gradients (output layer first), so that the engine's buckets fill up while backward runs.
+// The framework's parameters, in bf16, in model order (the embedding first, the output layer
+// last), as a framework lists them; backward produces their gradients in the reverse order, the
+// order the engine lays its buckets out in by default, so that they fill up while backward runs.
 struct model {
   struct tensor {
     std::string name;
@@ -134,32 +135,39 @@ struct model {
   std::vector<tensor> tensors;
 
   // indices into `tensors`
-  static constexpr int out_w = 0, out_b = 1;
-  static constexpr int hidden_w(int l) { return 2 + 2 * (layers - 1 - l); }
+  static constexpr int embed = 0;
+  static constexpr int hidden_w(int l) { return 1 + 2 * l; }
   static constexpr int hidden_b(int l) { return hidden_w(l) + 1; }
-  static constexpr int embed = 2 + 2 * layers;
+  static constexpr int out_w = 1 + 2 * layers, out_b = out_w + 1;
 
   static int width_in(int l) { return l == 0 ? context * embedding : hidden; }
 
   static model make(unsigned seed) {
     model m;
+    m.tensors.resize(3 + 2 * layers);
     std::mt19937 rng(seed);
     std::normal_distribution<float> normal(0.0f, 1.0f);
-    auto add = [&](std::string name, int rows, int cols, float scale) {
+    // drawn from the generator from the output layer down (the values every run starts from)
+    auto add = [&](int k, std::string name, int rows, int cols, float scale) {
       tensor t{std::move(name), rows, cols, std::vector<bf16>(static_cast<std::size_t>(rows * cols))};
       for (auto& v : t.values) v = bf16(scale * normal(rng));
-      m.tensors.push_back(std::move(t));
+      m.tensors[static_cast<std::size_t>(k)] = std::move(t);
     };
-    add("out.W", symbols, hidden, 0.1f / std::sqrt(float(hidden)));  // small: the first prediction is near uniform
-    add("out.b", symbols, 1, 0.0f);
+    add(out_w, "out.W", symbols, hidden, 0.1f / std::sqrt(float(hidden)));  // small: the first prediction is near uniform
+    add(out_b, "out.b", symbols, 1, 0.0f);
     for (int l = layers; l-- > 0;) {
-      add("hidden" + std::to_string(l) + ".W", hidden, width_in(l), (5.0f / 3.0f) / std::sqrt(float(width_in(l))));
-      add("hidden" + std::to_string(l) + ".b", hidden, 1, 0.0f);
+      add(hidden_w(l), "hidden" + std::to_string(l) + ".W", hidden, width_in(l), (5.0f / 3.0f) / std::sqrt(float(width_in(l))));
+      add(hidden_b(l), "hidden" + std::to_string(l) + ".b", hidden, 1, 0.0f);
     }
-    add("embed", embedding, symbols, 1.0f);
+    add(embed, "embed", embedding, symbols, 1.0f);
     return m;
   }
 
+  std::size_t largest_tensor() const {
+    std::size_t n = 0;
+    for (const auto& t : tensors) n = std::max(n, t.values.size());
+    return n;
+  }
   std::size_t parameter_count() const {
     std::size_t n = 0;
     for (const auto& t : tensors) n += t.values.size();
@@ -480,9 +488,9 @@ stage_measurement measure(const model& trained, int world) {
       out.bytes_per_step = (comm.traffic() - before).total_bytes();
     }
   });
-  out.formula = zero::expected_memory<zero::bf16_mixed>(trained.parameter_count(), world, S,
-                                                         zero::adamw::state_count(engine_options<S>().hyperparameters),
-                                                         engine_options<S>().layout);
+  out.formula = zero::expected_memory<zero::bf16_mixed, zero::bucketed_partitioner>(
+      trained.parameter_count(), world, S, zero::adamw::state_count(engine_options<S>().hyperparameters),
+      engine_options<S>().layout, trained.largest_tensor());
   return out;
 }
 
@@ -513,7 +521,8 @@ void print_memory_table(const model& trained, int world) {
     line(std::string(zero::to_string(mk)).c_str(), [&](const zero::memory_report& r) { return r.of(mk); });
   }
   line("engine total", [](const zero::memory_report& r) { return r.total(); });
-  line("+ framework bf16 params (2psi)", [&](const zero::memory_report& r) { return r.total() + 2 * psi; });
+  line("framework gradients (peak)", [](const zero::memory_report& r) { return r.framework_gradients; });
+  line("+ framework bf16 params (2psi)", [&](const zero::memory_report& r) { return r.with_framework_gradients() + 2 * psi; });
   std::printf("%-30s", "ZeRO paper's formula, K = 12");
   for (int s = 0; s < 3; ++s) std::printf("   %10.0f %10s", paper[s], "");
   std::printf("\n%-30s", "");
@@ -525,8 +534,9 @@ void print_memory_table(const model& trained, int world) {
               "to a multiple of 16 x N and adds constant reduction buckets. Communicated: stage 0 all-reduces fp32\n"
               "gradients (counted twice: a reduce-scatter and an all-gather); stages 1 and 2 reduce-scatter them and\n"
               "all-gather bf16 parameters; all add one small all-gather of step statistics.\n"
-              "zero-plan --params %zu --world %d --precision bf16 --optimizer adamw --bucket %zu plans the same bytes.\n",
-              psi, world, bucket_elements);
+              "zero-plan --params %zu --world %d --precision bf16 --optimizer adamw --bucket %zu --partitioner bucketed\n"
+              "  --largest-param %zu plans the same bytes.\n",
+              psi, world, bucket_elements, trained.largest_tensor());
   for (int s = 0; s < 3; ++s)
     if (st[s].measured != st[s].formula) std::printf("MISMATCH: stage %d's engine differs from expected_memory\n", s);
 }
@@ -546,8 +556,8 @@ void write_summary(const settings& s, const run_result& r, const std::size_t par
   std::fprintf(f, "\"framework_parameters\": %zu", 2 * params);
   for (std::size_t k = 0; k < zero::memory_kinds; ++k)
     std::fprintf(f, ", \"%s\": %zu", std::string(zero::to_string(static_cast<zero::memory_kind>(k))).c_str(), r.memory.bytes[k]);
-  std::fprintf(f, ", \"engine_total\": %zu, \"total\": %zu, \"activation_checkpoints_peak\": %zu},\n", r.memory.total(),
-               r.memory.total() + 2 * params, r.activation_peak);
+  std::fprintf(f, ", \"framework_gradients\": %zu, \"engine_total\": %zu, \"total\": %zu, \"activation_checkpoints_peak\": %zu},\n",
+               r.memory.framework_gradients, r.memory.total(), r.memory.with_framework_gradients() + 2 * params, r.activation_peak);
   std::fprintf(f, " \"bytes_communicated_per_step\": %.17g,\n \"train_losses\": [",
                static_cast<double>(r.traffic.total_bytes()) / s.steps);
   for (std::size_t i = 0; i < r.losses.size(); ++i) std::fprintf(f, "%s%.17g", i == 0 ? "" : ", ", r.losses[i]);

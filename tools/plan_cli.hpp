@@ -24,7 +24,8 @@ constexpr int max_world = 1 << 20;
 __extension__ typedef unsigned __int128 wide;  // exact arithmetic while parsing "7.5B"
 
 constexpr std::string_view usage_text =
-    "usage: zero-plan --params N --world W[,W...] [--stage 0|1|2] [--precision P] [--optimizer O] [--json]\n"
+    "usage: zero-plan --params N --world W[,W...] [--stage 0|1|2] [--precision P] [--optimizer O]\n"
+    "                 [--partitioner contiguous|bucketed] [--largest-param N] [--json]\n"
     "       zero-plan --fit BYTES --world W[,W...] [same options]\n"
     "       zero-plan --help\n";
 
@@ -48,6 +49,11 @@ zero::plan_memory (include/zero/plan.hpp), which the engine's own accounting equ
                     bf16-pure   bf16 params, no master copy
   --optimizer O     adam (default), adamw (2 fp32 state slots per parameter), adam-amsgrad (3),
                     sgd (0), sgd-momentum (1), lion (1), adagrad (1), lamb (2)
+  --partitioner K   contiguous (DeepSpeed's layout, default) or bucketed (Megatron's): their
+                    reduction units, and so their buckets, differ in size
+  --largest-param N the largest parameter's elements (times its uses, for a shared weight):
+                    stage 2 reading gradient spans, the framework holds at most one reduction
+                    unit plus this many gradients at once. Default 0: that parameter not counted
   --bucket N        elements per reduction bucket, all ranks together (default 4194304 = 4Mi;
                     suffixes as --params)
   --alignment N     elements every shard slice is a multiple of (default 16)
@@ -67,12 +73,17 @@ multiple of alignment x W):
   master_weights    the fp32 master copy of the parameters this rank updates: P (stage 0) or
                     P_pad / W (stages 1, 2) x 4 bytes; 0 for fp32 and bf16-pure
   optimizer_state   the optimizer's fp32 state slots for the same elements
-  model_states_bytes  parameters + gradients + master_weights + optimizer_state
+  framework_gradients  the gradients the framework itself holds at their peak: stage 2 (spans,
+                    reduced while backward runs) one reduction unit plus --largest-param
+                    gradients, in the gradient type; 0 in stages 0 and 1, with
+                    --defer-reduction and with --gradient-slots (the engine reads each
+                    gradient at once, or the framework writes into the engine's slots)
+  model_states_bytes  parameters + gradients + framework_gradients + master_weights +
+                    optimizer_state
   buffers           the engine's model-precision shard for the all-gather (stages 1, 2) and its
                     constant-size reduction buckets
   total             model_states_bytes + buffers; --fit compares this with BYTES
-Not counted: activations, gradient tensors the framework keeps itself when it hands gradients
-over as spans (at most P x 2 bytes), the framework's temporaries, allocator overhead. The ZeRO
+Not counted: activations, the framework's temporaries, allocator overhead. The ZeRO
 paper counts 16-bit gradients (2 + 2 + 12 = 16 bytes per parameter in stage 0 with Adam); zero
 accumulates them in fp32 (18 bytes), as DeepSpeed issues #1800 and #2768 advise.
 
@@ -90,6 +101,8 @@ struct settings {
   zero::stage stage = zero::stage2;
   zero::precision_kind precision = zero::precision_kind::bf16;
   zero::optimizer_kind optimizer = zero::optimizer_kind::adam;
+  zero::partitioner_kind partitioner = zero::partitioner_kind::contiguous;
+  std::uint64_t largest_param = 0;
   zero::layout_options layout;
   bool json = false;
 };
@@ -205,6 +218,13 @@ inline settings parse(std::span<const std::string_view> args) {
         throw bad_argument{"--optimizer '" + std::string(v) +
                            "': adam, adamw, adam-amsgrad, sgd, sgd-momentum, lion, adagrad or lamb"};
       s.optimizer = *o;
+    } else if (arg == "--partitioner") {
+      const std::string_view v = value();
+      const auto p = zero::partitioner_from_string(v);
+      if (!p) throw bad_argument{"--partitioner '" + std::string(v) + "': contiguous or bucketed"};
+      s.partitioner = *p;
+    } else if (arg == "--largest-param") {
+      s.largest_param = parse_scaled(arg, value(), count_units, max_params);
     } else if (arg == "--bucket") {
       s.layout.bucket_elements = parse_scaled(arg, value(), count_units, max_params);
       if (s.layout.bucket_elements == 0) throw bad_argument{"--bucket: at least 1 element"};
@@ -224,6 +244,8 @@ inline settings parse(std::span<const std::string_view> args) {
   if (s.params && s.fit) throw bad_argument{"give --params or --fit, not both"};
   if (!s.params && !s.fit) throw bad_argument{"give --params N (or --fit BYTES)"};
   if (s.worlds.empty()) throw bad_argument{"give --world W (or a list: --world 8,16,64)"};
+  if (s.params && s.largest_param > *s.params)
+    throw bad_argument{"--largest-param " + std::to_string(s.largest_param) + " is more than --params " + std::to_string(*s.params)};
   return s;
 }
 
@@ -264,7 +286,8 @@ inline std::string human_count(std::uint64_t n) {  // 7500000000 -> 7.50B
 inline std::string describe(const settings& s) {
   return "ZeRO stage " + std::to_string(static_cast<int>(s.stage)) + ", precision " +
          std::string(zero::to_string(s.precision)) + ", optimizer " + std::string(zero::to_string(s.optimizer)) + " (" +
-         std::to_string(zero::state_count(s.optimizer)) + " fp32 state slots per parameter)";
+         std::to_string(zero::state_count(s.optimizer)) + " fp32 state slots per parameter), " +
+         std::string(zero::to_string(s.partitioner)) + " partitioner";
 }
 
 struct row {
@@ -273,9 +296,13 @@ struct row {
 };
 
 inline std::vector<row> rows_of(const zero::memory_plan& p) {
-  return {{"parameters", p.parameters},         {"gradients", p.gradients},
-          {"master_weights", p.master_weights}, {"optimizer_state", p.optimizer_state},
-          {"model_states_bytes", p.model_states_bytes()}, {"buffers", p.buffers},
+  return {{"parameters", p.parameters},
+          {"gradients", p.gradients},
+          {"framework_gradients", p.framework_gradients},
+          {"master_weights", p.master_weights},
+          {"optimizer_state", p.optimizer_state},
+          {"model_states_bytes", p.model_states_bytes()},
+          {"buffers", p.buffers},
           {"total", p.total()}};
 }
 
@@ -285,7 +312,8 @@ inline std::string json_object(const settings& s, int world, std::uint64_t param
   o += "\"params\": " + std::to_string(params) + ", \"world\": " + std::to_string(world) +
        ", \"stage\": " + std::to_string(static_cast<int>(s.stage)) + ", \"precision\": \"" +
        std::string(zero::to_string(s.precision)) + "\", \"optimizer\": \"" + std::string(zero::to_string(s.optimizer)) +
-       "\", \"state_slots\": " + std::to_string(zero::state_count(s.optimizer));
+       "\", \"state_slots\": " + std::to_string(zero::state_count(s.optimizer)) + ", \"partitioner\": \"" +
+       std::string(zero::to_string(s.partitioner)) + "\", \"largest_param\": " + std::to_string(s.largest_param);
   for (const auto& r : rows_of(p)) o += ", \"" + std::string(r.name) + "\": " + std::to_string(r.bytes);
   o += ", \"engine\": {";
   for (std::size_t k = 0; k < zero::memory_kinds; ++k)
@@ -304,9 +332,11 @@ inline std::string render(const settings& s) {
   std::vector<std::uint64_t> counts;
   std::vector<zero::memory_plan> plans;
   for (int w : s.worlds) {
-    const std::uint64_t n = s.fit ? zero::largest_fitting(*s.fit, w, s.stage, s.precision, s.optimizer, s.layout) : *s.params;
+    const std::uint64_t n = s.fit ? zero::largest_fitting(*s.fit, w, s.stage, s.precision, s.optimizer, s.layout,
+                                                          s.partitioner, s.largest_param)
+                                  : *s.params;
     counts.push_back(n);
-    plans.push_back(zero::plan_memory(n, w, s.stage, s.precision, s.optimizer, s.layout));
+    plans.push_back(zero::plan_memory(n, w, s.stage, s.precision, s.optimizer, s.layout, s.partitioner, s.largest_param));
   }
 
   std::string out;
@@ -338,6 +368,8 @@ inline std::string render(const settings& s) {
       out += "\n";
     }
     out += "(activations not counted; zero-plan --help says what each kind holds)\n";
+    if (s.stage == zero::stage2 && !s.layout.defer_reduction && !s.layout.gradient_slots && s.largest_param == 0)
+      out += "(framework_gradients counts one reduction unit; --largest-param N adds the largest parameter's gradient)\n";
   }
   return out;
 }

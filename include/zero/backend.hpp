@@ -69,6 +69,7 @@ concept backend = requires(B& b, float* to, const float* from, std::size_t n) {
   b.fill(to, n, 0.0f);
   b.convert(to, from, n);
   b.add(to, from, n);
+  b.scale(to, n, 1.0f);
   b.check_finite(n, from, n);
   { b.first_nonfinite() } -> std::convertible_to<std::size_t>;
   b.clear_nonfinite();
@@ -112,6 +113,11 @@ class host_backend {
   void add(To* to, const From* from, std::size_t n) noexcept {
     for (std::size_t i = 0; i < n; ++i) to[i] = zero::convert<To>(static_cast<float>(to[i]) + static_cast<float>(from[i]));
   }
+  //! data[i] = T(float(data[i]) * factor), rounded once.
+  template <class T>
+  void scale(T* data, std::size_t n, float factor) noexcept {
+    for (std::size_t i = 0; i < n; ++i) data[i] = zero::convert<T>(static_cast<float>(data[i]) * factor);
+  }
 
   //! Notes `param` as the first non-finite input of the step unless one was noted already.
   template <class T>
@@ -149,45 +155,43 @@ class host_backend {
     (void)pieces;
     run_elements_ = 0;
     for (const auto& r : runs) run_elements_ += r.count;
-    partials_.assign(pool_.size(), 0.0);
+    block_sums_.assign((run_elements_ + norm_block - 1) / norm_block, 0.0);
     state_ = state;
     state_stride_ = state_stride;
     state_count_ = state_count;
   }
 
-  //! The sum of squares of the runs' gradients (as float, squared and added in double).
+  //! The sum of squares of the runs' gradients (as float, squared and added in double). The
+  //! runs are summed in blocks of `norm_block` elements, each by one thread, and the blocks'
+  //! sums added in order: the result does not depend on the number of threads.
   template <class Value, class Accum, class Param>
   double sum_of_squares(std::span<const update_run<Value, Accum, Param>> runs) {
-    auto partial = [&](unsigned t, unsigned n) {
-      double sum = 0;
-      for_each_share(runs, t, n, [&](const auto& r, std::size_t begin, std::size_t end) {
-        sum += detail::sum_of_squares(r.grads + begin, end - begin);
+    auto job = [&](unsigned t, unsigned n) {
+      for_each_block_piece(runs, t, n, [&](const auto& r, std::size_t begin, std::size_t end, std::size_t block) {
+        block_sums_[block] += detail::sum_of_squares(r.grads + begin, end - begin);
       });
-      partials_[t] = sum;
     };
-    run_split(partial);
-    return total_of_partials();
+    run_split(job);
+    return total_of_blocks();
   }
 
   //! The fused update of the prepared runs with element-wise rule `Rule`: values and state
   //! slots, the gradients times `factor`, new values rounded by `round` (element ids from
   //! `id_base`), model-precision copies into `out`. Returns the gradients' sum of squares when
-  //! `with_norm` (else 0).
+  //! `with_norm` (else 0), added as `sum_of_squares` adds them.
   template <elementwise_rule Rule, class Value, class Accum, class Param>
   double update(const typename Rule::constants& c, std::span<const update_run<Value, Accum, Param>> runs, float factor,
                 const detail::value_rounding<Value>& round, std::uint64_t id_base, bool with_norm) {
     auto job = [&](unsigned t, unsigned n) {
-      double sum = 0;
-      for_each_share(runs, t, n, [&](const auto& r, std::size_t begin, std::size_t end) {
+      for_each_block_piece(runs, t, n, [&](const auto& r, std::size_t begin, std::size_t end, std::size_t block) {
         const auto slots = state_slots(r.state_offset + begin);
-        sum += detail::update_elements<Rule>(c, r.values + begin, r.grads + begin, slots.data(), state_count_,
-                                             r.out == nullptr ? nullptr : r.out + begin, end - begin, factor, round,
-                                             id_base + r.state_offset + begin, with_norm);
+        block_sums_[block] += detail::update_elements<Rule>(c, r.values + begin, r.grads + begin, slots.data(), state_count_,
+                                                            r.out == nullptr ? nullptr : r.out + begin, end - begin, factor,
+                                                            round, id_base + r.state_offset + begin, with_norm);
       });
-      partials_[t] = sum;
     };
     run_split(job);
-    return with_norm ? total_of_partials() : 0.0;
+    return with_norm ? total_of_blocks() : 0.0;
   }
 
   // ---- tensor-wise rules (lamb): two passes around an exchange of per-tensor sums ----------
@@ -243,6 +247,7 @@ class host_backend {
 
  private:
   static constexpr std::size_t threading_threshold = 1u << 15;  // elements below which one thread works
+  static constexpr std::size_t norm_block = 1u << 14;           // elements per block of the norm's sum
 
   unsigned split_threads() const noexcept { return run_elements_ < threading_threshold ? 1u : pool_.size(); }
 
@@ -258,29 +263,38 @@ class host_backend {
     return slots;
   }
 
-  double total_of_partials() const noexcept {
+  double total_of_blocks() const noexcept {
     double total = 0;
-    for (unsigned t = 0; t < split_threads(); ++t) total += partials_[t];
+    for (double b : block_sums_) total += b;
     return total;
   }
 
-  //! Calls f(run, begin, end) for the part of the runs (all elements back to back) that
-  //! thread t of n takes.
+  //! Calls f(run, begin, end, block) for the runs' elements (all of them back to back) in the
+  //! blocks thread t of n takes, cut at block boundaries, in order; zeroes those blocks' sums
+  //! first.
   template <class Run, class F>
-  void for_each_share(std::span<const Run> runs, unsigned t, unsigned n, F&& f) const {
-    const auto [lo, hi] = detail::share(run_elements_, t, n);
+  void for_each_block_piece(std::span<const Run> runs, unsigned t, unsigned n, F&& f) {
+    const auto [first, last] = detail::share(block_sums_.size(), t, n);
+    for (std::size_t b = first; b < last; ++b) block_sums_[b] = 0;
+    const std::size_t lo = first * norm_block, hi = std::min(last * norm_block, run_elements_);
     std::size_t at = 0;
     for (const auto& r : runs) {
-      const std::size_t b = std::max(lo, at), e = std::min(hi, at + r.count);
-      if (b < e) f(r, b - at, e - at);
-      at += r.count;
-      if (at >= hi) break;
+      const std::size_t run_begin = at, run_end = at + r.count;
+      at = run_end;
+      if (run_end <= lo) continue;
+      if (run_begin >= hi) break;
+      for (std::size_t b = std::max(lo, run_begin), e = std::min(hi, run_end); b < e;) {
+        const std::size_t block = b / norm_block;
+        const std::size_t cut = std::min(e, (block + 1) * norm_block);
+        f(r, b - run_begin, cut - run_begin, block);
+        b = cut;
+      }
     }
   }
 
   std::pmr::memory_resource* memory_;
   detail::worker_pool pool_;
-  std::vector<double> partials_;  // one sum per thread
+  std::vector<double> block_sums_;  // the norm's sum, one per block of norm_block elements
   std::size_t run_elements_ = 0;
   float* state_ = nullptr;
   std::size_t state_stride_ = 0, state_count_ = 0;

@@ -654,6 +654,9 @@ checkpoint_info save_checkpoint(Opt& opt, const std::filesystem::path& directory
 //! agree (`synchronize_parameters`). Collective; call it between steps. On failure every rank
 //! throws the same `checkpoint_error` (naming the file, the section and what is wrong) and the
 //! optimizer is unchanged. Holds one extra copy of the rank's values and state while loading.
+//! The saved layout order need not be the optimizer's (each rank takes what it owns, parameter
+//! by parameter); an optimizer whose order is still to be learned (`gradient_order::learned`,
+//! before its first micro-step has ended) takes the saved order, the one the saving run had.
 template <class Opt>
 checkpoint_info load_checkpoint(Opt& opt, const std::filesystem::path& path) {
   using value_type = typename Opt::value_type;
@@ -670,6 +673,9 @@ checkpoint_info load_checkpoint(Opt& opt, const std::filesystem::path& path) {
   checkpoint_info info;
   loss_scaler::state saved_scaler{};
   bool saved_dynamic = false;
+  // a layout order still to be learned becomes the saved one (the order the saving run learned)
+  const bool adopt_order = opt.order_pending();
+  std::vector<std::size_t> saved_order;
   const auto outcome = detail::exchange_outcomes(opt, detail::run_local([&]() -> std::uint64_t {
     detail::checkpoint_set set = detail::open_checkpoint(path);
     const checkpoint_header& h0 = set.headers[0];
@@ -678,19 +684,35 @@ checkpoint_info load_checkpoint(Opt& opt, const std::filesystem::path& path) {
     saved_scaler = h0.scaler;
     saved_dynamic = h0.loss_scale_kind == static_cast<std::uint8_t>(loss_scale_options::mode::dynamic);
 
-    values.assign(updated, value_type(0.0f));
-    if constexpr (values_are_parameters) {
-      for (const auto& piece : opt.owned_pieces()) {
-        const auto p = opt.parameter_values(piece.param);
-        opt.copy_to_host(values.data() + piece.flat_offset, p.data + piece.param_offset, piece.count);
+    // what this rank will update: under its plan, or under the plan of the saved order
+    std::vector<owned_piece> wanted(opt.owned_pieces().begin(), opt.owned_pieces().end());
+    if (adopt_order) {
+      saved_order = h0.plan.order();
+      const partition_plan target = opt.plan_for_order(saved_order);
+      wanted.clear();
+      if constexpr (sharded) {
+        for (const auto& piece : target.pieces())
+          if (piece.rank == rank) wanted.push_back(piece);
+      } else {
+        for (std::size_t p = 0; p < target.param_size.size(); ++p)
+          wanted.push_back({p, 0, rank, 0, target.param_offset[p], target.param_offset[p], target.param_size[p]});
       }
-    } else {
-      opt.copy_to_host(values.data(), opt.values().data(), updated);
     }
-    state.resize(state_count * updated);
-    for (std::size_t k = 0; k < state_count; ++k) opt.copy_to_host(state.data() + k * updated, opt.state(k).data(), updated);
+    values.assign(updated, value_type(0.0f));
+    state.assign(state_count * updated, 0.0f);
+    if (!adopt_order) {
+      if constexpr (values_are_parameters) {
+        for (const auto& piece : opt.owned_pieces()) {
+          const auto p = opt.parameter_values(piece.param);
+          opt.copy_to_host(values.data() + piece.flat_offset, p.data + piece.param_offset, piece.count);
+        }
+      } else {
+        opt.copy_to_host(values.data(), opt.values().data(), updated);
+      }
+      for (std::size_t k = 0; k < state_count; ++k) opt.copy_to_host(state.data() + k * updated, opt.state(k).data(), updated);
+    }
 
-    const auto copies = detail::plan_copies(h0.plan, opt.owned_pieces(), !sharded);
+    const auto copies = detail::plan_copies(h0.plan, wanted, !sharded);
     for (std::uint32_t f = 0; f < h0.world_size; ++f) {
       // each file is read by the ranks that need it, and by rank f mod world in any case, so
       // that every section of every file is verified by some rank
@@ -719,6 +741,7 @@ checkpoint_info load_checkpoint(Opt& opt, const std::filesystem::path& path) {
                                                                     std::to_string(outcome[0].value) + " (a save committed meanwhile?)");
 
   // every rank succeeded: commit what was read
+  if (adopt_order) opt.fix_order(saved_order);
   if constexpr (values_are_parameters) {
     for (const auto& piece : opt.owned_pieces())
       opt.copy_from_host(opt.parameter_values(piece.param).data + piece.param_offset, values.data() + piece.flat_offset, piece.count);

@@ -93,7 +93,9 @@ class checkpoint_error : public error {
 
 namespace checkpoint_format {
 inline constexpr std::array<char, 8> magic = {'Z', 'E', 'R', 'O', 'C', 'K', 'P', 'T'};
-inline constexpr std::uint32_t version = 1;                  //!< the newest format this build reads and writes
+//! The newest format this build reads and writes. Version 2 added each reduction unit's owner
+//! (units owned whole by one rank); version 1 files load as units shared by every rank.
+inline constexpr std::uint32_t version = 2;
 inline constexpr std::uint32_t byte_order_mark = 0x01020304u;  //!< stored little-endian: bytes 04 03 02 01
 inline constexpr std::size_t preamble_bytes = 32;
 inline constexpr std::size_t section_alignment = 64;  //!< sections start at multiples of this
@@ -333,6 +335,7 @@ inline std::vector<std::byte> encode_header_body(const checkpoint_header& h) {
     w.u64(u.rank_stride);
     w.u64(u.slice);
     w.u64(u.shard_begin);
+    if (h.version >= 2) w.i32(u.owner);
   }
   w.u64(h.layout_hash);
   w.u32(static_cast<std::uint32_t>(h.sections.size()));
@@ -487,28 +490,35 @@ inline checkpoint_header parse_header(std::span<const std::byte> bytes, const st
   const std::uint64_t units = r.count("unit count", 32);
   if (units == 0 && p.shard_size != 0) r.fail("no reduction units");
   p.units.reserve(units);
-  std::uint64_t shard_at = 0;
+  // each rank's slices tile its shard in unit order (kept per owner: a huge world size costs nothing)
+  detail::shard_cursors cursors(h.world_size);
   for (std::uint64_t k = 0; k < units; ++k) {
     reduction_unit u;
     u.flat_begin = r.u64("unit flat_begin");
     u.rank_stride = r.u64("unit rank_stride");
     u.slice = r.u64("unit slice");
     u.shard_begin = r.u64("unit shard_begin");
+    if (h.version >= 2) u.owner = r.i32("unit owner");
     const std::string which = "unit " + std::to_string(k);
     if (u.slice == 0) r.fail(which + " is empty");
-    if (u.shard_begin != shard_at) r.fail(which + " does not continue the shard");
-    if (detail::add_overflows(shard_at, u.slice)) r.fail(which + " overflows the shard");
-    shard_at += u.slice;
-    // the last rank's slice must end inside the flat buffer
-    const std::uint64_t last = h.world_size - 1;
+    if (u.owner != every_rank && (u.owner < 0 || static_cast<std::uint64_t>(u.owner) >= h.world_size))
+      r.fail(which + " is owned by rank " + std::to_string(u.owner) + ", outside the " + std::to_string(h.world_size) + " ranks");
+    if (const long long q = cursors.first_not_continued(u); q >= 0)
+      r.fail(which + " does not continue the shard of rank " + std::to_string(q));
+    if (detail::add_overflows(u.shard_begin, u.slice)) r.fail(which + " overflows the shard");
+    cursors.advance(u);
+    // the last slice must end inside the flat buffer
+    const std::uint64_t last = u.owner == every_rank ? h.world_size - 1 : 0;
     if (detail::mul_overflows(last, u.rank_stride) || detail::add_overflows(u.flat_begin, last * u.rank_stride) ||
         detail::add_overflows(u.flat_begin + last * u.rank_stride, u.slice) ||
         u.flat_begin + last * u.rank_stride + u.slice > p.padded_size)
       r.fail(which + " reaches outside the flat buffer");
-    if (h.world_size > 1 && u.rank_stride < u.slice) r.fail(which + " has overlapping slices");
+    if (u.owner == every_rank && h.world_size > 1 && u.rank_stride < u.slice) r.fail(which + " has overlapping slices");
     p.units.push_back(u);
   }
-  if (shard_at != p.shard_size) r.fail("units cover " + std::to_string(shard_at) + " shard elements, not " + std::to_string(p.shard_size));
+  if (const long long q = cursors.first_not_filled(p.shard_size); q >= 0)
+    r.fail("units cover " + std::to_string(cursors.at(static_cast<std::uint64_t>(q))) + " shard elements of rank " +
+           std::to_string(q) + ", not " + std::to_string(p.shard_size));
   h.layout_hash = r.u64("layout_hash");
   if (h.layout_hash != layout_hash(p.param_size, h.param_names)) r.fail("layout_hash does not match the parameters");
 

@@ -15,7 +15,9 @@
 #include <string_view>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
+#include "zero/partitioner.hpp"
 #include "zero/precision.hpp"
 
 namespace zero {
@@ -37,18 +39,38 @@ constexpr std::string_view to_string(memory_kind k) noexcept {
   return names[static_cast<std::size_t>(k)];
 }
 
-//! Bytes per kind on one rank.
+//! Bytes per kind on one rank: what the engine allocated, and the most gradient bytes the
+//! framework must keep alive for it.
 struct memory_report {
   std::array<std::size_t, memory_kinds> bytes{};
+  //! Not allocated by the engine: the most bytes of reported gradients the framework must keep
+  //! alive at once between the engine's calls (reported and not yet released), when gradients
+  //! arrive in the layout's order (docs/design.md derives it). Stage 2 reading spans: one
+  //! reduction unit plus the largest parameter's gradients; stages 0 and 1, deferred reduction
+  //! and gradient slots: 0 (every gradient is read before its call returns, or lives in a slot).
+  std::size_t framework_gradients = 0;
 
   constexpr std::size_t of(memory_kind k) const noexcept { return bytes[static_cast<std::size_t>(k)]; }
   constexpr std::size_t& operator[](memory_kind k) noexcept { return bytes[static_cast<std::size_t>(k)]; }
+  //! Bytes the engine allocated.
   constexpr std::size_t total() const noexcept {
     std::size_t t = 0;
     for (auto b : bytes) t += b;
     return t;
   }
+  //! What a rank holds for the optimizer: the engine's bytes and the framework's gradients.
+  constexpr std::size_t with_framework_gradients() const noexcept { return total() + framework_gradients; }
   friend constexpr bool operator==(const memory_report&, const memory_report&) = default;
+};
+
+//! The order the parameters lie in the flat buffer, which should be the order their gradients
+//! arrive in: a reduction unit is reduced as soon as its gradients are in, in unit order.
+enum class gradient_order : std::uint8_t {
+  reverse,       //!< the reverse of registration order: register in model order, backward reports the last layer first
+  registration,  //!< registration order
+  given,         //!< `layout_options::given_order`
+  learned,       //!< the order rank 0's gradients arrive in during the first micro-step, agreed by every rank and
+                 //!< fixed before the first update (as DDP rebuilds its buckets after the first iteration)
 };
 
 //! The run-time choices that shape the engine's buffers.
@@ -68,24 +90,35 @@ struct layout_options {
   //! waits for a buffer's collective only before reusing the buffer. 1: every collective
   //! completes before the engine goes on. Each buffer adds its size to `buckets`.
   std::size_t staging_buffers = 1;
+  //! The order of the parameters in the flat buffer (see `gradient_order`).
+  gradient_order order = gradient_order::reverse;
+  //! With `order == gradient_order::given`: every parameter's index once, in the order their
+  //! gradients arrive.
+  std::vector<std::size_t> given_order{};
+  //! Stage 2 (DeepSpeed's `contiguous_gradients`): `gradient_ready(p, span)` copies the gradient
+  //! into the staging buffers of its units right away when they are free, so that the span is
+  //! released before the call returns; a piece whose unit's buffer is still busy (the unit lies
+  //! more than `staging_buffers` units ahead) is read later, as without the option.
+  bool copy_on_report = false;
 };
 
 //! The engine's per-rank bytes, in closed form, for the shipped partitioners: `param_count`
-//! elements in total, `state_count` state slots per element (the rule's `state_count`).
-template <precision_bundle P>
+//! elements in total, `state_count` state slots per element (the rule's `state_count`), and for
+//! `framework_gradients` the largest parameter's elements times its reports per micro-step
+//! (`largest_parameter`; 0 leaves the parameter out of that bound).
+template <precision_bundle P, class Partitioner = contiguous_partitioner>
 constexpr memory_report expected_memory(std::size_t param_count, int world_size, stage s, std::size_t state_count,
-                                        const layout_options& o = {}) noexcept {
+                                        const layout_options& o = {}, std::size_t largest_parameter = 0) noexcept {
+  static_assert(requires(std::size_t shard, const partition_options& po) {
+    { Partitioner::largest_unit(shard, po) } -> std::convertible_to<std::size_t>;
+  }, "zero::expected_memory: the partitioner has no static largest_unit(shard, options) (the shipped ones have)");
   using param = typename P::param_type;
   using comm = typename P::comm_type;
   const std::size_t n = static_cast<std::size_t>(world_size);
   const std::size_t quantum = o.alignment * n;
   const std::size_t padded = (param_count + quantum - 1) / quantum * quantum;
   const std::size_t shard = padded / n;
-  // a rank's slice of a reduction unit, as the partitioners cut it (`unit_slice`): nothing
-  // overflows, whatever bucket_elements is
-  const std::size_t per_rank = o.bucket_elements / n + (o.bucket_elements % n != 0 ? 1 : 0);
-  const std::size_t slice =
-      per_rank >= shard ? shard : std::min((per_rank + o.alignment - 1) / o.alignment * o.alignment, shard);
+  const std::size_t unit = Partitioner::largest_unit(shard, {world_size, o.alignment, o.bucket_elements});
   const bool sharded = s != stage::stage0;
   const std::size_t updated = sharded ? shard : param_count;  // elements this rank updates
 
@@ -97,7 +130,9 @@ constexpr memory_report expected_memory(std::size_t param_count, int world_size,
   r[memory_kind::gradient_slots] = o.gradient_slots ? param_count * sizeof(typename P::grad_type) : 0;
   r[memory_kind::parameter_shard] = sharded ? shard * sizeof(param) : 0;
   const std::size_t staging_element = sharded ? std::max(sizeof(comm), sizeof(param)) : sizeof(comm);
-  r[memory_kind::buckets] = std::max<std::size_t>(o.staging_buffers, 1) * n * slice * staging_element;
+  r[memory_kind::buckets] = std::max<std::size_t>(o.staging_buffers, 1) * unit * staging_element;
+  if (streaming && !o.gradient_slots && param_count != 0)
+    r.framework_gradients = (unit + largest_parameter) * sizeof(typename P::grad_type);
   return r;
 }
 

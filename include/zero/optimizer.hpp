@@ -1,13 +1,13 @@
 #pragma once
 //! @file optimizer.hpp
-//! `zero::optimizer`: the four policies composed into one ZeRO engine, on the host.
+//! `zero::optimizer`: the four policies composed into one ZeRO engine.
 //!
 //! One step (see docs/design.md):
 //!  1. The framework reports each parameter's gradient (`gradient_ready`), in any order, over
 //!     one or more micro-steps (`end_micro_step()` between them). Stages 0 and 1 add it into a
-//!     full accumulation buffer. Stage 2 reduces the gradients unit by unit (constant-size
-//!     reduce-scatters, in unit order on every rank) as soon as all parameters of the next unit
-//!     have been reported, and keeps only its own shard.
+//!     full accumulation buffer at once. Stage 2 reduces the gradients unit by unit (constant
+//!     size, in unit order on every rank) as soon as every gradient of the next unit is in, keeps
+//!     only its own shard, and tells the framework which gradients it will not read again.
 //!  2. `step()` reduces what is left (a parameter never reported counts as zero), exchanges
 //!     each rank's sum of squares and overflow findings (one small all-gather), skips the step
 //!     on every rank together if any gradient was not finite, or else updates this rank's shard
@@ -15,17 +15,24 @@
 //!     (one factor), writes the new model-precision values, and all-gathers them into every
 //!     rank's parameters.
 //!
-//! With `layout.staging_buffers` >= 2 and a communicator that has non-blocking forms, the
-//! reductions and the all-gather are pipelined: a unit's collective stays in flight while the
-//! framework goes on with backward (or the engine packs or unpacks the next unit), and the
-//! engine waits for it only before it reuses that unit's staging buffer.
+//! The jobs, one header each (`zero/engine/`):
+//!  * `registration.hpp`: what a rank checks of its own parameters and layout options;
+//!  * `rank_agreement.hpp`: the ranks agree on their input and layout at construction, and on a
+//!    learned layout order;
+//!  * `reduction_schedule.hpp`: which unit is reduced next, the arrival order, and when a
+//!    gradient is released;
+//!  * `gradient_records.hpp`: where the reported gradients are until they are taken in;
+//!  * `staging_ring.hpp`: the staging buffers and the collectives in flight on them;
+//!  * `unit_collectives.hpp`: which collective reduces (and gathers) each unit;
+//!  * `step_statistics.hpp`: norm, overflow and clip factor from the exchanged words.
+//! This file composes them: the framework's calls, packing units, the update, the all-gather.
 
 #include <algorithm>
 #include <array>
-#include <bit>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <memory_resource>
 #include <span>
@@ -39,6 +46,13 @@
 #include "zero/activation_checkpointer.hpp"
 #include "zero/backend.hpp"
 #include "zero/communicator.hpp"
+#include "zero/engine/gradient_records.hpp"
+#include "zero/engine/rank_agreement.hpp"
+#include "zero/engine/reduction_schedule.hpp"
+#include "zero/engine/registration.hpp"
+#include "zero/engine/staging_ring.hpp"
+#include "zero/engine/step_statistics.hpp"
+#include "zero/engine/unit_collectives.hpp"
 #include "zero/error.hpp"
 #include "zero/loss_scaler.hpp"
 #include "zero/memory.hpp"
@@ -49,25 +63,6 @@
 #include "zero/update_rule.hpp"
 
 namespace zero {
-
-namespace detail {
-
-//! The request a blocking communicator "returns": complete from the start.
-struct completed_request {
-  void wait() noexcept {}
-  bool done() const noexcept { return true; }
-};
-template <class Comm>
-struct request_of {
-  using type = completed_request;
-};
-template <nonblocking_communicator Comm>
-struct request_of<Comm> {
-  using type = decltype(std::declval<Comm&>().ireduce_scatter(std::declval<const float*>(), std::declval<float*>(),
-                                                               std::size_t{}, reduce_op::sum));
-};
-
-}  // namespace detail
 
 //! A parameter the framework registers: its values (model precision, framework-owned).
 template <class T>
@@ -100,6 +95,16 @@ struct optimizer_options {
   nonfinite_policy on_nonfinite = nonfinite_policy::automatic;
   rounding value_rounding = rounding::nearest_even;
   std::uint64_t seed = 0;  //!< seeds stochastic rounding
+  //! DeepSpeed's `gradient_predivide_factor`: each rank's gradients are divided by this before
+  //! the reduction sums them, and the sum by world size / factor after it, so that 16-bit
+  //! reductions do not overflow where the average fits (> 0; 1: the whole average after).
+  double gradient_predivide_factor = 1;
+  //! Called on the rank's thread, from inside `gradient_ready`, `end_micro_step` or `step`, with
+  //! the indices of the parameters whose reported gradients the engine will not read again this
+  //! micro-step (see `optimizer::gradient_released`); the framework may then free or reuse that
+  //! memory (on a device engine, after its stream waits for `optimizer::release_event()`). It
+  //! must not call the engine.
+  std::function<void(std::span<const std::size_t>)> on_gradients_released{};
   //! Threads that split this rank's update and norm passes (the calling thread included); 0: the
   //! hardware's count. Shards under 32768 elements are done by the calling thread alone. (Host
   //! backend.)
@@ -159,31 +164,33 @@ class optimizer {
   static_assert(backend<backend_type>,
                 "zero::optimizer: the communicator's backend_type is not a zero::backend (a CUDA communicator: include "
                 "<zero/cuda/backend.cuh> and compile the engine with nvcc)");
+  static_assert(!std::is_same_v<typename Precision::master_type, double>,
+                "zero::optimizer: double master weights are not supported: the update computes in fp32, so double "
+                "master weights would be rounded to fp32 at every step; use float master weights");
   static constexpr zero::stage stage_value = Stage;
   static constexpr std::size_t max_state_slots = detail::max_update_slots;
   //! 64-bit words each rank contributes to the one all-gather of per-step statistics.
-  static constexpr std::size_t statistics_words = 4;
+  static constexpr std::size_t statistics_words = engine::statistics_words;
 
   //! Registers the parameters and allocates every buffer. Collective: every rank of `comm`
   //! constructs its engine with the same layout and options; a rank whose layout differs, or
   //! whose input is refused, makes every rank throw the same error naming it.
   //! Reads the parameters' values (to initialize the master weights); writes nothing of them.
   optimizer(Comm& comm, std::span<const parameter<param_type>> params, options_type options = {})
-      : comm_(&comm), options_(options), rank_(comm.rank()), world_(comm.world_size()),
-        backend_(comm, backend_options{options.threads, options.memory}) {
+      : comm_(&comm), options_(std::move(options)), rank_(comm.rank()), world_(comm.world_size()),
+        backend_(comm, backend_options{options_.threads, options_.memory}) {
     std::string refusal;
     std::uint64_t digest = 0;
     try {
       validate_locally(params);
-      std::vector<std::size_t> sizes(params.size());
-      for (std::size_t i = 0; i < params.size(); ++i) sizes[i] = params[i].values.size;
-      plan_ = Partitioner{}.plan(sizes, {world_, options_.layout.alignment, options_.layout.bucket_elements});
-      validate_plan(plan_, sizes, world_);
+      for (const auto& p : params) sizes_.push_back(p.values.size);
+      plan_ = plan_for_order(engine::initial_order(options_.layout, sizes_.size()));
       digest = layout_digest(params);
     } catch (const usage_error& e) {
       refusal = e.what();
     }
-    agree_across_ranks(digest, refusal);
+    engine::agree_on_input(gather_words(), rank_, world_, digest, refusal,
+                           "a parameter layout, precision, stage or options");
     register_parameters(params);
     allocate_and_initialize();
   }
@@ -203,7 +210,7 @@ class optimizer {
     if (!options_.layout.gradient_slots)
       throw usage_error("zero: grad_slot(" + name_of(param) + ") on rank " + std::to_string(rank_) +
                         ": gradient slots are off; set options.layout.gradient_slots = true");
-    return {slots_.data() + plan_.param_offset[param], plan_.param_size[param]};
+    return {slots_.data() + slot_offset_[param], sizes_[param]};
   }
 
   //! Reports that the gradient of `param` is in its slot (slot mode). A shared parameter is
@@ -215,21 +222,19 @@ class optimizer {
       throw usage_error("zero: gradient_ready(" + name_of(param) + ") without a gradient on rank " +
                         std::to_string(rank_) + ": gradient slots are off; pass the gradient span");
     count_report(param);
-    if (!local_accumulation_) {
-      if (reports_[param] == 1) add_record(param, slots_.data() + plan_.param_offset[param]);
-      guarded([&] {
-        note_reported(param);
-        progress();
-      });
-    }
+    if (!local_accumulation_ && schedule_.reports(param) == 0) records_.add(param, slots_.data() + slot_offset_[param]);
+    schedule_.note_report(param);
+    if (streaming()) guarded([&] { advance(); });
+    notify_released();
   }
 
   //! Reports the gradient of `param` as a span the engine reads (span mode). Each report is one
   //! contribution: a shared parameter is reported once per use and the uses are summed.
   //! Stages 0 and 1 read the span during this call; stage 2 reads it when the reduction unit
-  //! holding `param` is reduced.
-  //! @pre stage 2: `grad` stays valid and unchanged until the micro-step ends
-  //!      (`end_micro_step()` or `step()` returns).
+  //! holding `param` is packed (at once with `layout.copy_on_report` where the unit's staging
+  //! buffer is free), and tells when through `gradient_released` and `on_gradients_released`.
+  //! @pre the span stays valid and unchanged until it is released (at the latest when the
+  //!      micro-step ends: `end_micro_step()` or `step()` returns).
   void gradient_ready(std::size_t param, raw_span<const grad_type> grad) {
     check_usable();
     check_index(param, "gradient_ready");
@@ -239,29 +244,70 @@ class optimizer {
     if (grad.data == nullptr)
       throw usage_error("zero: gradient of parameter " + name_of(param) + " on rank " + std::to_string(rank_) +
                         " is a null span");
-    if (grad.size != plan_.param_size[param])
+    if (grad.size != sizes_[param])
       throw usage_error("zero: gradient of parameter " + name_of(param) + " on rank " + std::to_string(rank_) + " has " +
-                        std::to_string(grad.size) + " elements; the parameter has " +
-                        std::to_string(plan_.param_size[param]));
+                        std::to_string(grad.size) + " elements; the parameter has " + std::to_string(sizes_[param]));
     count_report(param);
-    if (local_accumulation_) {
-      accumulate(param, grad.data);
+    if (local_accumulation_ && !learning_) {
+      accumulate(param, grad.data);  // read now: released at once
+      schedule_.note_report(param);
+      schedule_.release_now(param, released_);
     } else {
-      add_record(param, grad.data);
-      guarded([&] {
-        note_reported(param);
-        progress();
-      });
+      records_.add(param, grad.data);
+      schedule_.note_report(param);
+      if (streaming()) guarded([&] {
+          if (options_.layout.copy_on_report) take_in(param);
+          advance();
+        });
     }
+    notify_released();
+  }
+
+  //! Declares that `param` gets no (further) gradient this micro-step: an unused parameter, as
+  //! DDP's `find_unused_parameters` finds them. Its reductions need not wait for it (stage 2
+  //! reduces a unit as soon as its other gradients are in); it counts as zero, as a parameter
+  //! never reported does. A shared parameter reported j < k times gets no more reports.
+  //! @throws usage_error when every report of `param` is in already this micro-step
+  void gradient_unused(std::size_t param) {
+    check_usable();
+    check_index(param, "gradient_unused");
+    count_report(param);
+    while (!schedule_.all_reported(param)) schedule_.note_report(param);
+    if (streaming()) guarded([&] {
+        schedule_.release_if_consumed(param, released_);
+        advance();
+      });
+    notify_released();
+  }
+
+  //! Whether every gradient reported for `param` in this micro-step has been read for the last
+  //! time: the framework may free or reuse that memory (on a device engine, once its stream has
+  //! waited for `release_event()`). False for a parameter not reported yet; everything
+  //! reported is released when the micro-step ends, and the flags restart with the next one.
+  bool gradient_released(std::size_t param) const {
+    check_index(param, "gradient_released");
+    return schedule_.released(param);
+  }
+
+  //! A device engine: the event recorded on the engine's stream after the last read of the
+  //! gradients released so far; a framework computing on another stream makes it wait for
+  //! this event (cudaStreamWaitEvent) before it reuses released memory. (The host engine reads
+  //! before it releases; it has no event.)
+  auto release_event() const noexcept
+    requires requires(const backend_type& b) { b.release_event(); }
+  {
+    return backend_.release_event();
   }
 
   //! Ends a micro-step that is not the last of the step (gradient accumulation): the
   //! gradients reported so far are kept (stage 2: reduced now, as DeepSpeed does, unless
-  //! `layout.defer_reduction`), and every parameter may be reported again. Collective in stage 2.
+  //! `layout.defer_reduction`), and every parameter may be reported again. Collective in stage 2
+  //! (and in every stage while the layout order is being learned).
   void end_micro_step() {
     check_usable();
     guarded([&] { finish_micro_step(); });
     ++micro_steps_;
+    notify_released();
   }
 
   // ---- the step ----------------------------------------------------------------------------
@@ -270,8 +316,8 @@ class optimizer {
   //! (a non-finite gradient on any rank, with `on_nonfinite` skipping) or updates this rank's
   //! shard with the gradients averaged over ranks and micro-steps, unscaled and clipped, and
   //! leaves every rank's parameters holding the full updated values. Collective. Allocates
-  //! nothing. @throws loss_scale_error when a step overflows at the minimum loss scale (the
-  //! step is skipped and the gradients cleared first).
+  //! nothing (but in the step that learns the layout order). @throws loss_scale_error when a
+  //! step overflows at the minimum loss scale (the step is skipped and the gradients cleared first).
   step_report step() {
     check_usable();
     step_report report;
@@ -279,10 +325,7 @@ class optimizer {
     guarded([&] {
       auto t0 = clock::now();
       finish_micro_step();
-      if (local_accumulation_) {
-        for (std::size_t k = 0; k < plan_.units.size(); ++k) reduce_unit(k);
-        complete_all();
-      }
+      if (local_accumulation_) reduce_remaining_units();
       auto t1 = clock::now();
       if (norm_needed_before_update()) {
         report = exchange_statistics(local_sum_of_squares());
@@ -291,7 +334,7 @@ class optimizer {
         // no clipping and no overflow check: the norm is only reported, so the update pass
         // computes it on the way (one pass over the gradients fewer)
         double sum_of_squares = 0;
-        inverse_average_ = 1.0 / (static_cast<double>(world_) * scaler_.scale() * static_cast<double>(micro_steps_));
+        inverse_average_ = engine::inverse_average(statistics_inputs());
         update_shard(static_cast<float>(inverse_average_), &sum_of_squares);
         report = exchange_statistics(sum_of_squares);
       }
@@ -304,6 +347,7 @@ class optimizer {
       reduce_seconds_ = 0;
     });
     reset_step();
+    notify_released();
     if (report.skipped) {
       scaler_.update(true);
     } else {
@@ -331,12 +375,40 @@ class optimizer {
   std::uint64_t step_count() const noexcept { return step_; }
   int rank() const noexcept { return rank_; }
   int world_size() const noexcept { return world_; }
+  //! The partition in use: the parameters in flat-buffer order (`plan().order()`), the units.
   const partition_plan& plan() const noexcept { return plan_; }
   const options_type& options() const noexcept { return options_; }
   const loss_scaler& scaler() const noexcept { return scaler_; }
   Comm& communicator() noexcept { return *comm_; }
   Checkpointer& checkpointer() noexcept { return checkpointer_; }
   const std::string& parameter_name(std::size_t i) const { return names_.at(i); }
+
+  // ---- the layout order --------------------------------------------------------------------
+
+  //! Whether the layout order is still to be learned (`gradient_order::learned`, before the
+  //! first micro-step has ended).
+  bool order_pending() const noexcept { return learning_; }
+  //! The plan the partitioner gives for the parameters laid out in `order` (first to last).
+  //! @throws usage_error when `order` is not a permutation of the parameters
+  partition_plan plan_for_order(std::span<const std::size_t> order) const {
+    partition_plan plan = Partitioner{}.plan(sizes_, {world_, options_.layout.alignment, options_.layout.bucket_elements, order});
+    validate_plan(plan, sizes_, world_);
+    return plan;
+  }
+  //! Fixes the order that is still to be learned to `order` (a checkpoint loader passes the
+  //! saved plan's order). Not collective; every rank passes the same order. The master weights
+  //! and state are laid out anew from the parameters. @throws usage_error when the order is
+  //! not pending, a gradient was reported this micro-step, or `order` is not a permutation
+  void fix_order(std::span<const std::size_t> order) {
+    check_usable();
+    if (!learning_) throw usage_error("zero: fix_order on rank " + std::to_string(rank_) + ": the layout order is already fixed");
+    for (std::size_t p = 0; p < sizes_.size(); ++p)
+      if (schedule_.reports(p) != 0)
+        throw usage_error("zero: fix_order on rank " + std::to_string(rank_) + ": parameter " + name_of(p) +
+                          " was reported in this micro-step; fix the order between steps");
+    relayout(order);
+    learning_ = false;
+  }
 
   //! The pieces of parameters this rank updates (stage 0: every parameter, whole).
   std::span<const owned_piece> owned_pieces() const noexcept { return owned_; }
@@ -419,8 +491,8 @@ class optimizer {
   //! + backend_bytes()` is every byte the engine allocated there.
   std::size_t backend_bytes() const noexcept { return backend_.bytes(); }
 
-  //! Bytes this rank's engine allocated, by kind; equals `expected_memory` for the shipped
-  //! partitioners.
+  //! Bytes this rank's engine allocated, by kind, and the framework's gradient bound; equals
+  //! `expected_memory` for the shipped partitioners.
   memory_report memory() const noexcept {
     memory_report r;
     r[memory_kind::master_weights] = master_.bytes();
@@ -428,22 +500,19 @@ class optimizer {
     r[memory_kind::gradients] = gradients_.bytes();
     r[memory_kind::gradient_slots] = slots_.bytes();
     r[memory_kind::parameter_shard] = param_shard_.bytes();
-    r[memory_kind::buckets] = staging_.bytes();
+    r[memory_kind::buckets] = ring_.memory().bytes();
+    if (Stage == stage::stage2 && !local_accumulation_ && !options_.layout.gradient_slots)
+      r.framework_gradients = (plan_.max_unit_elements() + largest_gradient_) * sizeof(grad_type);
     return r;
   }
 
  private:
   static constexpr bool sharded = Stage != stage::stage0;
   static constexpr std::size_t none = static_cast<std::size_t>(-1);
-  static constexpr bool pipelined = nonblocking_communicator<Comm>;
-  using request_type = typename detail::request_of<Comm>::type;
-
-  // The collective a staging buffer holds until it is taken out.
-  struct flight {
-    request_type request{};
-    std::size_t unit = none;  // none: the buffer is free
-    bool gather = false;      // an all-gather of parameters, or a reduction of gradients
-  };
+  using collectives = engine::unit_collectives<Comm>;
+  using request_type = typename collectives::request;
+  static constexpr bool pipelined = collectives::nonblocking;
+  using byte_buffer = typename backend_type::template buffer<std::byte>;
 
   // A contiguous run of elements the update walks (`update_run`): values, gradients, state and
   // output (null when the values are the parameters themselves).
@@ -451,167 +520,92 @@ class optimizer {
 
   // ---- construction ------------------------------------------------------------------------
 
-  std::string name_of(std::size_t i) const {
-    std::string text;
-    if (i < names_.size() && !names_[i].empty()) text.append("'").append(names_[i]).append("' (");
-    text.append("#").append(std::to_string(i));
-    if (i < names_.size() && !names_[i].empty()) text.append(")");
-    return text;
+  std::string name_of(std::size_t i) const { return engine::describe_parameter(names_, i); }
+
+  auto gather_words() {
+    return [this](const std::uint64_t* mine, std::uint64_t* all, std::size_t n) { backend_.all_gather_words(*comm_, mine, all, n); };
   }
 
+  //! This rank's own checks of its registration (engine/registration.hpp), and the settings
+  //! that follow from the options.
   void validate_locally(std::span<const parameter<param_type>> params) {
     const std::string where = " on rank " + std::to_string(rank_);
-    names_.clear();
-    for (const auto& p : params) names_.push_back(p.name);
-    if (params.empty()) throw usage_error("zero: no parameters registered" + where);
-    for (std::size_t i = 0; i < params.size(); ++i) {
-      const auto& p = params[i];
-      if (p.values.data == nullptr) throw usage_error("zero: parameter " + name_of(i) + where + " has a null values pointer");
-      if (p.values.size == 0) throw usage_error("zero: parameter " + name_of(i) + where + " has zero elements");
-      if (p.reports < 1) throw usage_error("zero: parameter " + name_of(i) + where + " expects 0 gradient reports per step; use >= 1");
-    }
-    std::vector<std::size_t> order(params.size());
-    for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
-    auto begin_of = [&](std::size_t i) { return reinterpret_cast<std::uintptr_t>(params[i].values.data); };
-    std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return begin_of(a) < begin_of(b); });
-    for (std::size_t k = 1; k < order.size(); ++k) {
-      const std::size_t a = order[k - 1], b = order[k];
-      if (begin_of(a) + params[a].values.size_bytes() > begin_of(b))
-        throw usage_error("zero: parameters " + name_of(a) + " and " + name_of(b) + where + " overlap in memory");
-    }
+    names_ = engine::check_parameters(params, rank_);
     Rule::validate(options_.hyperparameters);
     state_count_ = Rule::state_count(options_.hyperparameters);
     if (state_count_ > max_state_slots)
       throw usage_error("zero: rule " + std::string(Rule::name) + " needs " + std::to_string(state_count_) +
                         " state slots; at most " + std::to_string(max_state_slots) + " are supported");
     if (std::isnan(options_.max_grad_norm)) throw usage_error("zero: max_grad_norm is NaN" + where);
-    if (options_.layout.staging_buffers < 1) throw usage_error("zero: layout.staging_buffers is 0" + where + "; use >= 1");
-    if (options_.layout.staging_buffers > 1 && !pipelined)
-      throw usage_error("zero: layout.staging_buffers = " + std::to_string(options_.layout.staging_buffers) + where +
-                        " needs a communicator with non-blocking collectives (zero::nonblocking_communicator); " +
-                        typeid(Comm).name() + " has none: use 1");
+    const double f = options_.gradient_predivide_factor;
+    if (!(f > 0) || !std::isfinite(f))
+      throw usage_error("zero: gradient_predivide_factor is " + std::to_string(f) + where + "; use a finite value > 0");
+    engine::check_layout(options_.layout, names_, rank_, pipelined, typeid(Comm).name());
     if (options_.value_rounding == rounding::stochastic && !(std::is_same_v<value_type, bf16> && !Precision::has_master))
       throw usage_error("zero: stochastic rounding needs bf16 parameters without master weights (e.g. zero::bf16_pure)" + where);
     scaler_ = loss_scaler(options_.loss_scale, std::is_same_v<param_type, fp16>);
     local_accumulation_ = Stage != stage::stage2 || options_.layout.defer_reduction;
+    learning_ = options_.layout.order == gradient_order::learned;
     check_nonfinite_ = options_.on_nonfinite == nonfinite_policy::skip_step ||
                        (options_.on_nonfinite == nonfinite_policy::automatic && scaler_.active());
   }
 
   std::uint64_t layout_digest(std::span<const parameter<param_type>> params) const {
-    std::uint64_t h = 0xcbf29ce484222325ull;  // FNV-1a
-    auto mix_bytes = [&](const void* data, std::size_t n) {
-      for (std::size_t i = 0; i < n; ++i) {
-        h ^= static_cast<const unsigned char*>(data)[i];
-        h *= 0x100000001b3ull;
-      }
-    };
-    auto mix = [&](std::uint64_t v) { mix_bytes(&v, sizeof v); };
-    auto mix_real = [&](double v) { mix(std::bit_cast<std::uint64_t>(v)); };
-    auto mix_text = [&](std::string_view s) {
-      mix(s.size());
-      mix_bytes(s.data(), s.size());
-    };
-    mix(static_cast<std::uint64_t>(world_));
-    mix(static_cast<std::uint64_t>(Stage));
+    engine::digest d;
+    d.word(static_cast<std::uint64_t>(world_));
+    d.word(static_cast<std::uint64_t>(Stage));
     for (auto t : {type_name<param_type>(), type_name<grad_type>(), type_name<typename Precision::master_type>(),
                    type_name<typename Precision::state_type>(), type_name<accum_type>(), type_name<comm_type>()})
-      mix_text(t);
-    mix_text(Rule::name);
-    mix(state_count_);
-    mix_text(typeid(Partitioner).name());
+      d.text(t);
+    d.text(Rule::name);
+    d.word(state_count_);
+    d.text(typeid(Partitioner).name());
     const auto& l = options_.layout;
     for (std::uint64_t v : {std::uint64_t{l.alignment}, std::uint64_t{l.bucket_elements}, std::uint64_t{l.gradient_slots},
-                            std::uint64_t{l.defer_reduction}, std::uint64_t{l.staging_buffers}})
-      mix(v);
-    mix_real(options_.max_grad_norm);
+                            std::uint64_t{l.defer_reduction}, std::uint64_t{l.staging_buffers}, std::uint64_t{l.copy_on_report},
+                            static_cast<std::uint64_t>(l.order)})
+      d.word(v);
+    d.real(options_.max_grad_norm);
+    d.real(options_.gradient_predivide_factor);
     const auto& ls = scaler_.options();
-    mix(static_cast<std::uint64_t>(ls.kind));
-    mix_real(ls.fixed_scale);
-    mix(static_cast<std::uint64_t>(ls.initial_scale_power));
-    mix(ls.window);
-    mix(ls.hysteresis);
-    mix_real(ls.min_scale);
-    mix(static_cast<std::uint64_t>(options_.on_nonfinite));
-    mix(static_cast<std::uint64_t>(options_.value_rounding));
-    mix(options_.seed);
-    mix(params.size());
+    d.word(static_cast<std::uint64_t>(ls.kind));
+    d.real(ls.fixed_scale);
+    d.word(static_cast<std::uint64_t>(ls.initial_scale_power));
+    d.word(ls.window);
+    d.word(ls.hysteresis);
+    d.real(ls.min_scale);
+    d.word(static_cast<std::uint64_t>(options_.on_nonfinite));
+    d.word(static_cast<std::uint64_t>(options_.value_rounding));
+    d.word(options_.seed);
+    d.word(params.size());
     for (const auto& p : params) {
-      mix(p.values.size);
-      mix(p.reports);
-      mix_text(p.name);
+      d.word(p.values.size);
+      d.word(p.reports);
+      d.text(p.name);
     }
-    return h;
-  }
-
-  //! Every rank learns whether every other rank accepted its input and registered the same
-  //! layout, so that all throw the same error instead of some waiting forever.
-  void agree_across_ranks(std::uint64_t digest, const std::string& refusal) {
-    const std::uint64_t mine[2] = {digest, refusal.empty() ? 1u : 0u};
-    std::vector<std::uint64_t> all(2 * static_cast<std::size_t>(world_));
-    backend_.all_gather_words(*comm_, mine, all.data(), 2);
-    if (!refusal.empty()) throw usage_error(refusal);
-    std::string refused;
-    for (int r = 0; r < world_; ++r)
-      if (all[2 * static_cast<std::size_t>(r) + 1] == 0) refused += (refused.empty() ? "" : ", ") + std::to_string(r);
-    if (!refused.empty())
-      throw usage_error("zero: rank(s) " + refused + " refused their parameters (see the error on those ranks); rank " +
-                        std::to_string(rank_) + " stops too");
-    // the digest most ranks share is the intended one (ties: the lowest rank's)
-    std::uint64_t common = all[0];
-    int best = 0;
-    for (int r = 0; r < world_; ++r) {
-      int votes = 0;
-      for (int q = 0; q < world_; ++q) votes += all[2 * static_cast<std::size_t>(q)] == all[2 * static_cast<std::size_t>(r)];
-      if (votes > best) best = votes, common = all[2 * static_cast<std::size_t>(r)];
-    }
-    std::string differ, agree;
-    for (int r = 0; r < world_; ++r)
-      (all[2 * static_cast<std::size_t>(r)] == common ? agree : differ) +=
-          std::string(all[2 * static_cast<std::size_t>(r)] == common ? (agree.empty() ? "" : ", ") : (differ.empty() ? "" : ", ")) +
-          std::to_string(r);
-    if (!differ.empty())
-      throw mismatch_error("zero: rank(s) " + differ +
-                           " registered a parameter layout, precision, stage or options different from rank(s) " + agree);
+    // the plan itself: the order and whatever the partitioner made of it
+    for (std::size_t p = 0; p < plan_.param_offset.size(); ++p) d.word(plan_.param_offset[p]);
+    for (const auto& u : plan_.units)
+      for (std::uint64_t v : {std::uint64_t{u.flat_begin}, std::uint64_t{u.rank_stride}, std::uint64_t{u.slice},
+                              std::uint64_t{u.shard_begin}, static_cast<std::uint64_t>(static_cast<std::int64_t>(u.owner))})
+        d.word(v);
+    return d.value();
   }
 
   void register_parameters(std::span<const parameter<param_type>> params) {
     params_.reserve(params.size());
     expected_reports_.reserve(params.size());
+    slot_offset_.reserve(params.size());
+    std::size_t slot_at = 0;
     for (const auto& p : params) {
       params_.push_back(p.values);
       expected_reports_.push_back(p.reports);
+      slot_offset_.push_back(slot_at);  // slots in registration order, whatever the layout
+      slot_at += p.values.size;
+      largest_gradient_ = std::max<std::size_t>(largest_gradient_, p.values.size * p.reports);
     }
-    reports_.assign(params.size(), 0);
-    const auto pieces = plan_.pieces();
-    // pieces grouped by unit (already ordered so), and the units each parameter touches
-    unit_pieces_begin_.assign(plan_.units.size() + 1, 0);
-    for (const auto& piece : pieces) ++unit_pieces_begin_[piece.unit + 1];
-    for (std::size_t k = 0; k < plan_.units.size(); ++k) unit_pieces_begin_[k + 1] += unit_pieces_begin_[k];
-    unit_pieces_ = pieces;
-    std::vector<std::vector<std::size_t>> touched(params.size());
-    for (const auto& piece : pieces) {
-      auto& t = touched[piece.param];
-      if (t.empty() || t.back() != piece.unit) t.push_back(piece.unit);
-    }
-    param_units_begin_.assign(params.size() + 1, 0);
-    pending_initial_.assign(plan_.units.size(), 0);
-    for (std::size_t p = 0; p < params.size(); ++p) {
-      param_units_begin_[p + 1] = param_units_begin_[p] + touched[p].size();
-      for (std::size_t k : touched[p]) {
-        param_units_.push_back(k);
-        pending_initial_[k] += expected_reports_[p];
-      }
-    }
-    pending_ = pending_initial_;
-    // what this rank updates
-    if constexpr (sharded) {
-      for (const auto& piece : pieces)
-        if (piece.rank == rank_) owned_.push_back(piece);
-    } else {
-      for (std::size_t p = 0; p < params.size(); ++p)
-        owned_.push_back({p, 0, rank_, 0, plan_.param_offset[p], plan_.param_offset[p], plan_.param_size[p]});
-    }
+    records_ = engine::gradient_records<grad_type>(expected_reports_);
+    released_.reserve(params.size());
   }
 
   std::size_t updated_count() const noexcept { return sharded ? plan_.shard_size : plan_.element_count; }
@@ -625,30 +619,41 @@ class optimizer {
   void allocate_and_initialize() {
     auto& b = backend_;
     const std::size_t updated = updated_count();
-    const std::size_t n = static_cast<std::size_t>(world_);
     if constexpr (Precision::has_master) master_ = b.template allocate<value_type>(updated);
     state_ = b.template allocate<float>(state_count_ * updated);
     gradients_ = b.template allocate<accum_type>(local_accumulation_ ? plan_.padded_size : plan_.shard_size);
     if (options_.layout.gradient_slots) slots_ = b.template allocate<grad_type>(plan_.element_count);
     if constexpr (sharded) param_shard_ = b.template allocate<param_type>(plan_.shard_size);
     const std::size_t staging_element = sharded ? std::max(sizeof(comm_type), sizeof(param_type)) : sizeof(comm_type);
-    staging_bytes_ = n * plan_.max_slice() * staging_element;
-    staging_ = b.template allocate<std::byte>(options_.layout.staging_buffers * staging_bytes_);
-    flights_ = std::vector<flight>(options_.layout.staging_buffers);
-
+    staging_capacity_ = plan_.max_unit_elements();
+    const std::size_t bytes = staging_capacity_ * staging_element;
+    ring_ = engine::staging_ring<byte_buffer, request_type>(b.template allocate<std::byte>(options_.layout.staging_buffers * bytes),
+                                                           options_.layout.staging_buffers, bytes);
     // metadata of the step (ordinary heap, not accounted as engine buffers)
-    std::size_t report_capacity = 0;
-    for (auto r : expected_reports_) report_capacity += r;
-    record_data_.assign(report_capacity, nullptr);
-    record_next_.assign(report_capacity, none);
-    record_head_.assign(params_.size(), none);
-    statistics_.assign(statistics_words * n, 0);
+    statistics_.assign(statistics_words * static_cast<std::size_t>(world_), 0);
+    install_layout();
+  }
+
+  //! Derives everything that depends on the plan: the unit index and schedule, what this rank
+  //! updates, the update's runs; and initializes the values and state (from the parameters).
+  void install_layout() {
+    index_ = engine::unit_index(plan_);
+    schedule_ = engine::reduction_schedule(index_, expected_reports_);
+    owned_.clear();
+    if constexpr (sharded) {
+      for (const auto& piece : index_.pieces)
+        if (piece.rank == rank_) owned_.push_back(piece);
+    } else {
+      for (std::size_t p = 0; p < sizes_.size(); ++p)
+        owned_.push_back({p, 0, rank_, 0, plan_.param_offset[p], plan_.param_offset[p], sizes_[p]});
+    }
     if constexpr (tensorwise_rule<Rule>) {
-      tensor_sums_.assign(2 * params_.size(), 0.0);
+      tensor_sums_.assign(2 * sizes_.size(), 0.0);
       piece_sums_.assign(2 * owned_.size(), 0.0);
       trust_.assign(owned_.size(), 1.0f);
     }
-
+    auto& b = backend_;
+    const std::size_t updated = updated_count();
     for (std::size_t k = 0; k < state_count_; ++k) {
       const float start = static_cast<float>(initial_state<Rule>(options_.hyperparameters, k));
       b.fill(state_.data() + k * updated, updated, start);
@@ -661,8 +666,21 @@ class optimizer {
       if constexpr (sharded) b.convert(param_shard_.data() + at, from, piece.count);
     }
     build_segments();
-    b.template prepare<Rule>(params_.size(), std::span<const segment>(segments_), std::span<const segment>(piece_segments_),
+    b.template prepare<Rule>(sizes_.size(), std::span<const segment>(segments_), std::span<const segment>(piece_segments_),
                              state_.data(), updated, state_count_);
+  }
+
+  //! Lays the parameters out in `order`: the partitioner's plan for it, which must have the
+  //! sizes the buffers were allocated for (the shipped partitioners' do, whatever the order).
+  void relayout(std::span<const std::size_t> order) {
+    partition_plan next = plan_for_order(order);
+    if (next.padded_size != plan_.padded_size || next.shard_size != plan_.shard_size || next.max_unit_elements() > staging_capacity_)
+      throw usage_error("zero: the partitioner's plan for the new layout order on rank " + std::to_string(rank_) +
+                        " has other sizes (padded " + std::to_string(next.padded_size) + ", shard " +
+                        std::to_string(next.shard_size) + ", largest unit " + std::to_string(next.max_unit_elements()) +
+                        ") than the buffers were allocated for");
+    plan_ = std::move(next);
+    install_layout();
   }
 
   //! The run of the update for one owned piece of a parameter.
@@ -682,14 +700,17 @@ class optimizer {
     return {values, grads, at, out, piece.count};
   }
 
-  //! Element-wise rules walk whole units (padding included), merged where contiguous;
-  //! tensor-wise rules walk the pieces of each parameter.
+  //! Element-wise rules walk this rank's slices of the units (padding included), merged where
+  //! contiguous; tensor-wise rules walk the pieces of each parameter.
   void build_segments() {
+    piece_segments_.clear();
+    segments_.clear();
     for (const auto& piece : owned_) piece_segments_.push_back(piece_segment(piece));
     if constexpr (!sharded) {
       segments_ = piece_segments_;
     } else {
       for (const auto& u : plan_.units) {
+        if (!u.held_by(rank_)) continue;
         const accum_type* grads = gradients_.data() + (local_accumulation_ ? u.flat_index(rank_, 0) : u.shard_begin);
         param_type* out = Precision::has_master ? param_shard_.data() + u.shard_begin : nullptr;
         const segment s{value_base() + u.shard_begin, grads, u.shard_begin, out, u.slice};
@@ -728,14 +749,17 @@ class optimizer {
                         std::to_string(rank_) + " is out of range (" + std::to_string(params_.size()) + " registered)");
   }
 
-  void count_report(std::size_t param) {
-    if (reports_[param] >= expected_reports_[param])
+  void count_report(std::size_t param) const {
+    if (!schedule_.accepts_report(param))
       throw usage_error("zero: gradient of parameter " + name_of(param) + " on rank " + std::to_string(rank_) +
-                        " reported " + std::to_string(reports_[param] + 1) + " times in one micro-step; it was registered with " +
+                        " reported " + std::to_string(schedule_.reports(param) + 1) + " times in one micro-step; it was registered with " +
                         std::to_string(expected_reports_[param]) +
                         " report(s) (set parameter::reports to the number of uses of a shared weight)");
-    ++reports_[param];
   }
+
+  //! Whether reported gradients are reduced unit by unit while backward runs (stage 2, the
+  //! layout fixed).
+  bool streaming() const noexcept { return !local_accumulation_ && !learning_; }
 
   //! Notes the first non-finite gradient this rank saw this step (checked before reduction).
   template <class T>
@@ -745,116 +769,28 @@ class optimizer {
 
   //! Stages 0 and 1 (and stage 2 with deferred reduction): add a gradient into the full buffer.
   void accumulate(std::size_t param, const grad_type* from) {
-    const std::size_t n = plan_.param_size[param];
+    const std::size_t n = sizes_[param];
     check_finite(param, from, n);
     backend_.add(gradients_.data() + plan_.param_offset[param], from, n);
   }
 
-  void add_record(std::size_t param, const grad_type* data) {
-    const std::size_t r = records_used_++;
-    record_data_[r] = data;
-    record_next_[r] = none;
-    // append, so contributions are summed in the order they were reported
-    std::size_t* link = &record_head_[param];
-    while (*link != none) link = &record_next_[*link];
-    *link = r;
-  }
-
-  //! Stage 2: counts the report against every unit the parameter touches and reduces, in unit
-  //! order, every unit that is complete. Units are never reduced out of order, so every rank
-  //! issues the same collectives in the same order whatever order its gradients arrive in.
-  void note_reported(std::size_t param) {
-    for (std::size_t i = param_units_begin_[param]; i < param_units_begin_[param + 1]; ++i) --pending_[param_units_[i]];
-    if (next_unit_ < plan_.units.size() && pending_[next_unit_] == 0) {
-      const auto start = std::chrono::steady_clock::now();
-      while (next_unit_ < plan_.units.size() && pending_[next_unit_] == 0) reduce_unit(next_unit_++);
-      reduce_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    }
-  }
-
-  //! Ends a micro-step: slot contents are taken in (local accumulation) or the units not yet
-  //! reduced are reduced (stage 2), and the micro-step's reports are forgotten.
-  void finish_micro_step() {
-    if (local_accumulation_) {
-      if (options_.layout.gradient_slots)
-        for (std::size_t p = 0; p < params_.size(); ++p)
-          if (reports_[p] != 0) accumulate(p, slots_.data() + plan_.param_offset[p]);
-    } else {
-      while (next_unit_ < plan_.units.size()) reduce_unit(next_unit_++);
-      complete_all();
-    }
-    forget_reports();
-  }
-
-  //! Forgets the micro-step's reports (stage 2: its records and per-unit counts) and clears the
-  //! slots: every parameter may be reported again.
-  void forget_reports() {
-    if (!local_accumulation_) {
-      std::fill(record_head_.begin(), record_head_.end(), none);
-      records_used_ = 0;
-      next_unit_ = 0;
-      std::copy(pending_initial_.begin(), pending_initial_.end(), pending_.begin());
-    }
-    std::fill(reports_.begin(), reports_.end(), 0u);
-    slots_.zero();
-  }
-
-  // ---- staging buffers and the collectives in flight ----------------------------------------
-
-  comm_type* staging_comm(std::size_t b) const noexcept {
-    return reinterpret_cast<comm_type*>(staging_.data() + b * staging_bytes_);
-  }
-  param_type* staging_param(std::size_t b) const noexcept {
-    return reinterpret_cast<param_type*>(staging_.data() + b * staging_bytes_);
-  }
-
-  //! The next staging buffer, round robin, once the collective it holds has completed.
-  std::size_t take_buffer() {
-    const std::size_t b = next_buffer_;
-    next_buffer_ = (next_buffer_ + 1) % flights_.size();
-    complete(b);
-    return b;
-  }
-
-  //! Runs a unit's collective on buffer b: started (`start(comm)`, when pipelined) or run to
-  //! completion (`blocking()`).
-  template <class Blocking, class Start>
-  void launch(std::size_t b, std::size_t unit, bool gather, Blocking&& blocking, [[maybe_unused]] Start&& start) {
-    if constexpr (pipelined) {
-      if (flights_.size() > 1) {
-        flights_[b].request = start(*comm_);
-        flights_[b].unit = unit;
-        flights_[b].gather = gather;
-        return;
+  //! Tells the framework what was released during the call (after the engine's reads of it are
+  //! enqueued: a device engine records its release event first).
+  void notify_released() {
+    if (released_.empty()) return;
+    if constexpr (requires(backend_type& b) { b.mark_released(); }) backend_.mark_released();
+    if (options_.on_gradients_released) {
+      try {
+        options_.on_gradients_released(std::span<const std::size_t>(released_));
+      } catch (...) {
+        released_.clear();
+        throw;
       }
     }
-    blocking();
-    flights_[b].unit = unit;
-    flights_[b].gather = gather;
-    complete(b);
+    released_.clear();
   }
 
-  //! Waits for buffer b's collective and takes its result out (into the gradients or the
-  //! framework's parameters).
-  void complete(std::size_t b) {
-    flight& f = flights_[b];
-    if (f.unit == none) return;
-    f.request.wait();
-    const std::size_t k = f.unit;
-    f.unit = none;
-    if (f.gather) scatter_unit(k, staging_param(b));
-    else take_reduction(k, staging_comm(b));
-  }
-
-  void complete_all() {
-    for (std::size_t i = 0; i < flights_.size(); ++i) complete((next_buffer_ + i) % flights_.size());
-  }
-
-  //! Lets the communicator advance what is in flight while the framework runs backward.
-  void progress() {
-    if constexpr (pipelined)
-      if (flights_.size() > 1) comm_->progress();
-  }
+  // ---- reduction units: packing, launching, taking out ---------------------------------------
 
   //! Whether the gradient shard receives unit reductions directly: it has the communication
   //! type and holds nothing yet this step.
@@ -862,73 +798,191 @@ class optimizer {
     return std::is_same_v<comm_type, accum_type> && Stage == stage::stage2 && !local_accumulation_ && micro_steps_ == 1;
   }
 
-  //! Reduces unit k: fills a staging buffer (rank-major slices, comm type), then all-reduces it
-  //! (stage 0) or reduce-scatters it in place (stages 1, 2); `take_reduction` stores the result
-  //! once the collective has completed.
-  void reduce_unit(std::size_t k) {
-    const auto& u = plan_.units[k];
-    const std::size_t n = static_cast<std::size_t>(world_);
-    const std::size_t b = take_buffer();
-    comm_type* staging = staging_comm(b);
-    comm_type* shard_slice = nullptr;  // where a direct reduction lands
-    if constexpr (std::is_same_v<comm_type, accum_type>) {
-      if (reduces_directly()) {
-        shard_slice = gradients_.data() + u.shard_begin;
-        if (n == 1) staging = shard_slice;  // a group of one reduces in place: no copy at all
-      }
-    }
-    const std::size_t count = n * u.slice;
-    if (local_accumulation_) {
-      for (std::size_t r = 0; r < n; ++r)
-        backend_.convert(staging + r * u.slice, gradients_.data() + u.flat_index(static_cast<int>(r), 0), u.slice);
-    } else {
-      backend_.fill(staging, count, comm_type(0.0f));
-      for (std::size_t i = unit_pieces_begin_[k]; i < unit_pieces_begin_[k + 1]; ++i) {
-        const auto& piece = unit_pieces_[i];
-        comm_type* to = staging + static_cast<std::size_t>(piece.rank) * u.slice + (piece.shard_offset - u.shard_begin);
-        bool first = true;
-        for (std::size_t r = record_head_[piece.param]; r != none; r = record_next_[r], first = false) {
-          const grad_type* from = record_data_[r] + piece.param_offset;
-          if (first) backend_.convert(to, from, piece.count);
-          else backend_.add(to, from, piece.count);
-        }
-        check_finite(piece.param, to, piece.count);
-      }
-    }
-
-    if constexpr (Stage == stage::stage0) {
-      launch(
-          b, k, false, [&] { comm_->all_reduce(staging, staging, count, reduce_op::sum); },
-          [&](auto& c) { return c.iall_reduce(staging, staging, count, reduce_op::sum); });
-    } else {
-      comm_type* to = shard_slice != nullptr ? shard_slice : staging + static_cast<std::size_t>(rank_) * u.slice;
-      launch(
-          b, k, false, [&] { comm_->reduce_scatter(staging, to, u.slice, reduce_op::sum); },
-          [&](auto& c) { return c.ireduce_scatter(staging, to, u.slice, reduce_op::sum); });
-    }
+  //! Where unit k is packed: its staging buffer, or (a group of one reducing directly) the
+  //! gradient shard itself, reduced in place with no copy at all.
+  comm_type* pack_target(std::size_t k) const noexcept {
+    if constexpr (std::is_same_v<comm_type, accum_type>)
+      if (world_ == 1 && reduces_directly()) return gradients_.data() + plan_.units[k].shard_begin;
+    return ring_.template data<comm_type>(ring_.buffer_of(k));
   }
 
-  //! Stores unit k's completed reduction (in `staging`): into the full buffer (local
-  //! accumulation), or into or added to the gradient shard (stage 2, per micro-step).
-  void take_reduction(std::size_t k, const comm_type* staging) {
+  //! Copy on report: the current report of `param` goes into the staging buffers of its units
+  //! that are open or may open now (the next `staging_buffers` units); a unit further ahead
+  //! keeps the report recorded until it opens. Releases `param` if nothing of it is left.
+  void take_in(std::size_t param) {
+    const bool first = schedule_.reports(param) == 1;
+    const grad_type* data = records_.data(records_.size() - 1);
+    std::size_t done_unit = none;
+    for (std::size_t i : index_.pieces_of(param)) {
+      const owned_piece& piece = index_.pieces[i];
+      const std::size_t k = piece.unit;
+      if (k >= schedule_.next_unit() + ring_.buffers()) break;  // its buffer is still another unit's
+      if (k >= schedule_.opened_end()) {
+        while (schedule_.opened_end() <= k) open_unit(schedule_.opened_end());  // packs this report too
+        done_unit = k;
+        continue;
+      }
+      if (k == done_unit) continue;
+      const auto& u = plan_.units[k];
+      comm_type* to = pack_target(k) + u.buffer_index(piece.rank, piece.shard_offset - u.shard_begin);
+      if (first) backend_.convert(to, data + piece.param_offset, piece.count);
+      else backend_.add(to, data + piece.param_offset, piece.count);
+    }
+    schedule_.release_if_consumed(param, released_);
+  }
+
+  //! Launches every unit that is complete, in unit order, and lets the communicator move what
+  //! is in flight.
+  void advance() {
+    if (schedule_.next_ready()) {
+      const auto start = std::chrono::steady_clock::now();
+      while (schedule_.next_ready()) launch_unit(schedule_.next_unit());
+      reduce_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    }
+    if constexpr (pipelined)
+      if (ring_.buffers() > 1) comm_->progress();
+  }
+
+  //! Opens unit k (the next unit not yet opened): waits for its staging buffer, then packs into
+  //! it every contribution reported so far (rank-major slices, comm type; local accumulation:
+  //! the rank slices of the full buffer). Releases the gradients read for the last time.
+  void open_unit(std::size_t k) {
     const auto& u = plan_.units[k];
-    if constexpr (Stage == stage::stage0) {
-      for (std::size_t r = 0; r < static_cast<std::size_t>(world_); ++r)
-        backend_.convert(gradients_.data() + u.flat_index(static_cast<int>(r), 0), staging + r * u.slice, u.slice);
+    const std::size_t b = ring_.buffer_of(k);
+    ring_.complete(b, taker());
+    comm_type* target = pack_target(k);
+    if (local_accumulation_) {
+      for (int r = 0; r < world_; ++r)
+        if (u.held_by(r)) backend_.convert(target + u.buffer_index(r, 0), gradients_.data() + u.flat_index(r, 0), u.slice);
     } else {
-      if (reduces_directly()) return;  // already in the shard
-      const comm_type* mine = staging + static_cast<std::size_t>(rank_) * u.slice;
+      backend_.fill(target, u.elements(world_), comm_type(0.0f));
+      for (const auto& piece : index_.pieces_of_unit(k)) {
+        comm_type* to = target + u.buffer_index(piece.rank, piece.shard_offset - u.shard_begin);
+        records_.for_each(piece.param, [&](const grad_type* data, bool first) {
+          if (first) backend_.convert(to, data + piece.param_offset, piece.count);
+          else backend_.add(to, data + piece.param_offset, piece.count);
+        });
+      }
+    }
+    ring_.fill(b, k);
+    schedule_.note_opened(released_);
+  }
+
+  //! Launches unit k (the next unit): opens it if it is not yet, checks its pieces for
+  //! non-finite values (in reduction order), divides by the predivide factor, and starts its
+  //! collective (stage 0: all-reduce; stages 1, 2: to the ranks holding it, see
+  //! unit_collectives.hpp), or runs it and takes its result out.
+  void launch_unit(std::size_t k) {
+    if (schedule_.opened_end() <= k) open_unit(k);
+    const auto& u = plan_.units[k];
+    const std::size_t b = ring_.buffer_of(k);
+    comm_type* buffer = pack_target(k);
+    if (!local_accumulation_)
+      for (const auto& piece : index_.pieces_of_unit(k))
+        check_finite(piece.param, buffer + u.buffer_index(piece.rank, piece.shard_offset - u.shard_begin), piece.count);
+    if (options_.gradient_predivide_factor != 1)
+      backend_.scale(buffer, u.elements(world_), static_cast<float>(1.0 / options_.gradient_predivide_factor));
+    comm_type* result = nullptr;
+    if (u.held_by(rank_)) {
+      if constexpr (std::is_same_v<comm_type, accum_type>)
+        if (reduces_directly()) result = gradients_.data() + u.shard_begin;
+      if (result == nullptr) result = buffer + u.buffer_index(rank_, 0);
+    }
+    request_type request{};
+    const bool may_start = pipelined && ring_.buffers() > 1;
+    const auto out = collectives::reduce(*comm_, u, world_, rank_, Stage == stage::stage0, buffer, result,
+                                         may_start ? &request : nullptr);
+    const bool direct = out.in_result && result != nullptr && result != buffer + u.buffer_index(rank_, 0);
+    if (out.started) ring_.start(b, k, engine::flight_kind::reduction, std::move(request), direct);
+    else ring_.finish(b, k, engine::flight_kind::reduction, direct, taker());
+    schedule_.note_launched();
+  }
+
+  //! Stores unit k's completed reduction (in buffer b): into the full buffer (stage 0: every
+  //! rank's slices; local accumulation: this rank's), or into or added to the gradient shard
+  //! (stage 2, per micro-step).
+  void take_reduction(std::size_t k, std::size_t b) {
+    const auto& u = plan_.units[k];
+    const comm_type* buffer = pack_target(k);
+    if constexpr (Stage == stage::stage0) {
+      for (int r = 0; r < world_; ++r)
+        if (u.held_by(r)) backend_.convert(gradients_.data() + u.flat_index(r, 0), buffer + u.buffer_index(r, 0), u.slice);
+    } else {
+      if (!u.held_by(rank_) || ring_.direct(b)) return;  // nothing of it is ours, or already in the shard
+      const comm_type* mine = buffer + u.buffer_index(rank_, 0);
+      if (static_cast<const void*>(mine) == static_cast<const void*>(gradients_.data() + u.shard_begin)) return;  // reduced in place
       if (local_accumulation_) backend_.convert(gradients_.data() + u.flat_index(rank_, 0), mine, u.slice);
       else if (micro_steps_ == 1) backend_.convert(gradients_.data() + u.shard_begin, mine, u.slice);  // shard empty so far
       else backend_.add(gradients_.data() + u.shard_begin, mine, u.slice);
     }
   }
 
+  auto taker() {
+    return [this](std::size_t k, engine::flight_kind kind, std::size_t b) {
+      if (kind == engine::flight_kind::gather) scatter_unit(k, b);
+      else take_reduction(k, b);
+    };
+  }
+
+  //! Launches every unit not yet launched (a unit still waiting for gradients gets what was
+  //! reported: a parameter never reported counts as zero) and waits for all of them.
+  void reduce_remaining_units() {
+    while (schedule_.next_unit() < schedule_.units()) launch_unit(schedule_.next_unit());
+    ring_.complete_all(taker());
+    schedule_.start_micro_step();
+  }
+
+  //! Ends a micro-step: learns the layout order if it is pending; takes the slots or records
+  //! in (local accumulation) or reduces the units not yet reduced (stage 2); releases every
+  //! reported gradient and forgets the reports.
+  void finish_micro_step() {
+    if (learning_) learn_order();
+    if (local_accumulation_) {
+      if (options_.layout.gradient_slots) {
+        for (std::size_t p = 0; p < params_.size(); ++p)
+          if (schedule_.reports(p) != 0) accumulate(p, slots_.data() + slot_offset_[p]);
+      } else {
+        for (std::size_t i = 0; i < records_.size(); ++i) accumulate(records_.param(i), records_.data(i));  // learned order's first micro-step
+      }
+    } else {
+      while (schedule_.next_unit() < schedule_.units()) launch_unit(schedule_.next_unit());
+      ring_.complete_all(taker());
+    }
+    schedule_.release_all_reported(released_);
+    forget_reports();
+  }
+
+  //! Forgets the micro-step's reports and records and clears the slots: every parameter may be
+  //! reported again.
+  void forget_reports() {
+    records_.clear();
+    schedule_.start_micro_step();
+    slots_.zero();
+  }
+
+  //! The order rank 0's gradients arrived in during this first micro-step (parameters not
+  //! reported in it last, in reverse registration order), taken by every rank; the layout
+  //! follows it from now on. Collective.
+  void learn_order() {
+    const std::size_t n = sizes_.size();
+    std::vector<std::size_t> order(schedule_.arrivals().begin(), schedule_.arrivals().end());
+    std::vector<bool> arrived(n, false);
+    for (std::size_t p : order) arrived[p] = true;
+    for (std::size_t i = n; i-- > 0;)
+      if (!arrived[i]) order.push_back(i);
+    const std::vector<std::size_t> agreed = engine::rank0_order(gather_words(), world_, order);
+    std::vector<std::uint32_t> reports(n);
+    for (std::size_t p = 0; p < n; ++p) reports[p] = schedule_.reports(p);
+    relayout(agreed);
+    for (std::size_t p = 0; p < n; ++p)
+      for (std::uint32_t r = 0; r < reports[p]; ++r) schedule_.note_report(p);
+    learning_ = false;
+  }
+
   // ---- statistics, update and all-gather ---------------------------------------------------
 
-  //! One all-gather of four words per rank: the rank's sum of squares of its (summed, scaled)
-  //! gradients, whether and where it saw a non-finite input, and its micro-step count. Every
-  //! rank computes the same norm, overflow decision and clip factor from them.
+  //! Whether the norm must be known before the update (clipping, the overflow check, or a
+  //! tensor-wise rule), rather than computed by the update pass on the way.
   bool norm_needed_before_update() const noexcept {
     return check_nonfinite_ || options_.max_grad_norm > 0 || tensorwise_rule<Rule>;
   }
@@ -936,33 +990,42 @@ class optimizer {
   //! This rank's sum of squares of its (summed, scaled) gradients: one pass.
   double local_sum_of_squares() { return backend_.sum_of_squares(std::span<const segment>(segments_)); }
 
-  step_report exchange_statistics(double sum_of_squares) {
-    const std::size_t nonfinite = check_nonfinite_ ? backend_.first_nonfinite() : none;
-    const std::uint64_t mine[statistics_words] = {std::bit_cast<std::uint64_t>(sum_of_squares), nonfinite != none ? 1u : 0u,
-                                                  nonfinite, micro_steps_};
-    backend_.all_gather_words(*comm_, mine, statistics_.data(), statistics_words);
+  engine::statistics_inputs statistics_inputs() const noexcept {
+    engine::statistics_inputs in;
+    in.world_size = world_;
+    in.rank = rank_;
+    in.sharded = sharded;
+    in.loss_scale = scaler_.scale();
+    in.predivide_factor = options_.gradient_predivide_factor;
+    in.micro_steps = micro_steps_;
+    in.max_grad_norm = options_.max_grad_norm;
+    in.skip_nonfinite = check_nonfinite_;
+    return in;
+  }
 
+  //! One all-gather of `statistics_words` words per rank; every rank decides the same norm,
+  //! overflow and clip factor from them (step_statistics.hpp).
+  step_report exchange_statistics(double sum_of_squares) {
+    engine::local_statistics mine;
+    mine.sum_of_squares = sum_of_squares;
+    mine.first_nonfinite = check_nonfinite_ ? backend_.first_nonfinite() : none;
+    mine.micro_steps = micro_steps_;
+    std::uint64_t words[statistics_words];
+    mine.encode(words);
+    backend_.all_gather_words(*comm_, words, statistics_.data(), statistics_words);
+    const engine::step_decision d = engine::decide(statistics_, statistics_inputs());
     step_report report;
     report.loss_scale = scaler_.scale();
     report.micro_steps = micro_steps_;
-    double total = 0;
-    for (int r = 0; r < world_; ++r) {
-      const std::uint64_t* theirs = statistics_.data() + statistics_words * static_cast<std::size_t>(r);
-      if (theirs[3] != micro_steps_)
-        throw mismatch_error("zero: rank " + std::to_string(r) + " ran " + std::to_string(theirs[3]) +
-                             " micro-steps this step; rank " + std::to_string(rank_) + " ran " + std::to_string(micro_steps_));
-      if (theirs[1] != 0 && report.nonfinite_rank < 0) {
-        report.nonfinite_rank = r;
-        report.nonfinite_parameter = static_cast<std::size_t>(theirs[2]);
-        report.nonfinite_parameter_name = names_[report.nonfinite_parameter];
-      }
-      if (sharded || r == rank_) total += std::bit_cast<double>(theirs[0]);  // stage 0: every rank has it all
+    report.grad_norm = d.grad_norm;
+    report.clip_factor = d.clip_factor;
+    report.skipped = d.skipped;
+    report.nonfinite_rank = d.nonfinite_rank;
+    if (d.nonfinite_rank >= 0) {
+      report.nonfinite_parameter = d.nonfinite_parameter;
+      report.nonfinite_parameter_name = d.nonfinite_parameter < names_.size() ? std::string_view(names_[d.nonfinite_parameter]) : std::string_view();
     }
-    inverse_average_ = 1.0 / (static_cast<double>(world_) * report.loss_scale * static_cast<double>(micro_steps_));
-    report.grad_norm = std::sqrt(total) * inverse_average_;
-    const bool overflow = report.nonfinite_rank >= 0 || !std::isfinite(report.grad_norm);
-    report.skipped = overflow && check_nonfinite_;
-    if (options_.max_grad_norm > 0) report.clip_factor = std::min(1.0, options_.max_grad_norm / (report.grad_norm + 1e-6));
+    inverse_average_ = d.inverse_average;
     return report;
   }
 
@@ -1001,26 +1064,31 @@ class optimizer {
     }
   }
 
-  //! All-gathers every unit's updated slices and scatters them into the framework's parameters.
+  //! Sends every unit's updated slices to every rank (unit_collectives.hpp) and copies them into
+  //! the framework's parameters.
   void gather_parameters() {
+    const bool may_start = pipelined && ring_.buffers() > 1;
     for (std::size_t k = 0; k < plan_.units.size(); ++k) {
       const auto& u = plan_.units[k];
-      const std::size_t b = take_buffer();
-      param_type* staging = staging_param(b);
-      const param_type* mine = param_shard_.data() + u.shard_begin;
-      launch(
-          b, k, true, [&] { comm_->all_gather(mine, staging, u.slice); },
-          [&](auto& c) { return c.iall_gather(mine, staging, u.slice); });
+      const std::size_t b = ring_.buffer_of(k);
+      ring_.complete(b, taker());
+      request_type request{};
+      const bool started = collectives::gather(*comm_, u, rank_, param_shard_.data() + u.shard_begin,
+                                               ring_.template data<param_type>(b), may_start ? &request : nullptr);
+      if (started) ring_.start(b, k, engine::flight_kind::gather, std::move(request), false);
+      else ring_.finish(b, k, engine::flight_kind::gather, false, taker());
     }
-    complete_all();
+    ring_.complete_all(taker());
   }
 
-  //! Copies unit k's all-gathered slices (in `staging`) into the framework's parameters.
-  void scatter_unit(std::size_t k, const param_type* staging) {
+  //! Copies unit k's gathered slices (buffer b, or this rank's own shard) into the framework's
+  //! parameters.
+  void scatter_unit(std::size_t k, std::size_t b) {
     const auto& u = plan_.units[k];
-    for (std::size_t i = unit_pieces_begin_[k]; i < unit_pieces_begin_[k + 1]; ++i) {
-      const auto& piece = unit_pieces_[i];
-      const param_type* from = staging + static_cast<std::size_t>(piece.rank) * u.slice + (piece.shard_offset - u.shard_begin);
+    const param_type* source =
+        collectives::gather_source(u, rank_, param_shard_.data() + u.shard_begin, ring_.template data<param_type>(b));
+    for (const auto& piece : index_.pieces_of_unit(k)) {
+      const param_type* from = source + u.buffer_index(piece.rank, piece.shard_offset - u.shard_begin);
       backend_.convert(params_[piece.param].data + piece.param_offset, from, piece.count);
     }
   }
@@ -1043,28 +1111,24 @@ class optimizer {
   std::uint32_t micro_steps_ = 1;
   bool broken_ = false;
   bool local_accumulation_ = true;  // gradients accumulate in a full buffer, reduced at the step
+  bool learning_ = false;           // the layout order is learned at the end of this micro-step
   bool check_nonfinite_ = false;
-  double inverse_average_ = 1;          // 1 / (world * loss scale * micro-steps), this step
-  double reduce_seconds_ = 0;           // time in reductions during backward since the last step
-  backend_type backend_;  // before the buffers it allocates
+  double inverse_average_ = 1;  // the reduced sums' factor to the average unscaled gradient, this step
+  double reduce_seconds_ = 0;   // time in reductions during backward since the last step
+  backend_type backend_;        // before the buffers it allocates
 
   partition_plan plan_;
+  engine::unit_index index_;
+  engine::reduction_schedule schedule_;
+  engine::gradient_records<grad_type> records_;
+  std::vector<std::size_t> released_;  // released during the current call, not yet told
   std::vector<std::string> names_;
+  std::vector<std::size_t> sizes_;
   std::vector<raw_span<param_type>> params_;
   std::vector<std::uint32_t> expected_reports_;
-  std::vector<std::uint32_t> reports_;
+  std::vector<std::size_t> slot_offset_;  // each parameter's gradient slot (registration order)
+  std::size_t largest_gradient_ = 0;      // the most elements one parameter's reports hold
   std::vector<owned_piece> owned_;
-  std::vector<owned_piece> unit_pieces_;        // all pieces, grouped by unit
-  std::vector<std::size_t> unit_pieces_begin_;  // unit k's pieces: [begin[k], begin[k+1])
-  std::vector<std::size_t> param_units_;        // the units each parameter touches
-  std::vector<std::size_t> param_units_begin_;
-  std::vector<std::uint32_t> pending_initial_;  // reports each unit waits for
-  std::vector<std::uint32_t> pending_;
-  std::size_t next_unit_ = 0;
-  std::vector<const grad_type*> record_data_;   // stage 2: reported gradients, per parameter a list
-  std::vector<std::size_t> record_next_;
-  std::vector<std::size_t> record_head_;
-  std::size_t records_used_ = 0;
   std::vector<segment> segments_;        // element-wise update: merged runs
   std::vector<segment> piece_segments_;  // tensor-wise update: one run per owned piece
   std::vector<std::uint64_t> statistics_;
@@ -1077,10 +1141,8 @@ class optimizer {
   typename backend_type::template buffer<accum_type> gradients_;
   typename backend_type::template buffer<grad_type> slots_;
   typename backend_type::template buffer<param_type> param_shard_;
-  typename backend_type::template buffer<std::byte> staging_;
-  std::size_t staging_bytes_ = 0;  // one staging buffer
-  std::vector<flight> flights_;    // one per staging buffer
-  std::size_t next_buffer_ = 0;
+  std::size_t staging_capacity_ = 0;  // elements of one staging buffer
+  engine::staging_ring<byte_buffer, request_type> ring_;
 };
 
 }  // namespace zero

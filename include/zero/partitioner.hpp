@@ -5,15 +5,25 @@
 //! range) and `bucketed_partitioner` (Megatron's layout: fixed-size buckets, each split evenly
 //! across the ranks).
 //!
-//! A partition is described by *reduction units*. Unit k holds `world_size` slices of
-//! `slice` elements; rank r's slice starts at flat index `flat_begin + r * rank_stride`. One
-//! reduce-scatter of a unit leaves each rank the sum of its own slice, and each rank's
-//! shard is the concatenation of its slices in unit order (`shard_begin` is where unit k's
-//! slice starts in the shard). Units keep every reduction buffer at a constant size.
+//! The parameters lie in the flat buffer in the order their gradients are expected to arrive
+//! (`partition_options::order`; the engine passes the reverse of registration order by
+//! default, as backward produces gradients last layer first), so that the buffer fills from
+//! its start while backward runs.
+//!
+//! A partition is described by *reduction units*, reduced one after the other in unit order.
+//! A unit shared by every rank (`owner == every_rank`) holds `world_size` slices of `slice`
+//! elements; rank r's slice starts at flat index `flat_begin + r * rank_stride`, and one
+//! reduce-scatter leaves each rank the sum of its own slice. A unit owned whole by rank `owner`
+//! is one run of `slice` elements at `flat_begin`, reduced to that rank alone (a rooted reduce)
+//! and sent back from it (a broadcast). Each rank's shard is the concatenation of its slices in
+//! unit order (`shard_begin` is where a unit's slice starts in the shard of every rank that has
+//! one). Units keep every reduction buffer at a constant size.
 
 #include <algorithm>
 #include <concepts>
 #include <cstddef>
+#include <cstdint>
+#include <map>
 #include <span>
 #include <string>
 #include <vector>
@@ -27,17 +37,36 @@ struct partition_options {
   int world_size = 1;                     //!< ranks sharing the optimizer state; >= 1
   std::size_t alignment = 16;             //!< every slice is a multiple of this many elements; >= 1
   std::size_t bucket_elements = 1u << 22;  //!< elements reduced per collective (all ranks together); >= 1
+  //! The parameters' order in the flat buffer, first to last: a permutation of 0..P-1 (the
+  //! order their gradients are expected to arrive in). Empty: registration order 0, 1, ...
+  std::span<const std::size_t> order = {};
 };
 
-//! One reduce-scatter's worth of the flat buffer (see the file comment).
-struct reduction_unit {
-  std::size_t flat_begin = 0;   //!< flat index of rank 0's slice
-  std::size_t rank_stride = 0;  //!< distance between consecutive ranks' slices
-  std::size_t slice = 0;        //!< elements per rank
-  std::size_t shard_begin = 0;  //!< where this unit's slice starts in each rank's shard
+//! `reduction_unit::owner` of a unit that every rank holds a slice of.
+inline constexpr int every_rank = -1;
 
+//! One collective's worth of the flat buffer (see the file comment).
+struct reduction_unit {
+  std::size_t flat_begin = 0;   //!< flat index of rank 0's slice (of the owner's run)
+  std::size_t rank_stride = 0;  //!< distance between consecutive ranks' slices (unused when owned whole)
+  std::size_t slice = 0;        //!< elements per rank that holds a slice
+  std::size_t shard_begin = 0;  //!< where this unit's slice starts in the shard of each rank holding one
+  int owner = every_rank;       //!< every_rank, or the one rank that owns the whole unit
+
+  //! Whether rank `rank` holds a slice of this unit.
+  constexpr bool held_by(int rank) const noexcept { return owner == every_rank || owner == rank; }
+  //! Flat index of element i of the slice rank `rank` holds. @pre held_by(rank)
   constexpr std::size_t flat_index(int rank, std::size_t i) const noexcept {
-    return flat_begin + static_cast<std::size_t>(rank) * rank_stride + i;
+    return owner == every_rank ? flat_begin + static_cast<std::size_t>(rank) * rank_stride + i : flat_begin + i;
+  }
+  //! Where element i of rank `rank`'s slice lies in the unit's reduction buffer (the slices of
+  //! the ranks holding one, in rank order). @pre held_by(rank)
+  constexpr std::size_t buffer_index(int rank, std::size_t i) const noexcept {
+    return owner == every_rank ? static_cast<std::size_t>(rank) * slice + i : i;
+  }
+  //! Elements of the unit's reduction buffer: every rank's slice, or the owner's one.
+  constexpr std::size_t elements(int world_size) const noexcept {
+    return owner == every_rank ? static_cast<std::size_t>(world_size) * slice : slice;
   }
   friend constexpr bool operator==(const reduction_unit&, const reduction_unit&) = default;
 };
@@ -64,11 +93,27 @@ struct partition_plan {
   std::size_t shard_size = 0;             //!< elements each rank owns (padded_size / world_size)
   std::vector<reduction_unit> units;
 
-  //! The largest slice of any unit (sizes the constant reduction buffers).
+  //! The largest slice of any unit.
   std::size_t max_slice() const noexcept {
     std::size_t m = 0;
     for (const auto& u : units) m = std::max(m, u.slice);
     return m;
+  }
+  //! Elements of the largest unit's reduction buffer (sizes the constant staging buffers).
+  std::size_t max_unit_elements() const noexcept {
+    std::size_t m = 0;
+    for (const auto& u : units) m = std::max(m, u.elements(world_size));
+    return m;
+  }
+
+  //! The parameters in flat-buffer order (the order the layout expects their gradients in).
+  std::vector<std::size_t> order() const {
+    std::vector<std::size_t> out(param_offset.size());
+    for (std::size_t i = 0; i < out.size(); ++i) out[i] = i;
+    std::stable_sort(out.begin(), out.end(), [&](std::size_t a, std::size_t b) {
+      return param_offset[a] != param_offset[b] ? param_offset[a] < param_offset[b] : param_size[a] < param_size[b];
+    });
+    return out;
   }
 
   //! Every piece of every parameter, ordered by unit, then rank, then flat offset.
@@ -84,6 +129,7 @@ struct partition_plan {
     for (std::size_t k = 0; k < units.size(); ++k) {
       const auto& u = units[k];
       for (int r = 0; r < world_size; ++r) {
+        if (!u.held_by(r)) continue;
         const std::size_t lo = u.flat_index(r, 0), hi = lo + u.slice;
         // first parameter that ends after lo
         auto it = std::partition_point(order.begin(), order.end(), [&](std::size_t p) {
@@ -128,14 +174,31 @@ inline partition_plan flat_layout(std::span<const std::size_t> sizes, const part
     throw usage_error("zero: partition alignment " + std::to_string(options.alignment) + " x world_size " +
                       std::to_string(n) + " exceeds the largest flat buffer (2^56 elements)");
   const std::size_t quantum = options.alignment * n;
+  if (!options.order.empty()) {
+    if (options.order.size() != sizes.size())
+      throw usage_error("zero: the layout order names " + std::to_string(options.order.size()) + " parameters; " +
+                        std::to_string(sizes.size()) + " are registered");
+    std::vector<bool> seen(sizes.size(), false);
+    for (std::size_t i = 0; i < options.order.size(); ++i) {
+      const std::size_t p = options.order[i];
+      if (p >= sizes.size())
+        throw usage_error("zero: the layout order names parameter #" + std::to_string(p) + " at position " +
+                          std::to_string(i) + "; only " + std::to_string(sizes.size()) + " are registered");
+      if (seen[p])
+        throw usage_error("zero: the layout order names parameter #" + std::to_string(p) + " twice (again at position " +
+                          std::to_string(i) + ")");
+      seen[p] = true;
+    }
+  }
   partition_plan plan;
   plan.world_size = options.world_size;
-  plan.param_offset.reserve(sizes.size());
+  plan.param_offset.assign(sizes.size(), 0);
   plan.param_size.assign(sizes.begin(), sizes.end());
-  for (std::size_t p = 0; p < sizes.size(); ++p) {
-    plan.param_offset.push_back(plan.element_count);
+  for (std::size_t i = 0; i < sizes.size(); ++i) {
+    const std::size_t p = options.order.empty() ? i : options.order[i];
+    plan.param_offset[p] = plan.element_count;
     if (sizes[p] > max_flat_elements - plan.element_count)
-      throw usage_error("zero: parameters #0 to #" + std::to_string(p) + " hold more than 2^56 elements together");
+      throw usage_error("zero: the parameters laid out up to #" + std::to_string(p) + " hold more than 2^56 elements together");
     plan.element_count += sizes[p];
   }
   const std::size_t quanta = plan.element_count / quantum + (plan.element_count % quantum != 0 ? 1 : 0);
@@ -150,7 +213,7 @@ inline partition_plan flat_layout(std::span<const std::size_t> sizes, const part
 
 //! Elements per rank in one unit: the bucket split across the ranks, rounded up to the
 //! alignment, never more than a whole shard.
-inline std::size_t unit_slice(std::size_t shard_size, const partition_options& options) {
+constexpr std::size_t unit_slice(std::size_t shard_size, const partition_options& options) noexcept {
   const std::size_t n = static_cast<std::size_t>(options.world_size);
   // written so that nothing overflows, whatever bucket_elements is (a flat_layout shard is at
   // most 2^56 elements, and so is its alignment)
@@ -159,6 +222,57 @@ inline std::size_t unit_slice(std::size_t shard_size, const partition_options& o
   const std::size_t aligned = (per_rank + options.alignment - 1) / options.alignment * options.alignment;
   return std::min(aligned, shard_size);
 }
+
+namespace detail {
+
+//! Each rank's next shard element while a plan's units are walked in order: the elements of the
+//! units every rank holds a slice of (`shared`) plus, per owner, those of the units it owns
+//! whole. Stored per owner only, so that a plan of a huge world size costs no memory.
+class shard_cursors {
+ public:
+  explicit shard_cursors(std::uint64_t world_size) : world_(world_size) {}
+
+  //! A rank holding a slice of u whose shard does not continue at `u.shard_begin`, or -1.
+  long long first_not_continued(const reduction_unit& u) const {
+    if (u.owner != every_rank) return at(static_cast<std::uint64_t>(u.owner)) == u.shard_begin ? -1 : u.owner;
+    if (owned_.size() < world_ && shared_ != u.shard_begin) return static_cast<long long>(first_without_owned());
+    for (const auto& [q, n] : owned_)
+      if (shared_ + n != u.shard_begin) return static_cast<long long>(q);
+    return -1;
+  }
+  //! Adds u's slice to the shard of every rank holding one. @pre no overflow (the caller checks)
+  void advance(const reduction_unit& u) {
+    if (u.owner == every_rank) shared_ += u.slice;
+    else owned_[static_cast<std::uint64_t>(u.owner)] += u.slice;
+  }
+  //! Rank q's next shard element.
+  std::uint64_t at(std::uint64_t q) const {
+    const auto it = owned_.find(q);
+    return shared_ + (it == owned_.end() ? 0 : it->second);
+  }
+  //! A rank whose shard the units do not fill up to `shard_size`, or -1.
+  long long first_not_filled(std::uint64_t shard_size) const {
+    if (owned_.size() < world_ && shared_ != shard_size) return static_cast<long long>(first_without_owned());
+    for (const auto& [q, n] : owned_)
+      if (shared_ + n != shard_size) return static_cast<long long>(q);
+    return -1;
+  }
+
+ private:
+  std::uint64_t first_without_owned() const {
+    std::uint64_t q = 0;
+    for (const auto& entry : owned_) {
+      if (entry.first != q) break;
+      ++q;
+    }
+    return q;
+  }
+  std::uint64_t world_;
+  std::uint64_t shared_ = 0;
+  std::map<std::uint64_t, std::uint64_t> owned_;
+};
+
+}  // namespace detail
 
 //! Checks that a plan covers its layout: every flat element in exactly one slice, shards
 //! consistent, parameters inside the buffer. Throws `usage_error` naming the first violation.
@@ -184,18 +298,25 @@ inline void validate_plan(const partition_plan& plan, std::span<const std::size_
     if (plan.param_offset[order[i - 1]] + sizes[order[i - 1]] > plan.param_offset[order[i]])
       fail("parameters #" + std::to_string(order[i - 1]) + " and #" + std::to_string(order[i]) + " overlap in the flat buffer");
   }
-  // slices must tile [0, padded_size) and units must tile each shard in order
+  // slices must tile [0, padded_size) and each rank's slices must tile its shard in unit order
   struct interval { std::size_t begin, end; };
   std::vector<interval> slices;
-  std::size_t shard_at = 0;
+  detail::shard_cursors cursors(static_cast<std::uint64_t>(world_size));
   for (std::size_t k = 0; k < plan.units.size(); ++k) {
     const auto& u = plan.units[k];
-    if (u.slice == 0) fail("unit " + std::to_string(k) + " is empty");
-    if (u.shard_begin != shard_at) fail("unit " + std::to_string(k) + " does not continue the shard");
-    shard_at += u.slice;
-    for (int r = 0; r < world_size; ++r) slices.push_back({u.flat_index(r, 0), u.flat_index(r, u.slice)});
+    const std::string which = "unit " + std::to_string(k);
+    if (u.slice == 0) fail(which + " is empty");
+    if (u.owner != every_rank && (u.owner < 0 || u.owner >= world_size))
+      fail(which + " is owned by rank " + std::to_string(u.owner) + ", outside a group of " + std::to_string(world_size));
+    if (const long long r = cursors.first_not_continued(u); r >= 0)
+      fail(which + " does not continue the shard of rank " + std::to_string(r));
+    cursors.advance(u);
+    for (int r = 0; r < world_size; ++r)
+      if (u.held_by(r)) slices.push_back({u.flat_index(r, 0), u.flat_index(r, u.slice)});
   }
-  if (shard_at != plan.shard_size) fail("units cover " + std::to_string(shard_at) + " shard elements, not " + std::to_string(plan.shard_size));
+  if (const long long r = cursors.first_not_filled(plan.shard_size); r >= 0)
+    fail("units cover " + std::to_string(cursors.at(static_cast<std::uint64_t>(r))) + " shard elements of rank " + std::to_string(r) +
+         ", not " + std::to_string(plan.shard_size));
   std::sort(slices.begin(), slices.end(), [](interval a, interval b) { return a.begin < b.begin; });
   std::size_t at = 0;
   for (const auto& s : slices) {
@@ -215,15 +336,29 @@ concept partitioner = std::default_initializable<P> &&
                       };
 
 //! DeepSpeed's layout: rank r owns the contiguous range [r * shard, (r + 1) * shard) of the
-//! flat buffer. A unit takes the k-th slice of every rank's range, so a reduce-scatter of a
-//! unit gathers elements from `world_size` places of the model.
+//! flat buffer. Each range is cut into runs of up to `bucket_elements` (rounded up to the
+//! alignment), each a unit owned whole by that rank, in flat order: as the buffer fills in
+//! arrival order, each run is reduced to its owner as soon as its gradients are in, as
+//! DeepSpeed reduces its arrival-order buckets to the owning ranks.
 struct contiguous_partitioner {
+  //! Elements of a unit (a run of one rank's range): the bucket rounded up to the alignment,
+  //! never more than a shard.
+  static constexpr std::size_t unit_run(std::size_t shard_size, const partition_options& options) noexcept {
+    if (options.bucket_elements >= shard_size) return shard_size;
+    const std::size_t aligned = (options.bucket_elements + options.alignment - 1) / options.alignment * options.alignment;
+    return aligned < shard_size ? aligned : shard_size;
+  }
+  //! Elements of the largest unit's reduction buffer (`partition_plan::max_unit_elements`).
+  static constexpr std::size_t largest_unit(std::size_t shard_size, const partition_options& options) noexcept {
+    return unit_run(shard_size, options);
+  }
+
   partition_plan plan(std::span<const std::size_t> sizes, const partition_options& options) const {
     partition_plan plan = flat_layout(sizes, options);
-    const std::size_t slice = unit_slice(plan.shard_size, options);
-    for (std::size_t at = 0; at < plan.shard_size; at += slice) {
-      plan.units.push_back({at, plan.shard_size, std::min(slice, plan.shard_size - at), at});
-    }
+    const std::size_t run = unit_run(plan.shard_size, options);
+    for (int r = 0; r < options.world_size; ++r)
+      for (std::size_t at = 0; at < plan.shard_size; at += run)
+        plan.units.push_back({static_cast<std::size_t>(r) * plan.shard_size + at, 0, std::min(run, plan.shard_size - at), at, r});
     return plan;
   }
 };
@@ -232,6 +367,11 @@ struct contiguous_partitioner {
 //! rank r owns the r-th slice of every bucket, so each bucket's reduction is one reduce-scatter
 //! of contiguous memory and a bucket is ready as soon as the parameters inside it are.
 struct bucketed_partitioner {
+  //! Elements of the largest unit's reduction buffer (`partition_plan::max_unit_elements`).
+  static constexpr std::size_t largest_unit(std::size_t shard_size, const partition_options& options) noexcept {
+    return static_cast<std::size_t>(options.world_size) * unit_slice(shard_size, options);
+  }
+
   partition_plan plan(std::span<const std::size_t> sizes, const partition_options& options) const {
     partition_plan plan = flat_layout(sizes, options);
     const std::size_t slice = unit_slice(plan.shard_size, options);

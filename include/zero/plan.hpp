@@ -21,10 +21,12 @@
 //! * `optimizer_state`: the rule's state slots for those elements (K slots of 4 bytes each).
 //! * `buffers`: the engine's model-precision shard that the all-gather sends (stages 1, 2) and
 //!   its constant-size reduction buckets.
-//! `model_states_bytes()` is parameters + gradients + master weights + optimizer state (the ZeRO
-//! paper's "model states"); `total()` adds the buffers. Not counted: activations, the
-//! framework's own gradient tensors when it hands them over as spans (transient, at most
-//! Ψ x sizeof(Grad)), the framework's temporaries and the allocator's overhead.
+//! * `framework_gradients`: the most gradient bytes the framework itself must hold at once
+//!   (stage 2 reading spans: one reduction unit plus the largest parameter's gradient, as
+//!   `memory_report::framework_gradients`; 0 where the engine reads every span at once).
+//! `model_states_bytes()` is parameters + gradients + framework gradients + master weights +
+//! optimizer state (the ZeRO paper's "model states"); `total()` adds the buffers. Not counted:
+//! activations, the framework's temporaries and the allocator's overhead.
 
 #include <cstddef>
 #include <cstdint>
@@ -65,6 +67,21 @@ enum class optimizer_kind : std::uint8_t {
 inline constexpr optimizer_kind optimizer_kinds[] = {
     optimizer_kind::adam, optimizer_kind::adamw,   optimizer_kind::adam_amsgrad, optimizer_kind::sgd,
     optimizer_kind::sgd_momentum, optimizer_kind::lion, optimizer_kind::adagrad, optimizer_kind::lamb};
+
+//! A shipped partitioner named at run time.
+enum class partitioner_kind : std::uint8_t {
+  contiguous,  //!< `contiguous_partitioner` (DeepSpeed's layout)
+  bucketed,    //!< `bucketed_partitioner` (Megatron's layout)
+};
+
+//! The name `zero-plan` uses: "contiguous", "bucketed".
+constexpr std::string_view to_string(partitioner_kind p) noexcept { return p == partitioner_kind::bucketed ? "bucketed" : "contiguous"; }
+//! The partitioner named `name`, or none.
+constexpr std::optional<partitioner_kind> partitioner_from_string(std::string_view name) noexcept {
+  if (name == "contiguous") return partitioner_kind::contiguous;
+  if (name == "bucketed") return partitioner_kind::bucketed;
+  return std::nullopt;
+}
 
 //! The name `zero-plan` uses: "fp32", "bf16", "fp16", "bf16-comm", "bf16-accum", "bf16-pure".
 constexpr std::string_view to_string(precision_kind p) noexcept {
@@ -134,11 +151,13 @@ struct memory_plan {
   std::size_t master_weights = 0;   //!< the engine's master weights
   std::size_t optimizer_state = 0;  //!< the engine's optimizer state
   std::size_t buffers = 0;          //!< the engine's parameter shard and reduction buckets
+  std::size_t framework_gradients = 0;  //!< the framework's own gradients at their peak (see the file comment)
   memory_report engine;             //!< what the engine's `memory()` reports (`expected_memory`)
 
-  //! Parameters + gradients + master weights + optimizer state (without the buffers).
+  //! Parameters + gradients (the engine's and the framework's) + master weights + optimizer
+  //! state (without the buffers).
   constexpr std::size_t model_states_bytes() const noexcept {
-    return parameters + gradients + master_weights + optimizer_state;
+    return parameters + gradients + framework_gradients + master_weights + optimizer_state;
   }
   //! Everything counted: the model states and the buffers.
   constexpr std::size_t total() const noexcept { return model_states_bytes() + buffers; }
@@ -146,14 +165,16 @@ struct memory_plan {
 };
 
 //! The per-rank bytes of `param_count` parameters trained over `world_size` ranks with ZeRO
-//! stage `s`, precision `p` and optimizer `o`, the engine laid out by `layout`.
-//! @pre world_size >= 1; param_count small enough that its bytes fit in std::size_t (below
-//!      2^58 parameters always does).
-template <precision_bundle P>
+//! stage `s`, precision `p` and optimizer `o`, the engine laid out by `layout` with
+//! `Partitioner`; `largest_parameter` (elements times reports; 0: not counted) enters the
+//! framework's gradient peak. @pre world_size >= 1; param_count small enough that its bytes fit
+//! in std::size_t (below 2^58 parameters always does).
+template <precision_bundle P, class Partitioner = contiguous_partitioner>
 constexpr memory_plan plan_memory(std::size_t param_count, int world_size, stage s, std::size_t state_slots,
-                                  const layout_options& layout = {}) noexcept {
+                                  const layout_options& layout = {}, std::size_t largest_parameter = 0) noexcept {
   memory_plan plan;
-  plan.engine = expected_memory<P>(param_count, world_size, s, state_slots, layout);
+  plan.engine = expected_memory<P, Partitioner>(param_count, world_size, s, state_slots, layout, largest_parameter);
+  plan.framework_gradients = plan.engine.framework_gradients;
   plan.parameters = param_count * sizeof(typename P::param_type);
   plan.gradients = plan.engine.of(memory_kind::gradients) + plan.engine.of(memory_kind::gradient_slots);
   plan.master_weights = plan.engine.of(memory_kind::master_weights);
@@ -162,11 +183,14 @@ constexpr memory_plan plan_memory(std::size_t param_count, int world_size, stage
   return plan;
 }
 
-//! `plan_memory` for a precision and an optimizer named at run time.
+//! `plan_memory` for a precision, an optimizer and a partitioner named at run time.
 constexpr memory_plan plan_memory(std::size_t param_count, int world_size, stage s, precision_kind p, optimizer_kind o,
-                                  const layout_options& layout = {}) noexcept {
+                                  const layout_options& layout = {}, partitioner_kind partitioner = partitioner_kind::contiguous,
+                                  std::size_t largest_parameter = 0) noexcept {
   return visit_precision(p, [&]<class P>(std::type_identity<P>) {
-    return plan_memory<P>(param_count, world_size, s, state_count(o), layout);
+    if (partitioner == partitioner_kind::bucketed)
+      return plan_memory<P, bucketed_partitioner>(param_count, world_size, s, state_count(o), layout, largest_parameter);
+    return plan_memory<P, contiguous_partitioner>(param_count, world_size, s, state_count(o), layout, largest_parameter);
   });
 }
 
@@ -174,8 +198,12 @@ constexpr memory_plan plan_memory(std::size_t param_count, int world_size, stage
 //! rank (0 when not even one parameter fits). The total never decreases as the count grows, so
 //! a binary search finds it. @pre world_size >= 1; budget_bytes < 2^56 (64 PiB).
 constexpr std::size_t largest_fitting(std::size_t budget_bytes, int world_size, stage s, precision_kind p,
-                                      optimizer_kind o, const layout_options& layout = {}) noexcept {
-  auto fits = [&](std::size_t count) { return plan_memory(count, world_size, s, p, o, layout).total() <= budget_bytes; };
+                                      optimizer_kind o, const layout_options& layout = {},
+                                      partitioner_kind partitioner = partitioner_kind::contiguous,
+                                      std::size_t largest_parameter = 0) noexcept {
+  auto fits = [&](std::size_t count) {
+    return plan_memory(count, world_size, s, p, o, layout, partitioner, largest_parameter).total() <= budget_bytes;
+  };
   // every parameter costs at least its own 2 bytes on every rank: budget / 2 + 1 never fits
   std::size_t lo = 0, hi = budget_bytes / 2 + 1;
   if (!fits(1)) return 0;

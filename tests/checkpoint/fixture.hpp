@@ -94,6 +94,7 @@ struct snapshot {
   std::vector<std::vector<float>> values;                 // per parameter (value type, widened)
   std::vector<std::vector<std::vector<float>>> state;     // [slot][parameter]
   std::vector<std::vector<std::vector<float>>> params;    // [rank][parameter] framework values
+  std::vector<std::size_t> order;                         // the layout order (rank 0's plan)
   bool empty() const { return values.empty(); }
 };
 
@@ -180,6 +181,7 @@ void take_snapshot(Opt& opt, snapshot& into, std::mutex& lock) {
   }
   into.step = opt.step_count();
   into.scaler = opt.scaler().current();
+  if (opt.rank() == 0) into.order = plan.order();
   for (const auto& piece : opt.owned_pieces()) {
     const std::size_t at = sharded ? piece.shard_offset : piece.flat_offset;
     for (std::size_t i = 0; i < piece.count; ++i) {

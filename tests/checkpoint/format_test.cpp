@@ -22,7 +22,7 @@ TEST_SUITE("checkpoint") {
     REQUIRE(bytes.size() > 64);
     CHECK(std::string(bytes.data(), 8) == "ZEROCKPT");
     auto u32 = [&](std::size_t at) { return zero::detail::read_u32_le(reinterpret_cast<const std::byte*>(bytes.data()) + at); };
-    CHECK(u32(8) == 1u);            // format version
+    CHECK(u32(8) == 2u);            // format version
     CHECK(u32(12) == 0x01020304u);  // byte order mark
     const zero::detail::read_file f(file);
     const zero::checkpoint_header h = f.header();
@@ -58,6 +58,40 @@ TEST_SUITE("checkpoint") {
     // the encoding is canonical: re-encoding gives the file's first bytes
     const auto again = zero::encode_header(h);
     CHECK(std::memcmp(again.data(), bytes.data(), again.size()) == 0);
+  }
+
+  TEST_CASE("units owned whole round trip and a version 1 header still parses with every unit shared") {
+    ckpt::temp_dir dir;
+    using O = zero::optimizer<zero::stage2, zero::fp32_precision, zero::adamw, zero::contiguous_partitioner>;
+    ckpt::run<O>({.world = 3, .first = 0, .last = 1, .save_to = dir.path});
+    const auto file = dir.path / "step-1" / "rank-2-of-3.zck";
+    const zero::checkpoint_header h = zero::detail::read_file(file).header();
+    const auto expected_plan = zero::contiguous_partitioner{}.plan(ckpt::model_sizes, {3, 4, 64, h.plan.order()});
+    CHECK(h.plan.units == expected_plan.units);
+    bool owned = false;
+    for (const auto& u : h.plan.units) owned = owned || u.owner != zero::every_rank;
+    CHECK(owned);
+    // what a version 1 writer wrote: the same fields without the owners (a bucketed plan's units)
+    using B = zero::optimizer<zero::stage2, zero::fp32_precision, zero::adamw, zero::bucketed_partitioner>;
+    ckpt::temp_dir old;
+    ckpt::run<B>({.world = 3, .first = 0, .last = 1, .save_to = old.path});
+    zero::checkpoint_header v1 = zero::detail::read_file(old.path / "step-1" / "rank-0-of-3.zck").header();
+    v1.version = 1;
+    const auto body = zero::encode_header_body(v1);
+    v1.version = 2;
+    CHECK(zero::encode_header_body(v1).size() == body.size() + 4 * v1.plan.units.size());  // one i32 owner a unit
+    v1.version = 1;
+    // sections as a version 1 writer placed them after its shorter header
+    std::uint64_t next = zero::first_section_offset(body.size());
+    for (auto& s : v1.sections) {
+      s.offset = next;
+      next = (s.offset + s.bytes + 63) / 64 * 64;
+    }
+    const auto bytes = zero::encode_header(v1);
+    const zero::checkpoint_header back = zero::parse_header(bytes, "v1.zck");
+    CHECK(back.version == 1);
+    CHECK(back.plan.units == v1.plan.units);
+    for (const auto& u : back.plan.units) CHECK(u.owner == zero::every_rank);
   }
 
   TEST_CASE("the commit marker lists every rank file and round trips") {

@@ -5,6 +5,8 @@
 // engine's own averaging, whose rounding depends on the world size.
 #include "fixture.hpp"
 
+#include <type_traits>
+
 namespace {
 
 using ckpt::layout;
@@ -69,6 +71,34 @@ TEST_SUITE("checkpoint") {
     check_resharding<adamw32<zero::stage0, contiguous>, adamw32<zero::stage2, bucketed>>(4, 3);
     check_resharding<adamw32<zero::stage2, bucketed>, adamw32<zero::stage0, contiguous>>(3, 2);
     check_resharding<adamw32<zero::stage1, bucketed>, adamw32<zero::stage0, bucketed>>(2, 1);
+  }
+
+  TEST_CASE("a checkpoint loads under another layout order and an order still to be learned takes the saved one") {
+    for (bool owned_units : {false, true}) {
+      CAPTURE(owned_units);
+      auto check = [&]<class O>(std::type_identity<O>) {
+        typename O::options_type registration, reverse, learned;
+        registration.layout.order = zero::gradient_order::registration;
+        learned.layout.order = zero::gradient_order::learned;
+        ckpt::temp_dir dir;
+        const auto before = ckpt::run<O>({.world = 3, .first = 0, .last = saved_at, .save_to = dir.path}, registration);
+        CHECK(before.final.order == std::vector<std::size_t>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11});
+        // saved in registration order, loaded in the (default) reverse order at another world size
+        const auto after = ckpt::run<O>({.world = 4, .first = saved_at, .last = total, .load_from = dir.path}, reverse);
+        CHECK(after.loaded.order == std::vector<std::size_t>{11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0});
+        ckpt::check_same(before.final, after.loaded);
+        const auto uninterrupted = ckpt::run<O>({.world = 4, .first = 0, .last = total}, reverse);
+        ckpt::check_same(uninterrupted.final, after.final);
+        // an engine still to learn its order takes the saved one, and keeps it
+        const auto adopted = ckpt::run<O>({.world = 2, .first = saved_at, .last = total, .load_from = dir.path}, learned);
+        CHECK(adopted.loaded.order == before.final.order);
+        CHECK(adopted.final.order == before.final.order);
+        ckpt::check_same(before.final, adopted.loaded);
+        ckpt::check_same(ckpt::run<O>({.world = 2, .first = 0, .last = total}, learned).final, adopted.final);
+      };
+      if (owned_units) check(std::type_identity<adamw32<zero::stage2, contiguous>>{});
+      else check(std::type_identity<adamw32<zero::stage2, bucketed>>{});
+    }
   }
 
   TEST_CASE("resharding bf16 mixed precision restores the fp32 master weights bitwise") {

@@ -24,6 +24,8 @@
 //    bitwise equal to an uninterrupted host run (shards with master weights; stage 0 whose
 //    values are the framework's parameters).
 //  * NCCL with one rank: AdamW and LAMB, as above.
+//  * The release contract on a device: a framework stream that waits for the engine's release
+//    event before it overwrites released gradients leaves the result bitwise the host engine's.
 // Without a GPU the executable exits 77 (skipped) before running anything (device_main.cpp).
 #include <doctest/doctest.h>
 
@@ -350,6 +352,101 @@ TEST_SUITE("cuda") {
       }
       (void)cudaStreamDestroy(stream);
     });
+  }
+
+  TEST_CASE("engine on the device: a framework stream that waits for the release event may overwrite released gradients") {
+    // stage 2 in model order, gradients reported in backward order from device buffers; the
+    // moment the engine releases one, a second stream (the framework's) waits for the engine's
+    // release event and fills the gradient with NaN: the result equals the host engine's, bitwise
+    constexpr std::size_t layers = 8, size = 100;
+    auto gradient = [](int step, int rank, std::size_t p, std::size_t i) {
+      return harness::gradient<float>(step, rank, p, i);
+    };
+    auto initial = [](std::size_t p, std::size_t i) { return harness::initial_value(p, i); };
+    using device_engine = zero::optimizer<zero::stage2, zero::fp32_precision, zero::adamw, zero::bucketed_partitioner,
+                                          zero::device_thread_communicator>;
+    using host_engine = zero::optimizer<zero::stage2, zero::fp32_precision, zero::adamw, zero::bucketed_partitioner>;
+    std::vector<std::vector<std::vector<float>>> device_result(2), host_result(2);
+    std::vector<std::size_t> releases(2, 0);
+    zero::thread_group group(2, {120s});
+    group.run([&](zero::thread_communicator& rendezvous) {
+      const int rank = rendezvous.rank();
+      device_memory::with_rank(rendezvous, [&](zero::device_thread_communicator& comm, cudaStream_t stream) {
+        cudaStream_t framework = nullptr;
+        zero::cuda::check(cudaStreamCreateWithFlags(&framework, cudaStreamNonBlocking), "cudaStreamCreate (framework)");
+        std::vector<float*> values(layers), grads(layers);
+        std::vector<zero::parameter<float>> registered;
+        for (std::size_t p = 0; p < layers; ++p) {
+          std::vector<float> v(size);
+          for (std::size_t i = 0; i < size; ++i) v[i] = initial(p, i);
+          values[p] = device_memory::upload(v, stream);
+          grads[p] = device_memory::upload(std::vector<float>(size), stream);
+          registered.push_back({"", {values[p], size}});
+        }
+        device_engine::options_type options;
+        options.hyperparameters = harness::adamw_hyperparameters();
+        options.layout.bucket_elements = 2 * size;
+        options.layout.staging_buffers = 2;
+        device_engine* engine = nullptr;
+        options.on_gradients_released = [&](std::span<const std::size_t> released) {
+          zero::cuda::check(cudaStreamWaitEvent(framework, engine->release_event(), 0), "cudaStreamWaitEvent");
+          for (std::size_t p : released) {
+            zero::cuda::check(cudaMemsetAsync(grads[p], 0xff, size * sizeof(float), framework), "cudaMemsetAsync (poison)");
+            ++releases[static_cast<std::size_t>(rank)];
+          }
+        };
+        device_engine opt(comm, registered, options);
+        engine = &opt;
+        for (int step = 0; step < 5; ++step) {
+          for (std::size_t i = 0; i < layers; ++i) {
+            const std::size_t p = layers - 1 - i;
+            std::vector<float> g(size);
+            for (std::size_t k = 0; k < size; ++k) g[k] = gradient(step, rank, p, k);
+            // the framework writes the next gradient on its own stream, after what it did before
+            zero::cuda::check(cudaMemcpyAsync(grads[p], g.data(), size * sizeof(float), cudaMemcpyHostToDevice, framework),
+                              "cudaMemcpyAsync (gradient)");
+            zero::cuda::check(cudaStreamSynchronize(framework), "cudaStreamSynchronize (framework)");
+            opt.gradient_ready(p, {grads[p], size});
+          }
+          opt.step();
+        }
+        for (std::size_t p = 0; p < layers; ++p) device_result[static_cast<std::size_t>(rank)].push_back(device_memory::download(values[p], size, stream));
+        zero::cuda::check(cudaStreamSynchronize(framework), "cudaStreamSynchronize (framework)");
+        for (std::size_t p = 0; p < layers; ++p) {
+          device_memory::release(values[p]);
+          device_memory::release(grads[p]);
+        }
+        (void)cudaStreamDestroy(framework);
+      });
+    });
+    zero::thread_group host_group(2, {120s});
+    host_group.run([&](zero::thread_communicator& comm) {
+      const int rank = comm.rank();
+      std::vector<std::vector<float>> values(layers, std::vector<float>(size)), grads(layers, std::vector<float>(size));
+      std::vector<zero::parameter<float>> registered;
+      for (std::size_t p = 0; p < layers; ++p) {
+        for (std::size_t i = 0; i < size; ++i) values[p][i] = initial(p, i);
+        registered.push_back({"", {values[p].data(), size}});
+      }
+      host_engine::options_type options;
+      options.hyperparameters = harness::adamw_hyperparameters();
+      options.layout.bucket_elements = 2 * size;
+      host_engine opt(comm, registered, options);
+      for (int step = 0; step < 5; ++step) {
+        for (std::size_t i = 0; i < layers; ++i) {
+          const std::size_t p = layers - 1 - i;
+          for (std::size_t k = 0; k < size; ++k) grads[p][k] = gradient(step, rank, p, k);
+          opt.gradient_ready(p, {grads[p].data(), size});
+        }
+        opt.step();
+      }
+      host_result[static_cast<std::size_t>(rank)] = values;
+    });
+    for (std::size_t r = 0; r < 2; ++r) {
+      CAPTURE(r);
+      CHECK(releases[r] == 5 * layers);
+      CHECK(device_result[r] == host_result[r]);
+    }
   }
 
 #if defined(ZERO_TEST_WITH_NCCL)

@@ -71,7 +71,10 @@ TEST_SUITE("equivalence") {
     const std::uint64_t statistics = 8 * zero::optimizer<zero::stage0, zero::bf16_mixed>::statistics_words * 4;
     CHECK(s0.step_traffic.bytes_of(zero::collective::all_reduce) == 2 * padded * 4);
     CHECK(s0.step_traffic.total_bytes() == 2 * padded * 4 + statistics);
-    CHECK(s2.step_traffic.bytes_of(zero::collective::reduce_scatter) == padded * 4);
-    CHECK(s2.step_traffic.bytes_of(zero::collective::all_gather) == padded * 2 + statistics);
+    // the default (contiguous) partitioner reduces each unit to its owner and broadcasts it back
+    CHECK(s2.step_traffic.bytes_of(zero::collective::reduce) == padded * 4);
+    CHECK(s2.step_traffic.bytes_of(zero::collective::broadcast) == padded * 2);
+    CHECK(s2.step_traffic.bytes_of(zero::collective::all_gather) == statistics);
+    CHECK(s2.step_traffic.bytes_of(zero::collective::reduce_scatter) == 0);
   }
 }

@@ -64,8 +64,13 @@ TEST_SUITE("equivalence") {
       CHECK(s0.step_traffic.total_bytes() == 2 * padded * sizeof(float) + statistics);
       CHECK(s0.step_traffic.bytes_of(zero::collective::all_reduce) == 2 * padded * sizeof(float));
       CHECK(s2.step_traffic.total_bytes() == s0.step_traffic.total_bytes());
-      CHECK(s2.step_traffic.bytes_of(zero::collective::reduce_scatter) == padded * sizeof(float));
-      CHECK(s2.step_traffic.bytes_of(zero::collective::all_gather) == padded * sizeof(float) + statistics);
+      // shared units: reduce-scatter and all-gather; units owned whole (contiguous): reduce to
+      // the owner and broadcast from it; the same bytes
+      const auto& t = s2.step_traffic;
+      CHECK(t.bytes_of(zero::collective::reduce_scatter) + t.bytes_of(zero::collective::reduce) == padded * sizeof(float));
+      CHECK(t.bytes_of(zero::collective::all_gather) + t.bytes_of(zero::collective::broadcast) == padded * sizeof(float) + statistics);
+      if constexpr (std::is_same_v<Partitioner, zero::contiguous_partitioner>) CHECK(t.bytes_of(zero::collective::reduce_scatter) == 0);
+      else CHECK(t.bytes_of(zero::collective::reduce) == 0);
       CHECK(s1.step_traffic.total_bytes() == s0.step_traffic.total_bytes());
       // same sums in the same rank order: stage 0 and stage 2 agree bitwise
       CHECK(s2.params == s0.params);

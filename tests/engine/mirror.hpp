@@ -143,8 +143,11 @@ run_record train(Comm& comm, typename Memory::stream_type stream, const harness:
     comm.barrier();
     result.allocated_while_stepping = Memory::allocations() != allocations;
     if (!plan.save_to.empty()) zero::save_checkpoint(opt, plan.save_to);
-    result.memory_as_expected = opt.memory() == zero::expected_memory<typename Engine::precision_type>(
-                                                    511, comm.world_size(), Engine::stage_value, opt.state_count(), options.layout);
+    std::size_t largest = 0;  // the most elements one parameter's reports hold
+    for (std::size_t p = 0; p < sizes.size(); ++p) largest = std::max(largest, sizes[p] * static_cast<std::size_t>(uses(p)));
+    result.memory_as_expected =
+        opt.memory() == zero::expected_memory<typename Engine::precision_type, typename Engine::partitioner_type>(
+                            511, comm.world_size(), Engine::stage_value, opt.state_count(), options.layout, largest);
   }
   for (std::size_t p = 0; p < sizes.size(); ++p) {
     result.params.push_back(Memory::download(values[p], sizes[p], stream));

@@ -12,7 +12,8 @@ namespace {
 static_assert(zero::nonblocking_communicator<zero::thread_communicator>);
 static_assert(!zero::nonblocking_communicator<zero::single_rank_communicator>);
 
-// bucketed: a unit is a contiguous run of the flat buffer, here exactly one parameter
+// bucketed: a unit is a contiguous run of the flat buffer, here exactly one parameter; the
+// parameters are laid out in reverse registration order, the order backward reports them in
 using engine = zero::optimizer<zero::stage2, zero::fp32_precision, zero::adamw, zero::bucketed_partitioner>;
 
 }  // namespace
@@ -34,15 +35,17 @@ TEST_SUITE("unit") {
         options.layout.staging_buffers = buffers;
         engine opt(comm, registered, options);
         REQUIRE(opt.plan().units.size() == params);
-        CHECK(opt.memory() == zero::expected_memory<zero::fp32_precision>(params * size, 2, zero::stage2, 2, options.layout));
+        CHECK(opt.memory() ==
+              zero::expected_memory<zero::fp32_precision, zero::bucketed_partitioner>(params * size, 2, zero::stage2, 2, options.layout, size));
 
         for (int step = 0; step < 2; ++step) {
           const auto before = comm.traffic().calls_of(zero::collective::reduce_scatter);
-          for (std::size_t p = 0; p < params; ++p) {
+          for (std::size_t i = 0; i < params; ++i) {
+            const std::size_t p = params - 1 - i;  // backward: the last layer first
             opt.gradient_ready(p, {grads[p].data(), grads[p].size()});
-            // units 0..p are complete: reducing unit k first completes unit k - buffers, so the
+            // units 0..i are complete: reducing unit k first completes unit k - buffers, so the
             // last `buffers` units are still queued
-            const std::size_t started = p + 1;
+            const std::size_t started = i + 1;
             const std::size_t run = buffers == 1 ? started : (started > buffers ? started - buffers : 0);
             CHECK(comm.queued_count() == started - run);
             CHECK(comm.traffic().calls_of(zero::collective::reduce_scatter) - before == run);

@@ -2,7 +2,9 @@
 // every rank, never a hang; nothing the caller gave is modified by a refused call.
 #include <doctest/doctest.h>
 
+#include <bit>
 #include <chrono>
+#include <cmath>
 #include <string>
 #include <thread>
 #include <vector>
@@ -282,5 +284,120 @@ TEST_SUITE("reliability") {
     CHECK(slots.grad_slot(1).size == 7);
     CHECK_THROWS_WITH_AS(slots.gradient_ready(0, {ga.data(), ga.size()}), doctest::Contains("gradient slots are on"),
                          zero::usage_error);
+  }
+}
+
+TEST_SUITE("reliability") {
+  TEST_CASE("gradient_unused lets the units go on without the parameter and is refused once the parameter is reported") {
+    zero::thread_group group(2);
+    group.run([&](zero::thread_communicator& comm) {
+      using O = zero::optimizer<zero::stage2, zero::fp32_precision, zero::adamw, zero::bucketed_partitioner>;
+      std::vector<std::vector<float>> w(4, std::vector<float>(32, 1.0f)), g = w;
+      std::vector<zero::parameter<float>> params;
+      for (auto& v : w) params.push_back({"w" + std::to_string(params.size()), {v.data(), v.size()}});
+      O::options_type options;
+      options.layout.bucket_elements = 64;  // two parameters a unit
+      O opt(comm, params, options);
+      const auto before = comm.traffic().calls_of(zero::collective::reduce_scatter);
+      opt.gradient_ready(3, {g[3].data(), g[3].size()});
+      opt.gradient_unused(2);  // the first unit holds parameters 3 and 2: it is reduced now
+      CHECK(comm.traffic().calls_of(zero::collective::reduce_scatter) - before == 1);
+      CHECK_THROWS_WITH_AS(opt.gradient_unused(3), doctest::Contains("parameter 'w3' (#3) on rank"), zero::usage_error);
+      CHECK_THROWS_WITH_AS(opt.gradient_ready(2, {g[2].data(), g[2].size()}), doctest::Contains("'w2' (#2)"), zero::usage_error);
+      opt.gradient_ready(1, {g[1].data(), g[1].size()});
+      const auto report = opt.step();
+      // parameters 2 and 0 counted as zero gradients: the norm is that of 3 and 1
+      CHECK(report.grad_norm == doctest::Approx(std::sqrt(2.0 * 32)));
+    });
+  }
+
+  TEST_CASE("stage 0 reports the same step on every rank whatever each rank's thread count") {
+    // 3 ranks with 1, 2 and 3 threads; more elements than one thread takes alone (32768), and
+    // clipping on, so the norm enters the update
+    constexpr std::size_t n = 70001;
+    auto run = [&](auto threads_of) {
+      std::vector<std::vector<zero::step_report>> reports(3);
+      std::vector<std::vector<float>> finals(3);
+      zero::thread_group group(3);
+      group.run([&](zero::thread_communicator& comm) {
+        const auto r = static_cast<std::size_t>(comm.rank());
+        std::vector<float> w(n), g(n);
+        for (std::size_t i = 0; i < n; ++i) w[i] = 1.0f + 1e-3f * static_cast<float>(i % 97);
+        std::vector<zero::parameter<float>> params{{"w", {w.data(), n}}};
+        zero::optimizer<zero::stage0, zero::fp32_precision>::options_type options;
+        options.threads = threads_of(comm.rank());
+        options.max_grad_norm = 1.0;
+        zero::optimizer<zero::stage0, zero::fp32_precision> opt(comm, params, options);
+        for (int step = 0; step < 4; ++step) {
+          for (std::size_t i = 0; i < n; ++i) g[i] = 0.01f * static_cast<float>((i * 7919 + r * 31 + static_cast<std::size_t>(step)) % 201) - 1.0f;
+          opt.gradient_ready(0, {g.data(), n});
+          reports[r].push_back(opt.step());
+        }
+        finals[r] = w;
+      });
+      return std::pair{reports, finals};
+    };
+    const auto [mixed, mixed_final] = run([](int rank) { return static_cast<unsigned>(rank + 1); });
+    for (std::size_t r = 1; r < 3; ++r) {
+      CAPTURE(r);
+      for (std::size_t s = 0; s < mixed[r].size(); ++s) {
+        CHECK(std::bit_cast<std::uint64_t>(mixed[r][s].grad_norm) == std::bit_cast<std::uint64_t>(mixed[0][s].grad_norm));
+        CHECK(std::bit_cast<std::uint64_t>(mixed[r][s].clip_factor) == std::bit_cast<std::uint64_t>(mixed[0][s].clip_factor));
+        CHECK(mixed[r][s].step == mixed[0][s].step);
+        CHECK(mixed[r][s].skipped == mixed[0][s].skipped);
+      }
+      CHECK(mixed_final[r] == mixed_final[0]);
+    }
+    CHECK(mixed[0].back().clip_factor < 1.0);  // clipping took part
+    // and a rank's own sum does not depend on its threads: one thread everywhere gives the same bits
+    const auto [single, single_final] = run([](int) { return 1u; });
+    for (std::size_t s = 0; s < single[0].size(); ++s)
+      CHECK(std::bit_cast<std::uint64_t>(single[0][s].grad_norm) == std::bit_cast<std::uint64_t>(mixed[0][s].grad_norm));
+    CHECK(single_final[0] == mixed_final[0]);
+  }
+
+  TEST_CASE("gradient_predivide_factor keeps an fp16 sum from overflowing where the average fits") {
+    // four ranks each send 20000 in fp16 (largest finite 65504): the sum overflows, the average does not
+    using fp16_comm = zero::precision<zero::fp16, zero::fp16, float, float, float, zero::fp16>;
+    using O = zero::optimizer<zero::stage2, fp16_comm, zero::sgd, zero::bucketed_partitioner>;
+    auto run = [&](double predivide) {
+      std::vector<zero::step_report> reports(4);
+      std::vector<float> final_values;
+      zero::thread_group group(4);
+      group.run([&](zero::thread_communicator& comm) {
+        std::vector<zero::fp16> w(40, zero::fp16(1.0f)), g(40, zero::fp16(20000.0f));
+        std::vector<zero::parameter<zero::fp16>> params{{"w", {w.data(), w.size()}}};
+        O::options_type options;
+        options.hyperparameters.lr = 1e-5;
+        options.loss_scale.kind = zero::loss_scale_options::mode::fixed;
+        options.loss_scale.fixed_scale = 1;
+        options.on_nonfinite = zero::nonfinite_policy::skip_step;
+        options.gradient_predivide_factor = predivide;
+        O opt(comm, params, options);
+        opt.gradient_ready(0, {g.data(), g.size()});
+        reports[static_cast<std::size_t>(comm.rank())] = opt.step();
+        if (comm.rank() == 0)
+          for (auto v : w) final_values.push_back(static_cast<float>(v));
+      });
+      return std::pair{reports, final_values};
+    };
+    const auto [summed, unchanged] = run(1);
+    for (const auto& r : summed) CHECK(r.skipped);  // 80000 is inf in fp16
+    CHECK(unchanged == std::vector<float>(40, 1.0f));
+    const auto [predivided, updated] = run(4);
+    for (const auto& r : predivided) {
+      CHECK_FALSE(r.skipped);
+      CHECK(r.grad_norm == doctest::Approx(20000.0 * std::sqrt(40.0)));  // 5000 x 4 ranks x 4 / 4
+    }
+    // p - lr * 20000 = 1 - 0.2 = 0.8, in fp16
+    CHECK(updated == std::vector<float>(40, static_cast<float>(zero::fp16(0.8f))));
+    // a factor that is not a finite positive number is refused
+    zero::single_rank_communicator single;
+    std::vector<float> v(4, 1.0f);
+    zero::optimizer<zero::stage2, zero::fp32_precision, zero::adamw, zero::contiguous_partitioner, zero::single_rank_communicator>::options_type bad;
+    bad.gradient_predivide_factor = 0;
+    CHECK_THROWS_WITH_AS((zero::optimizer<zero::stage2, zero::fp32_precision, zero::adamw, zero::contiguous_partitioner,
+                                          zero::single_rank_communicator>(single, std::vector<zero::parameter<float>>{{"v", {v.data(), 4}}}, bad)),
+                         doctest::Contains("gradient_predivide_factor"), zero::usage_error);
   }
 }

@@ -27,6 +27,7 @@
 #include <memory_resource>
 #include <mutex>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "fuzz_input.hpp"
@@ -49,6 +50,7 @@ void require(bool ok) {
 struct prediction {
   bool refused = false;
   wide total = 0, padded = 0, shard = 0, slice = 0, units = 0;
+  wide run = 0, runs = 0;  // the contiguous partitioner: units owned whole, `runs` per rank
 };
 
 prediction predict(const std::vector<std::size_t>& sizes, int world, std::size_t alignment, std::size_t bucket) {
@@ -63,6 +65,8 @@ prediction predict(const std::vector<std::size_t>& sizes, int world, std::size_t
   const wide per_rank = (wide{bucket} + n - 1) / n;
   p.slice = std::min((per_rank + alignment - 1) / alignment * alignment, p.shard);
   p.units = p.slice == 0 ? 0 : (p.shard + p.slice - 1) / p.slice;
+  p.run = wide{bucket} >= p.shard ? p.shard : std::min((wide{bucket} + alignment - 1) / alignment * alignment, p.shard);
+  p.runs = p.run == 0 ? 0 : (p.shard + p.run - 1) / p.run;
   return p;
 }
 
@@ -88,7 +92,12 @@ void check_partitioner(const std::vector<std::size_t>& sizes, const zero::partit
   require(!expect.refused);
   zero::validate_plan(plan, sizes, o.world_size);  // a usage_error here is a bug: abort via terminate
   require(plan.element_count == expect.total && plan.padded_size == expect.padded && plan.shard_size == expect.shard);
-  require(plan.units.size() == expect.units && plan.max_slice() == expect.slice);
+  const std::size_t n = static_cast<std::size_t>(o.world_size);
+  if constexpr (std::is_same_v<Partitioner, zero::contiguous_partitioner>) {
+    require(plan.units.size() == expect.runs * n && plan.max_slice() == expect.run && plan.max_unit_elements() == expect.run);
+  } else {
+    require(plan.units.size() == expect.units && plan.max_slice() == expect.slice && plan.max_unit_elements() == n * expect.slice);
+  }
   // every element of every parameter in exactly one piece, each piece where the plan says
   std::vector<wide> covered(sizes.size(), 0);
   for (const zero::owned_piece& piece : plan.pieces()) {
@@ -96,6 +105,7 @@ void check_partitioner(const std::vector<std::size_t>& sizes, const zero::partit
     require(piece.param_offset + wide{piece.count} <= sizes[piece.param]);
     require(piece.flat_offset == plan.param_offset[piece.param] + piece.param_offset);
     const zero::reduction_unit& u = plan.units[piece.unit];
+    require(u.held_by(piece.rank));
     const std::size_t lo = u.flat_index(piece.rank, 0);
     require(piece.flat_offset >= lo && piece.flat_offset + wide{piece.count} <= lo + wide{u.slice});
     require(piece.shard_offset == u.shard_begin + (piece.flat_offset - lo));
@@ -104,12 +114,11 @@ void check_partitioner(const std::vector<std::size_t>& sizes, const zero::partit
   for (std::size_t p = 0; p < sizes.size(); ++p) require(covered[p] == sizes[p]);
   // the closed form agrees on the shard, the padded buffer and the bucket slice
   const zero::layout_options layout = closed_form_layout(o.alignment, o.bucket_elements);
-  const std::size_t n = static_cast<std::size_t>(o.world_size);
   for (zero::stage s : {zero::stage0, zero::stage1, zero::stage2}) {
-    const auto m = zero::expected_memory<zero::fp32_precision>(plan.element_count, o.world_size, s, 2, layout);
+    const auto m = zero::expected_memory<zero::fp32_precision, Partitioner>(plan.element_count, o.world_size, s, 2, layout);
     const std::size_t grads = s == zero::stage2 ? plan.shard_size : plan.padded_size;
     require(m.of(zero::memory_kind::gradients) == grads * sizeof(float));
-    require(m.of(zero::memory_kind::buckets) == n * plan.max_slice() * sizeof(float));
+    require(m.of(zero::memory_kind::buckets) == plan.max_unit_elements() * sizeof(float));
     require(m.of(zero::memory_kind::parameter_shard) == (s == zero::stage0 ? 0 : plan.shard_size * sizeof(float)));
   }
 }
@@ -180,8 +189,10 @@ std::vector<param_t> run_rank(Comm& comm, const engine_case& c) {
   options.threads = 1;
   engine opt(comm, params, options);
   // exactly what the closed form says, all of it from the resource
-  const auto expected = zero::expected_memory<precision>(total, c.world, S, opt.state_count(),
-                                                         closed_form_layout(c.layout.alignment, c.layout.bucket_elements, c.layout));
+  std::size_t largest = 0;
+  for (std::size_t s : c.sizes) largest = std::max(largest, s);
+  const auto expected = zero::expected_memory<precision, Partitioner>(
+      total, c.world, S, opt.state_count(), closed_form_layout(c.layout.alignment, c.layout.bucket_elements, c.layout), largest);
   require(opt.memory() == expected && resource.allocated == expected.total());
   // gradients in an order of this rank's own, some parameters not reported at all
   std::vector<std::size_t> order(params.size());
@@ -302,8 +313,8 @@ int zero_fuzz_layout(const std::uint8_t* data, std::size_t size) {
   if (world < 1 || world > 4 || elements > 20000) return 0;
   if (!expect.refused) {
     if (alignment > 4096 || expect.padded > (wide{1} << 20)) return 0;
-    const auto m = zero::expected_memory<precision>(static_cast<std::size_t>(expect.total), world, zero::stage0, 2,
-                                                    closed_form_layout(alignment, bucket, c.layout));
+    const auto m = zero::expected_memory<precision, zero::bucketed_partitioner>(static_cast<std::size_t>(expect.total), world,
+                                                                                zero::stage0, 2, closed_form_layout(alignment, bucket, c.layout));
     if (m.total() > (std::size_t{8} << 20)) return 0;
   }
   check_engine(c, expect, zero_fuzz_layout_counts);

@@ -26,7 +26,7 @@ void require(bool ok) {
 }
 
 void check_plan(const zero::memory_plan& p, std::uint64_t params, zero::precision_kind precision) {
-  const wide parts = wide{p.parameters} + p.gradients + p.master_weights + p.optimizer_state + p.buffers;
+  const wide parts = wide{p.parameters} + p.gradients + p.framework_gradients + p.master_weights + p.optimizer_state + p.buffers;
   require(parts == p.total());
   const wide param_bytes = wide{params} * (precision == zero::precision_kind::fp32 ? 4 : 2);
   require(param_bytes == p.parameters);
@@ -54,16 +54,19 @@ int zero_fuzz_plan_args(const std::uint8_t* data, std::size_t size) {
   const zero_plan::settings s = zero_plan::parse(args);
   for (int w : s.worlds) {
     if (s.fit) {
-      const std::uint64_t n = zero::largest_fitting(*s.fit, w, s.stage, s.precision, s.optimizer, s.layout);
+      const std::uint64_t n =
+          zero::largest_fitting(*s.fit, w, s.stage, s.precision, s.optimizer, s.layout, s.partitioner, s.largest_param);
       const auto total = [&](std::uint64_t count) {
-        const zero::memory_plan p = zero::plan_memory(count, w, s.stage, s.precision, s.optimizer, s.layout);
+        const zero::memory_plan p =
+            zero::plan_memory(count, w, s.stage, s.precision, s.optimizer, s.layout, s.partitioner, s.largest_param);
         check_plan(p, count, s.precision);
         return p.total();
       };
       if (n > 0) require(total(n) <= *s.fit);
       require(total(n + 1) > *s.fit);
     } else {
-      check_plan(zero::plan_memory(*s.params, w, s.stage, s.precision, s.optimizer, s.layout), *s.params, s.precision);
+      check_plan(zero::plan_memory(*s.params, w, s.stage, s.precision, s.optimizer, s.layout, s.partitioner, s.largest_param),
+                 *s.params, s.precision);
     }
   }
   return 0;

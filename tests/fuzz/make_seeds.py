@@ -31,6 +31,8 @@ write("plan_args", [
     args("--params", "124000000", "--world", "8", "--precision", "bf16-accum", "--optimizer", "lamb", "--json"),
     args("--help"),
     args("--params", "0.5K", "--world", "3,", "--stage", "3"),
+    args("--params", "7.5B", "--world", "64", "--partitioner", "bucketed", "--largest-param", "206M", "--json"),
+    args("--fit", "80GB", "--world", "8", "--largest-param", "1T", "--partitioner", "contiguous"),
 ])
 
 write("consolidate_args", [

@@ -112,8 +112,9 @@ TEST_SUITE("unit") {
   TEST_CASE("zero-plan: --help explains every kind and exits 0") {
     const result r = plan("--help");
     CHECK(r.status == 0);
-    for (const char* word : {"parameters", "gradients", "master_weights", "optimizer_state", "model_states_bytes", "buffers",
-                             "total", "--fit", "--params", "--world", "Not counted"})
+    for (const char* word : {"parameters", "gradients", "framework_gradients", "master_weights", "optimizer_state",
+                             "model_states_bytes", "buffers", "total", "--fit", "--params", "--world", "--partitioner",
+                             "--largest-param", "Not counted"})
       CHECK(r.out.find(word) != std::string::npos);
   }
 
@@ -122,13 +123,15 @@ TEST_SUITE("unit") {
     REQUIRE(r.status == 0);
     CHECK(r.out.find("7,500,000,000 parameters (7.50B), ZeRO stage 2, precision fp16, optimizer adam") != std::string::npos);
     for (const char* column : {"world 8", "world 64", "world 1024"}) CHECK(r.out.find(column) != std::string::npos);
-    for (const char* kind : {"\nparameters ", "\ngradients ", "\nmaster_weights ", "\noptimizer_state ",
-                             "\nmodel_states_bytes ", "\nbuffers ", "\ntotal "})
+    for (const char* kind : {"\nparameters ", "\ngradients ", "\nframework_gradients ", "\nmaster_weights ",
+                             "\noptimizer_state ", "\nmodel_states_bytes ", "\nbuffers ", "\ntotal "})
       CHECK(count_of(r.out, kind) == 1);
     // 7.5B fp16 parameters are 13.97 GiB on every rank, whatever the world size
     CHECK(count_of(r.out, "13.97 GiB") == 3);
-    // stage 2 over 8 ranks: 2 + 16/8 bytes per parameter of model states = 27.94 GiB
-    CHECK(r.out.find("27.94 GiB") != std::string::npos);
+    // stage 2 over 8 ranks: 2 + 16/8 bytes per parameter of model states (27.94 GiB), and the one
+    // 4Mi-element bucket of fp16 gradients the framework holds (8 MiB) = 27.95 GiB
+    CHECK(r.out.find("27.95 GiB") != std::string::npos);
+    CHECK(count_of(r.out, "8.00 MiB") == 3);
   }
 
   TEST_CASE("zero-plan: --json gives plan_memory's exact bytes") {
@@ -192,6 +195,28 @@ TEST_SUITE("unit") {
     CHECK(field(r.out, "total") == p.total());
   }
 
+  TEST_CASE("zero-plan: the partitioner and the largest parameter reach the plan / the framework's gradients counted") {
+    const result r = plan("--params 1B --world 8 --partitioner bucketed --largest-param 50M --json");
+    REQUIRE(r.status == 0);
+    const auto p = zero::plan_memory(1'000'000'000, 8, zero::stage2, precision_kind::bf16, optimizer_kind::adam, {},
+                                     zero::partitioner_kind::bucketed, 50'000'000);
+    CHECK(r.out.find("\"partitioner\": \"bucketed\"") != std::string::npos);
+    CHECK(field(r.out, "largest_param") == 50'000'000);
+    CHECK(field(r.out, "framework_gradients") == p.framework_gradients);
+    CHECK(p.framework_gradients == 2 * ((std::size_t{1} << 22) + 50'000'000));  // one bucket and the largest, bf16
+    CHECK(field(r.out, "model_states_bytes") == p.model_states_bytes());
+    CHECK(field(r.out, "total") == p.total());
+    // stage 1 reads every gradient at once: nothing held by the framework
+    const result s1 = plan("--params 1B --world 8 --stage 1 --largest-param 50M --json");
+    REQUIRE(s1.status == 0);
+    CHECK(field(s1.out, "framework_gradients") == 0);
+    const result text = plan("--params 1B --world 8");
+    CHECK(text.out.find("\nframework_gradients ") != std::string::npos);
+    CHECK(text.out.find("--largest-param N adds the largest parameter") != std::string::npos);
+    CHECK(plan("--params 1B --world 8 --partitioner round-robin").status == 2);
+    CHECK(plan("--params 1M --world 8 --largest-param 2M").status == 2);
+  }
+
   TEST_CASE("zero-plan: a world list gives a JSON array with one object per world size") {
     const result r = plan("--params 7.5B --world 1,8,64 --json");
     REQUIRE(r.status == 0);
@@ -225,7 +250,7 @@ TEST_SUITE("unit") {
     const result text = plan("--fit 80GB --world 1,8 --precision fp16");
     REQUIRE(text.status == 0);
     CHECK(text.out.find("largest parameter count whose per-rank total fits in 80,000,000,000 bytes") != std::string::npos);
-    CHECK(text.out.find("3,999,161,136 (4.00B)") != std::string::npos);
+    CHECK(text.out.find("3,998,741,696 (4.00B)") != std::string::npos);
   }
 
   TEST_CASE("zero-plan: --fit with a budget too small for one parameter answers 0") {

@@ -2,6 +2,7 @@
 // for real engines, and its binary search for the largest model that fits.
 #include <doctest/doctest.h>
 
+#include <type_traits>
 #include <vector>
 
 #include "zero/plan.hpp"
@@ -24,7 +25,14 @@ static_assert(fp16_adam.gradients == 4 * psi_padded / 64);
 static_assert(fp16_adam.master_weights == 4 * psi_padded / 64);
 static_assert(fp16_adam.optimizer_state == 8 * psi_padded / 64);
 static_assert(fp16_adam.buffers == 2 * psi_padded / 64 + 4 * (std::size_t{1} << 22));  // shard + one bucket of fp32
-static_assert(fp16_adam.model_states_bytes() == 2 * psi + 16 * psi_padded / 64);
+// stage 2 with spans: the framework holds one bucket of fp16 gradients (plus the largest
+// parameter's, not given here)
+static_assert(fp16_adam.framework_gradients == 2 * (std::size_t{1} << 22));
+static_assert(fp16_adam.model_states_bytes() == 2 * psi + 16 * psi_padded / 64 + fp16_adam.framework_gradients);
+static_assert(zero::plan_memory(psi, 64, zero::stage2, precision_kind::fp16, optimizer_kind::adam, {},
+                                zero::partitioner_kind::contiguous, 200'000'000)
+                  .framework_gradients == 2 * ((std::size_t{1} << 22) + 200'000'000));
+static_assert(zero::plan_memory(psi, 64, zero::stage1, precision_kind::fp16, optimizer_kind::adam).framework_gradients == 0);
 static_assert(fp16_adam.total() == fp16_adam.model_states_bytes() + fp16_adam.buffers);
 
 // stage 0 holds everything on every rank; fp32 has no master copy; sgd without momentum no state
@@ -59,7 +67,9 @@ void check_engine(int world, precision_kind p, optimizer_kind o, const typename 
   using T = typename P::param_type;
   std::size_t count = 0;
   for (auto s : sizes) count += s;
-  const zero::memory_plan plan = zero::plan_memory(count, world, S, p, o, layout);
+  constexpr auto kind = std::is_same_v<Partitioner, zero::bucketed_partitioner> ? zero::partitioner_kind::bucketed
+                                                                                 : zero::partitioner_kind::contiguous;
+  const zero::memory_plan plan = zero::plan_memory(count, world, S, p, o, layout, kind, 2048);
   zero::thread_group group(world);
   std::vector<zero::memory_report> reports(static_cast<std::size_t>(world));
   group.run([&](zero::thread_communicator& comm) {
@@ -81,9 +91,10 @@ void check_engine(int world, precision_kind p, optimizer_kind o, const typename 
     CHECK(plan.master_weights == m.of(zero::memory_kind::master_weights));
     CHECK(plan.optimizer_state == m.of(zero::memory_kind::optimizer_state));
     CHECK(plan.buffers == m.of(zero::memory_kind::parameter_shard) + m.of(zero::memory_kind::buckets));
+    CHECK(plan.framework_gradients == m.framework_gradients);
   }
   CHECK(plan.parameters == count * sizeof(T));
-  CHECK(plan.total() == plan.parameters + plan.engine.total());
+  CHECK(plan.total() == plan.parameters + plan.engine.with_framework_gradients());
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <limits>
@@ -86,32 +87,53 @@ std::string check_plan(const zero::partition_plan& plan, const sizes_t& sizes, c
   if (plan.padded_size >= count + quantum) return "padded_size is not the smallest multiple >= element_count";
   if (plan.shard_size * n != plan.padded_size) return "shard_size * world != padded_size";
 
-  // units: slices aligned, shard tiled in order, constant size (except a shorter last one)
-  std::size_t expected_slice = (o.bucket_elements + n - 1) / n;
-  expected_slice = (expected_slice + o.alignment - 1) / o.alignment * o.alignment;
-  if (expected_slice > plan.shard_size) expected_slice = plan.shard_size;
-  std::size_t shard_at = 0;
-  for (std::size_t u = 0; u < plan.units.size(); ++u) {
-    const auto& unit = plan.units[u];
-    const bool last = u + 1 == plan.units.size();
-    if (unit.slice == 0) return "unit " + std::to_string(u) + " is empty";
-    if (unit.slice % o.alignment != 0 && unit.shard_begin + unit.slice != plan.shard_size)
-      return "unit " + std::to_string(u) + " slice " + std::to_string(unit.slice) + " is not a multiple of the alignment";
-    if (!last && unit.slice != expected_slice) return "unit " + std::to_string(u) + " slice differs from the bucket's";
-    if (last && unit.slice > expected_slice) return "last unit larger than the bucket's slice";
-    if (unit.shard_begin != shard_at) return "unit " + std::to_string(u) + " does not continue the shard";
-    shard_at += unit.slice;
-    if (k == kind::contiguous) {
-      // rank r owns [r * shard, (r + 1) * shard): unit u is at shard_begin in every rank's range
-      if (unit.flat_begin != unit.shard_begin || unit.rank_stride != plan.shard_size)
-        return "contiguous unit " + std::to_string(u) + " is not the k-th slice of every rank's range";
-    } else {
+  // units: slices aligned, each rank's shard tiled in order, constant size (except shorter last ones)
+  if (k == kind::contiguous) {
+    // rank r's range [r * shard, (r + 1) * shard) cut into runs of the bucket (aligned), each
+    // unit owned whole by r, in flat order
+    std::size_t run = o.bucket_elements >= plan.shard_size ? plan.shard_size
+                                                           : (o.bucket_elements + o.alignment - 1) / o.alignment * o.alignment;
+    if (run > plan.shard_size) run = plan.shard_size;
+    std::size_t u = 0;
+    for (int r = 0; r < o.world_size; ++r)
+      for (std::size_t at = 0; at < plan.shard_size; at += run, ++u) {
+        if (u >= plan.units.size()) return "contiguous plan has too few units";
+        const auto& unit = plan.units[u];
+        const std::size_t expected = std::min(run, plan.shard_size - at);
+        if (unit.owner != r) return "contiguous unit " + std::to_string(u) + " is not owned by rank " + std::to_string(r);
+        if (unit.flat_begin != static_cast<std::size_t>(r) * plan.shard_size + at || unit.shard_begin != at || unit.slice != expected)
+          return "contiguous unit " + std::to_string(u) + " is not the next run of rank " + std::to_string(r) + "'s range";
+      }
+    if (u != plan.units.size()) return "contiguous plan has too many units";
+    if (!plan.units.empty() && plan.max_unit_elements() != zero::contiguous_partitioner::largest_unit(plan.shard_size, o))
+      return "largest_unit differs from the plan's largest unit";
+  } else {
+    std::size_t expected_slice = (o.bucket_elements + n - 1) / n;
+    expected_slice = (expected_slice + o.alignment - 1) / o.alignment * o.alignment;
+    if (expected_slice > plan.shard_size) expected_slice = plan.shard_size;
+    std::size_t shard_at = 0;
+    for (std::size_t u = 0; u < plan.units.size(); ++u) {
+      const auto& unit = plan.units[u];
+      const bool last = u + 1 == plan.units.size();
+      if (unit.owner != zero::every_rank) return "bucketed unit " + std::to_string(u) + " is not shared by every rank";
+      if (unit.slice == 0) return "unit " + std::to_string(u) + " is empty";
+      if (unit.slice % o.alignment != 0 && unit.shard_begin + unit.slice != plan.shard_size)
+        return "unit " + std::to_string(u) + " slice " + std::to_string(unit.slice) + " is not a multiple of the alignment";
+      if (!last && unit.slice != expected_slice) return "unit " + std::to_string(u) + " slice differs from the bucket's";
+      if (last && unit.slice > expected_slice) return "last unit larger than the bucket's slice";
+      if (unit.shard_begin != shard_at) return "unit " + std::to_string(u) + " does not continue the shard";
+      shard_at += unit.slice;
       // one contiguous bucket per unit, right after the previous one
       if (unit.rank_stride != unit.slice) return "bucketed unit " + std::to_string(u) + " is not contiguous";
       if (unit.flat_begin != unit.shard_begin * n) return "bucketed unit " + std::to_string(u) + " does not follow the previous one";
     }
+    if (shard_at != plan.shard_size) return "units do not cover the shard";
+    if (!plan.units.empty() && plan.max_unit_elements() != zero::bucketed_partitioner::largest_unit(plan.shard_size, o))
+      return "largest_unit differs from the plan's largest unit";
   }
-  if (shard_at != plan.shard_size) return "units do not cover the shard";
+  // units follow each other in the flat buffer (the order gradients fill it in)
+  for (std::size_t u = 1; u < plan.units.size(); ++u)
+    if (plan.units[u].flat_begin <= plan.units[u - 1].flat_begin) return "units are not in flat order";
 
   // ownership map: every flat element in exactly one (unit, rank, i) slot
   struct slot { long unit = -1; int rank = -1; std::size_t i = 0; };
@@ -120,6 +142,7 @@ std::string check_plan(const zero::partition_plan& plan, const sizes_t& sizes, c
   for (std::size_t u = 0; u < plan.units.size(); ++u) {
     const auto& unit = plan.units[u];
     for (int r = 0; r < o.world_size; ++r) {
+      if (!unit.held_by(r)) continue;
       for (std::size_t i = 0; i < unit.slice; ++i) {
         const std::size_t f = unit.flat_index(r, i);
         if (f >= plan.padded_size) return "unit " + std::to_string(u) + " reaches past padded_size";
@@ -197,10 +220,15 @@ std::string check_plan(const zero::partition_plan& plan, const sizes_t& sizes, c
     for (std::size_t i = 0; i < sizes[p]; ++i)
       if (hit[i] != 1) return "element " + std::to_string(i) + " of parameter " + std::to_string(p) + " covered " + std::to_string(hit[i]) + " times";
   }
-  // max_slice
-  std::size_t m = 0;
-  for (const auto& u : plan.units) m = u.slice > m ? u.slice : m;
+  // max_slice, max_unit_elements
+  std::size_t m = 0, e = 0;
+  for (const auto& u : plan.units) {
+    m = u.slice > m ? u.slice : m;
+    const std::size_t elements = u.owner == zero::every_rank ? n * u.slice : u.slice;
+    e = elements > e ? elements : e;
+  }
   if (plan.max_slice() != m) return "max_slice is not the largest slice";
+  if (plan.max_unit_elements() != e) return "max_unit_elements is not the largest unit";
   (void)err;
   return "";
 }
@@ -228,7 +256,13 @@ void check_all_layouts(kind k) {
 struct corrupt_fixture {
   sizes_t sizes{5, 9, 3, 7};  // 24 elements
   zero::partition_options options{2, 4, 8};
-  zero::partition_plan plan = zero::contiguous_partitioner{}.plan(sizes, options);
+  zero::partition_plan plan = zero::bucketed_partitioner{}.plan(sizes, options);
+};
+
+//! The same layout with units owned whole: ranks 0 and 1 own runs of 8 and 4 elements.
+struct owned_fixture {
+  sizes_t sizes{5, 9, 3, 7};
+  zero::partition_plan plan = zero::contiguous_partitioner{}.plan(sizes, {2, 4, 8});
 };
 
 std::string validation_error(const zero::partition_plan& plan, const sizes_t& sizes, int world) {
@@ -255,22 +289,55 @@ TEST_CASE("partitioner: bucketed plans tile the buffer over many layouts") {
 }
 
 TEST_CASE("partitioner: known contiguous plan") {
-  // 24 elements, world 2, alignment 4: padded 24, shard 12; bucket 8 -> slice 4, three units
+  // 24 elements, world 2, alignment 4: padded 24, shard 12; bucket 8: runs of 8 and 4 per rank,
+  // each owned whole by its rank
   const sizes_t sizes{5, 9, 3, 7};
   const auto plan = zero::contiguous_partitioner{}.plan(sizes, {2, 4, 8});
   CHECK(plan.padded_size == 24u);
   CHECK(plan.shard_size == 12u);
-  REQUIRE(plan.units.size() == 3u);
-  CHECK(plan.units[0] == zero::reduction_unit{0, 12, 4, 0});
-  CHECK(plan.units[1] == zero::reduction_unit{4, 12, 4, 4});
-  CHECK(plan.units[2] == zero::reduction_unit{8, 12, 4, 8});
-  CHECK(plan.max_slice() == 4u);
-  // parameter 1 occupies [5, 14): rank 0 owns [5, 12) in units 1 and 2, rank 1 owns [12, 14) in unit 0
+  REQUIRE(plan.units.size() == 4u);
+  CHECK(plan.units[0] == zero::reduction_unit{0, 0, 8, 0, 0});
+  CHECK(plan.units[1] == zero::reduction_unit{8, 0, 4, 8, 0});
+  CHECK(plan.units[2] == zero::reduction_unit{12, 0, 8, 0, 1});
+  CHECK(plan.units[3] == zero::reduction_unit{20, 0, 4, 8, 1});
+  CHECK(plan.max_slice() == 8u);
+  CHECK(plan.max_unit_elements() == 8u);
+  // parameter 1 occupies [5, 14): rank 0 owns [5, 12) in units 0 and 1, rank 1 owns [12, 14) in unit 2
   const auto p1 = plan.pieces_of(1);
   REQUIRE(p1.size() == 3u);
-  CHECK(p1[0] == zero::owned_piece{1, 0, 1, 7, 12, 0, 2});
-  CHECK(p1[1] == zero::owned_piece{1, 1, 0, 0, 5, 5, 3});
-  CHECK(p1[2] == zero::owned_piece{1, 2, 0, 3, 8, 8, 4});
+  CHECK(p1[0] == zero::owned_piece{1, 0, 0, 0, 5, 5, 3});
+  CHECK(p1[1] == zero::owned_piece{1, 1, 0, 3, 8, 8, 4});
+  CHECK(p1[2] == zero::owned_piece{1, 2, 1, 7, 12, 0, 2});
+}
+
+TEST_CASE("partitioner: the layout order places the parameters and the plan reports it") {
+  const sizes_t sizes{5, 9, 3, 7};
+  const std::vector<std::size_t> reverse{3, 2, 1, 0};
+  for (kind k : {kind::contiguous, kind::bucketed}) {
+    for (int world : {1, 2, 3}) {
+      CAPTURE(world);
+      const zero::partition_options o{world, 4, 8, reverse};
+      const auto plan = k == kind::contiguous ? zero::contiguous_partitioner{}.plan(sizes, o) : zero::bucketed_partitioner{}.plan(sizes, o);
+      CHECK(validation_error(plan, sizes, world) == "");
+      CHECK(plan.param_offset == std::vector<std::size_t>{19, 10, 7, 0});
+      CHECK(plan.order() == reverse);
+      const zero::partition_options registration{world, 4, 8};
+      const auto plain = k == kind::contiguous ? zero::contiguous_partitioner{}.plan(sizes, registration)
+                                               : zero::bucketed_partitioner{}.plan(sizes, registration);
+      CHECK(plain.order() == std::vector<std::size_t>{0, 1, 2, 3});
+      // the order moves parameters, not the units: the same buffers serve every order
+      CHECK(plain.units == plan.units);
+      CHECK(plain.padded_size == plan.padded_size);
+    }
+  }
+}
+
+TEST_CASE("partitioner: a layout order that is not a permutation is refused naming the parameter") {
+  const sizes_t sizes{5, 9, 3};
+  const std::vector<std::size_t> twice{0, 2, 2}, missing{0, 1}, outside{0, 1, 7};
+  CHECK_THROWS_WITH_AS(zero::flat_layout(sizes, {2, 4, 8, twice}), doctest::Contains("#2 twice"), zero::usage_error);
+  CHECK_THROWS_WITH_AS(zero::flat_layout(sizes, {2, 4, 8, missing}), doctest::Contains("names 2 parameters; 3"), zero::usage_error);
+  CHECK_THROWS_WITH_AS(zero::flat_layout(sizes, {2, 4, 8, outside}), doctest::Contains("#7 at position 2"), zero::usage_error);
 }
 
 TEST_CASE("partitioner: known bucketed plan") {
@@ -376,7 +443,7 @@ TEST_CASE("partitioner: sizes near 2^64 are refused or handled and never wrap ar
       CHECK(plan.units.size() == 1);  // one bucket holds everything
       CHECK(plan.max_slice() == plan.shard_size);
       CHECK_NOTHROW(zero::validate_plan(plan, sizes, world));
-      CHECK(zero::contiguous_partitioner{}.plan(sizes, {world, 4, bucket}).units.size() == 1);
+      CHECK(zero::contiguous_partitioner{}.plan(sizes, {world, 4, bucket}).units.size() == static_cast<std::size_t>(world));
     }
     CHECK_THROWS_WITH_AS(zero::flat_layout(sizes, {world, max, 16}), doctest::Contains("alignment"), zero::usage_error);
     CHECK_THROWS_WITH_AS(zero::flat_layout(sizes, {world, zero::max_flat_elements / static_cast<std::size_t>(world) + 1, 16}),
@@ -415,13 +482,13 @@ TEST_CASE("partitioner: validate_plan rejects overlapping slices") {
 
 TEST_CASE("partitioner: validate_plan rejects a gap between slices") {
   corrupt_fixture f;
-  f.plan.units[1].flat_begin += 1;  // leaves element 4 in no slice
+  f.plan.units[1].flat_begin += 1;  // leaves element 8 in no slice
   const std::string e = validation_error(f.plan, f.sizes, 2);
   CHECK(contains(e, "do not tile"));
-  CHECK(contains(e, "element 4"));
+  CHECK(contains(e, "element 8"));
   corrupt_fixture g;
   g.plan.units.pop_back();  // the last unit is missing
-  CHECK(contains(validation_error(g.plan, g.sizes, 2), "units cover 8 shard elements, not 12"));
+  CHECK(contains(validation_error(g.plan, g.sizes, 2), "units cover 8 shard elements of rank 0, not 12"));
 }
 
 TEST_CASE("partitioner: validate_plan rejects a wrong shard size") {
@@ -431,7 +498,7 @@ TEST_CASE("partitioner: validate_plan rejects a wrong shard size") {
   corrupt_fixture g;  // consistent padded/shard sizes, but larger than the units cover
   g.plan.shard_size = 16;
   g.plan.padded_size = 32;
-  CHECK(contains(validation_error(g.plan, g.sizes, 2), "units cover 12 shard elements, not 16"));
+  CHECK(contains(validation_error(g.plan, g.sizes, 2), "units cover 12 shard elements of rank 0, not 16"));
 }
 
 TEST_CASE("partitioner: validate_plan rejects a unit not continuing the shard") {
@@ -441,6 +508,23 @@ TEST_CASE("partitioner: validate_plan rejects a unit not continuing the shard") 
   corrupt_fixture g;
   g.plan.units[1].slice = 0;
   CHECK(contains(validation_error(g.plan, g.sizes, 2), "unit 1 is empty"));
+}
+
+TEST_CASE("partitioner: validate_plan checks units owned whole by one rank") {
+  owned_fixture f;
+  CHECK(validation_error(f.plan, f.sizes, 2) == "");
+  owned_fixture g;
+  g.plan.units[2].owner = 2;  // no rank 2 in a group of 2
+  CHECK(contains(validation_error(g.plan, g.sizes, 2), "unit 2 is owned by rank 2, outside a group of 2"));
+  owned_fixture h;
+  h.plan.units[1].owner = 1;  // rank 1 then holds 16 shard elements and rank 0 only 8
+  CHECK(contains(validation_error(h.plan, h.sizes, 2), "does not continue the shard of rank 1"));
+  owned_fixture i;
+  i.plan.units[3].flat_begin = 16;  // overlaps the run before it
+  CHECK(contains(validation_error(i.plan, i.sizes, 2), "do not tile"));
+  owned_fixture j;
+  j.plan.units[0].owner = zero::every_rank;  // a shared unit of 8 per rank overlaps rank 1's runs
+  CHECK(validation_error(j.plan, j.sizes, 2) != "");
 }
 
 TEST_CASE("partitioner: validate_plan rejects parameters that disagree with the layout") {

@@ -10,6 +10,8 @@
 //!   engine pass                      kernel
 //!   zeroing, fills                   cudaMemsetAsync, zero::cuda::fill
 //!   packing and accumulation         zero::cuda::convert_copy, zero::cuda::convert_add
+//!   gradient predivision             zero::cuda::scale
+//!   gradients released               cudaEventRecord of the release event (`release_event()`)
 //!   non-finite check (per report)    zero::cuda::note_first_nonfinite (one device word: the first check that found one)
 //!   sum of squares                   zero::cuda::fused_update::sum_of_squares (one launch, the update's own norm)
 //!   the update                       zero::cuda::fused_update: one launch for the whole shard
@@ -83,7 +85,8 @@ class device_backend {
         words_((world_ + 1) * max_words, comm.rank()),
         received_(world_ * max_words),
         first_(1, comm.rank()),
-        squares_(1, comm.rank()) {
+        squares_(1, comm.rank()),
+        release_event_(make_event(comm.rank())) {
     if constexpr (requires { comm.synchronize(); }) {
       comm_ = &comm;
       settle_ = [](void* c) { static_cast<Comm*>(c)->synchronize(); };
@@ -111,6 +114,19 @@ class device_backend {
   void add(To* to, const From* from, std::size_t n) {
     if (n != 0) cuda::convert_add(to, from, n, stream_);
   }
+  template <class T>
+  void scale(T* data, std::size_t n, float factor) {
+    if (n != 0) cuda::scale(data, n, factor, stream_);
+  }
+
+  //! Records the release event on the engine's stream, after every read of the gradients the
+  //! engine releases now (packing kernels enqueued so far): the framework's stream waits for it
+  //! (cudaStreamWaitEvent) before it reuses released memory.
+  void mark_released() {
+    check(cudaEventRecord(release_event_.get(), stream_.stream), "cudaEventRecord (gradients released)", stream_.rank);
+  }
+  //! The event `mark_released` records (the latest record is the one a wait waits for).
+  cudaEvent_t release_event() const noexcept { return release_event_.get(); }
 
   //! Each check gets an order (a count of checks, shifted, with the parameter's index below it),
   //! and the device word keeps the lowest order that found a non-finite value.
@@ -267,6 +283,16 @@ class device_backend {
   }
 
  private:
+  struct event_deleter {
+    void operator()(CUevent_st* e) const noexcept { (void)cudaEventDestroy(e); }
+  };
+  using event_handle = std::unique_ptr<CUevent_st, event_deleter>;
+  static event_handle make_event(int rank) {
+    cudaEvent_t e = nullptr;
+    check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreateWithFlags (release event)", rank);
+    return event_handle(e);
+  }
+
   template <class Comm>
   static cudaStream_t stream_of(Comm& comm) {
     if constexpr (requires { comm.compute_stream(); }) return comm.compute_stream();
@@ -316,6 +342,7 @@ class device_backend {
   void (*norm_)(void*, double*, stream_ref) = nullptr;
   device_buffer<double> tensor_words_;  // tensor-wise rules: the per-tensor sums' exchange
   std::size_t prepared_bytes_ = 0;
+  event_handle release_event_;  // recorded after the reads of released gradients
 };
 
 static_assert(zero::backend<device_backend>);

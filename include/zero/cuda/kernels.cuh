@@ -187,6 +187,19 @@ struct convert_add_op {
   }
 };
 
+template <class T>
+struct scale_op {
+  T* data;
+  float factor;
+  __device__ void single(std::size_t i) const { data[i] = convert<T>(static_cast<float>(data[i]) * factor); }
+  __device__ void packed(std::size_t i) const {
+    elements<T> e = load_pack(data + i);
+#pragma unroll
+    for (int k = 0; k < pack; ++k) e.v[k] = convert<T>(static_cast<float>(e.v[k]) * factor);
+    store_pack(data + i, e);
+  }
+};
+
 //! Whether float(x) is inf or NaN: the host's test (exponent bits all ones).
 template <class T>
 __device__ __forceinline__ std::uint32_t nonfinite(T x) {
@@ -260,6 +273,12 @@ template <element_type To, element_type From>
 void convert_add(To* to, const From* from, std::size_t n, stream_ref s) {
   detail::launch_elementwise(detail::convert_add_op<To, From>{to, from}, n,
                              detail::aligned16(to) && detail::aligned16(from), "zero::cuda::convert_add", s);
+}
+
+//! data[i] = T(float(data[i]) * factor) for i in [0, n), rounded once (the host backend's `scale`).
+template <element_type T>
+void scale(T* data, std::size_t n, float factor, stream_ref s) {
+  detail::launch_elementwise(detail::scale_op<T>{data, factor}, n, detail::aligned16(data), "zero::cuda::scale", s);
 }
 
 //! Sets the device word *flag to 1 when some float(data[i]), i in [0, n), is inf or NaN, and
