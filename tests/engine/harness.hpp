@@ -1,12 +1,21 @@
 #pragma once
 // The equivalence harness: runs a zero::optimizer configuration with N thread ranks on a small
 // model whose parameter sizes do not divide evenly, each rank reporting its own gradients in
-// its own random order, and compares every step with a plain double-precision reference
-// applied to the rank-averaged gradients.
+// its own random order (or in backward order, last parameter first), and compares every step
+// with a plain double-precision reference applied to the rank-averaged gradients.
+//
+// Framework mode (`run_options::framework`) drives the engine as a training framework does: the
+// parameters are registered in model order, each gradient lives in a buffer of its own from the
+// moment backward produces it, and the moment the engine releases it (`on_gradients_released`)
+// the buffer is overwritten with NaN and handed to the next gradient of that parameter, so that
+// any later read by the engine shows up as a wrong result. The harness counts the gradient bytes
+// the framework holds between the engine's calls and reports the peak.
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
+#include <memory>
 #include <mutex>
 #include <numeric>
 #include <random>
@@ -186,6 +195,12 @@ typename Rule::hyperparameters rule_hyperparameters() {
 
 // ---- one configuration ---------------------------------------------------------------------
 
+//! The order a rank reports its gradients in, every micro-step.
+enum class report_order {
+  random,    //!< each rank its own random order, different every micro-step
+  backward,  //!< the last parameter first, as backward produces them (shared uses back to back)
+};
+
 struct run_options {
   int world = 1;
   int steps = 20;
@@ -201,6 +216,11 @@ struct run_options {
   bool shared_weight = false;    // parameter 4 is used twice per micro-step (reported twice)
   std::size_t staging_buffers = 1;  // >= 2: reductions and all-gathers pipelined (queued collectives)
   bool stochastic_rounding = false;  // values without master weights rounded stochastically (bf16_pure)
+  report_order reports = report_order::random;
+  bool framework = false;  // gradients in buffers of their own, poisoned and recycled when released
+  zero::gradient_order order = zero::gradient_order::reverse;  // the engine's layout order
+  bool copy_on_report = false;                                  // stage 2: copy gradients into staging at once
+  double predivide = 1;                                         // gradient_predivide_factor
 };
 
 // The engine options `o` sets: layout, clipping, rounding, a fixed loss scale.
@@ -211,7 +231,10 @@ void apply(const run_options& o, Options& options) {
   options.layout.gradient_slots = o.slots;
   options.layout.defer_reduction = o.defer_reduction;
   options.layout.staging_buffers = o.staging_buffers;
+  options.layout.order = o.order;
+  options.layout.copy_on_report = o.copy_on_report;
   options.max_grad_norm = o.max_grad_norm;
+  options.gradient_predivide_factor = o.predivide;
   if (o.stochastic_rounding) options.value_rounding = zero::rounding::stochastic;
   if (o.loss_scale > 0) {
     options.loss_scale.kind = zero::loss_scale_options::mode::fixed;
@@ -238,6 +261,14 @@ struct run_result {
   std::size_t norm_disagreements = 0;         // ranks reporting different norms or factors
   zero::traffic_counters step_traffic;        // rank 0, one step
   zero::memory_report memory;                 // rank 0
+  // framework mode
+  std::size_t framework_peak = 0;      // most gradient bytes held between calls, any rank (the micro-step that
+                                       // learns the layout order left out)
+  std::size_t learning_peak = 0;       // the same during the micro-step that learns the order
+  std::size_t gradient_bytes = 0;      // bytes of one micro-step's gradients on one rank (every report)
+  std::size_t released_early = 0;      // releases before the micro-step ended, all ranks
+  std::size_t unreleased = 0;          // gradients still held when a micro-step had ended
+  std::size_t release_mismatches = 0;  // gradient_released(p) disagreeing with the notifications
 };
 
 template <class Optimizer>
@@ -320,6 +351,36 @@ run_result run(const run_options& o, const typename Optimizer::hyperparameters_t
     typename Optimizer::options_type options;
     options.hyperparameters = h;
     apply(o, options);
+    // framework mode: each reported gradient in a buffer of its own until released
+    std::vector<std::unique_ptr<std::vector<G>>> buffers;
+    std::vector<std::vector<std::vector<G>*>> held(n_params), spare(n_params);
+    std::vector<bool> notified(n_params, false);
+    std::size_t live = 0, peak = 0, learning_peak = 0, released_early = 0, unreleased = 0, mismatches = 0;
+    bool inside_micro_step = false;
+    auto produce = [&](std::size_t p) -> std::vector<G>& {  // backward writes a new gradient
+      if (spare[p].empty()) {
+        buffers.push_back(std::make_unique<std::vector<G>>(sizes[p]));
+        spare[p].push_back(buffers.back().get());
+      }
+      std::vector<G>* b = spare[p].back();
+      spare[p].pop_back();
+      held[p].push_back(b);
+      live += sizes[p] * sizeof(G);
+      return *b;
+    };
+    auto release = [&](std::span<const std::size_t> released) {
+      for (std::size_t p : released) {
+        for (std::vector<G>* b : held[p]) {
+          std::fill(b->begin(), b->end(), G(std::numeric_limits<float>::quiet_NaN()));
+          live -= sizes[p] * sizeof(G);
+          spare[p].push_back(b);
+        }
+        held[p].clear();
+        notified[p] = true;
+        if (inside_micro_step) ++released_early;
+      }
+    };
+    if (o.framework && !o.slots) options.on_gradients_released = release;
     Optimizer opt(comm, params, options);
     double norm_error = 0;
     std::size_t norm_disagreements = 0;
@@ -334,12 +395,24 @@ run_result run(const run_options& o, const typename Optimizer::hyperparameters_t
     for (int t = 0; t < steps; ++t) {
       const auto before = comm.traffic();  // stage 2 reduces while gradients are reported
       for (int m = 0; m < o.micro_steps; ++m) {
-        if (m > 0) opt.end_micro_step();
-        std::shuffle(order.begin(), order.end(), rng);
+        if (m > 0) {
+          inside_micro_step = false;
+          opt.end_micro_step();
+          if (live != 0) ++unreleased;
+        }
+        inside_micro_step = true;
+        std::fill(notified.begin(), notified.end(), false);
+        const bool learning = t == 0 && m == 0 && o.order == zero::gradient_order::learned;
+        if (o.reports == report_order::random) std::shuffle(order.begin(), order.end(), rng);
+        else std::iota(order.rbegin(), order.rend(), 0);
         for (std::size_t p : order) {
-          if (!reported(t * o.micro_steps + m, rank, p)) continue;
+          if (!reported(t * o.micro_steps + m, rank, p)) {
+            // a framework knows its unused parameters: it says so, and the units need not wait
+            if (o.framework) opt.gradient_unused(p);
+            continue;
+          }
           for (int u = 0; u < uses(p); ++u) {
-            auto& g = grads[p * 2 + static_cast<std::size_t>(u)];
+            auto& g = o.framework && !o.slots ? produce(p) : grads[p * 2 + static_cast<std::size_t>(u)];
             g.resize(sizes[p]);
             for (std::size_t i = 0; i < sizes[p]; ++i) g[i] = gradient<G>(t, rank, p, i, m, u, scale);
             if (o.slots) {  // a slot holds the sum of a shared weight's uses
@@ -350,10 +423,16 @@ run_result run(const run_options& o, const typename Optimizer::hyperparameters_t
             } else {
               opt.gradient_ready(p, {g.data(), g.size()});
             }
+            if (o.framework && !o.slots) {
+              (learning ? learning_peak : peak) = std::max(learning ? learning_peak : peak, live);
+              if (opt.gradient_released(p) != notified[p]) ++mismatches;
+            }
           }
         }
       }
+      inside_micro_step = false;
       const zero::step_report report = opt.step();
+      if (live != 0) ++unreleased;
       norm_error = std::max(norm_error, relative(report.grad_norm, reference_norms[static_cast<std::size_t>(t)]));
       if (report.skipped || report.step != static_cast<std::uint64_t>(t) + 1) ++norm_disagreements;
       // every rank reports the same norm: compare with rank 0's through a shared slot
@@ -397,6 +476,11 @@ run_result run(const run_options& o, const typename Optimizer::hyperparameters_t
     result.param_rounding_mismatches += rounding;
     result.max_norm_error = std::max(result.max_norm_error, norm_error);
     result.norm_disagreements += norm_disagreements;
+    result.framework_peak = std::max(result.framework_peak, peak);
+    result.learning_peak = std::max(result.learning_peak, learning_peak);
+    result.released_early += released_early;
+    result.unreleased += unreleased;
+    result.release_mismatches += mismatches;
     result.params[static_cast<std::size_t>(rank)] = std::move(final_params);
     const auto values = opt.values();
     for (const auto& piece : opt.owned_pieces()) {
@@ -414,6 +498,7 @@ run_result run(const run_options& o, const typename Optimizer::hyperparameters_t
   });
   for (int r = 1; r < world; ++r)
     if (result.params[static_cast<std::size_t>(r)] != result.params[0]) ++result.rank_disagreements;
+  for (std::size_t p = 0; p < n_params; ++p) result.gradient_bytes += sizes[p] * static_cast<std::size_t>(uses(p)) * sizeof(G);
   for (std::size_t p = 0; p < n_params; ++p) result.reference.push_back(ref[p].p);
   return result;
 }
