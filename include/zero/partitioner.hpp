@@ -110,8 +110,9 @@ struct partition_plan {
   std::vector<std::size_t> order() const {
     std::vector<std::size_t> out(param_offset.size());
     for (std::size_t i = 0; i < out.size(); ++i) out[i] = i;
-    std::stable_sort(out.begin(), out.end(), [&](std::size_t a, std::size_t b) {
-      return param_offset[a] != param_offset[b] ? param_offset[a] < param_offset[b] : param_size[a] < param_size[b];
+    std::sort(out.begin(), out.end(), [&](std::size_t a, std::size_t b) {
+      if (param_offset[a] != param_offset[b]) return param_offset[a] < param_offset[b];
+      return param_size[a] != param_size[b] ? param_size[a] < param_size[b] : a < b;
     });
     return out;
   }
@@ -338,23 +339,35 @@ concept partitioner = std::default_initializable<P> &&
 //! DeepSpeed's layout: rank r owns the contiguous range [r * shard, (r + 1) * shard) of the
 //! flat buffer. Each range is cut into runs of up to `bucket_elements` (rounded up to the
 //! alignment), each a unit owned whole by that rank, in flat order: as the buffer fills in
-//! arrival order, each run is reduced to its owner as soon as its gradients are in, as
-//! DeepSpeed reduces its arrival-order buckets to the owning ranks.
+//! arrival order, each run is reduced to its owner as soon as its gradients are in, as DeepSpeed
+//! reduces its arrival-order buckets to the owning ranks. A bucket that holds the whole buffer
+//! is one unit shared by every rank instead (each rank's slice its whole range): one
+//! reduce-scatter, where runs would be one reduce per rank.
 struct contiguous_partitioner {
-  //! Elements of a unit (a run of one rank's range): the bucket rounded up to the alignment,
-  //! never more than a shard.
+  //! Elements of a unit owned whole (a run of one rank's range): the bucket rounded up to the
+  //! alignment, never more than a shard.
   static constexpr std::size_t unit_run(std::size_t shard_size, const partition_options& options) noexcept {
     if (options.bucket_elements >= shard_size) return shard_size;
     const std::size_t aligned = (options.bucket_elements + options.alignment - 1) / options.alignment * options.alignment;
     return aligned < shard_size ? aligned : shard_size;
   }
+  //! Whether the bucket holds the whole flat buffer (one shared unit).
+  static constexpr bool one_bucket(std::size_t shard_size, const partition_options& options) noexcept {
+    return options.bucket_elements / static_cast<std::size_t>(options.world_size) >= shard_size;
+  }
   //! Elements of the largest unit's reduction buffer (`partition_plan::max_unit_elements`).
   static constexpr std::size_t largest_unit(std::size_t shard_size, const partition_options& options) noexcept {
-    return unit_run(shard_size, options);
+    return one_bucket(shard_size, options) ? static_cast<std::size_t>(options.world_size) * shard_size
+                                           : unit_run(shard_size, options);
   }
 
   partition_plan plan(std::span<const std::size_t> sizes, const partition_options& options) const {
     partition_plan plan = flat_layout(sizes, options);
+    if (plan.shard_size == 0) return plan;
+    if (one_bucket(plan.shard_size, options)) {
+      plan.units.push_back({0, plan.shard_size, plan.shard_size, 0});
+      return plan;
+    }
     const std::size_t run = unit_run(plan.shard_size, options);
     for (int r = 0; r < options.world_size; ++r)
       for (std::size_t at = 0; at < plan.shard_size; at += run)

@@ -50,7 +50,8 @@ void require(bool ok) {
 struct prediction {
   bool refused = false;
   wide total = 0, padded = 0, shard = 0, slice = 0, units = 0;
-  wide run = 0, runs = 0;  // the contiguous partitioner: units owned whole, `runs` per rank
+  wide run = 0, runs = 0;  // the contiguous partitioner: units owned whole, `runs` per rank,
+  bool one_bucket = false;  // or one unit shared by every rank
 };
 
 prediction predict(const std::vector<std::size_t>& sizes, int world, std::size_t alignment, std::size_t bucket) {
@@ -65,6 +66,7 @@ prediction predict(const std::vector<std::size_t>& sizes, int world, std::size_t
   const wide per_rank = (wide{bucket} + n - 1) / n;
   p.slice = std::min((per_rank + alignment - 1) / alignment * alignment, p.shard);
   p.units = p.slice == 0 ? 0 : (p.shard + p.slice - 1) / p.slice;
+  p.one_bucket = wide{bucket} >= p.padded;  // the contiguous partitioner: one unit shared by every rank
   p.run = wide{bucket} >= p.shard ? p.shard : std::min((wide{bucket} + alignment - 1) / alignment * alignment, p.shard);
   p.runs = p.run == 0 ? 0 : (p.shard + p.run - 1) / p.run;
   return p;
@@ -94,7 +96,11 @@ void check_partitioner(const std::vector<std::size_t>& sizes, const zero::partit
   require(plan.element_count == expect.total && plan.padded_size == expect.padded && plan.shard_size == expect.shard);
   const std::size_t n = static_cast<std::size_t>(o.world_size);
   if constexpr (std::is_same_v<Partitioner, zero::contiguous_partitioner>) {
-    require(plan.units.size() == expect.runs * n && plan.max_slice() == expect.run && plan.max_unit_elements() == expect.run);
+    if (expect.one_bucket)
+      require(plan.units.size() == (expect.shard == 0 ? 0 : 1) && plan.max_slice() == expect.shard &&
+              plan.max_unit_elements() == expect.padded);
+    else
+      require(plan.units.size() == expect.runs * n && plan.max_slice() == expect.run && plan.max_unit_elements() == expect.run);
   } else {
     require(plan.units.size() == expect.units && plan.max_slice() == expect.slice && plan.max_unit_elements() == n * expect.slice);
   }

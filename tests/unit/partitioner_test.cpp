@@ -88,7 +88,11 @@ std::string check_plan(const zero::partition_plan& plan, const sizes_t& sizes, c
   if (plan.shard_size * n != plan.padded_size) return "shard_size * world != padded_size";
 
   // units: slices aligned, each rank's shard tiled in order, constant size (except shorter last ones)
-  if (k == kind::contiguous) {
+  if (k == kind::contiguous && o.bucket_elements / n >= plan.shard_size) {
+    // a bucket holding the whole buffer: one unit, each rank's slice its whole range
+    if (plan.shard_size != 0 && (plan.units.size() != 1 || plan.units[0] != zero::reduction_unit{0, plan.shard_size, plan.shard_size, 0}))
+      return "contiguous plan of one bucket is not one shared unit of whole ranges";
+  } else if (k == kind::contiguous) {
     // rank r's range [r * shard, (r + 1) * shard) cut into runs of the bucket (aligned), each
     // unit owned whole by r, in flat order
     std::size_t run = o.bucket_elements >= plan.shard_size ? plan.shard_size
@@ -310,6 +314,21 @@ TEST_CASE("partitioner: known contiguous plan") {
   CHECK(p1[2] == zero::owned_piece{1, 2, 1, 7, 12, 0, 2});
 }
 
+TEST_CASE("partitioner: a contiguous bucket holding the whole buffer is one unit shared by every rank") {
+  const sizes_t sizes{5, 9, 3, 7};  // 24 elements, world 2, alignment 4: shard 12
+  const auto one = zero::contiguous_partitioner{}.plan(sizes, {2, 4, 24});
+  REQUIRE(one.units.size() == 1u);
+  CHECK(one.units[0] == zero::reduction_unit{0, 12, 12, 0});  // rank r's slice: its whole range
+  CHECK(one.max_unit_elements() == 24u);
+  CHECK(zero::contiguous_partitioner::largest_unit(12, {2, 4, 24}) == 24u);
+  // one element less: each rank's range is a unit of its own
+  const auto runs = zero::contiguous_partitioner{}.plan(sizes, {2, 4, 23});
+  REQUIRE(runs.units.size() == 2u);
+  CHECK(runs.units[0] == zero::reduction_unit{0, 0, 12, 0, 0});
+  CHECK(runs.units[1] == zero::reduction_unit{12, 0, 12, 0, 1});
+  CHECK(zero::contiguous_partitioner::largest_unit(12, {2, 4, 23}) == 12u);
+}
+
 TEST_CASE("partitioner: the layout order places the parameters and the plan reports it") {
   const sizes_t sizes{5, 9, 3, 7};
   const std::vector<std::size_t> reverse{3, 2, 1, 0};
@@ -443,7 +462,7 @@ TEST_CASE("partitioner: sizes near 2^64 are refused or handled and never wrap ar
       CHECK(plan.units.size() == 1);  // one bucket holds everything
       CHECK(plan.max_slice() == plan.shard_size);
       CHECK_NOTHROW(zero::validate_plan(plan, sizes, world));
-      CHECK(zero::contiguous_partitioner{}.plan(sizes, {world, 4, bucket}).units.size() == static_cast<std::size_t>(world));
+      CHECK(zero::contiguous_partitioner{}.plan(sizes, {world, 4, bucket}).units.size() == 1);
     }
     CHECK_THROWS_WITH_AS(zero::flat_layout(sizes, {world, max, 16}), doctest::Contains("alignment"), zero::usage_error);
     CHECK_THROWS_WITH_AS(zero::flat_layout(sizes, {world, zero::max_flat_elements / static_cast<std::size_t>(world) + 1, 16}),
