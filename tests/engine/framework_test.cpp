@@ -82,7 +82,8 @@ void check_worlds() {
     o.alignment = world % 2 == 0 ? 4 : 1;
     o.order_seed = 11 + static_cast<std::uint64_t>(world);
     o.shared_weight = world % 3 == 0;
-    o.skip_some = world % 4 == 1;
+    o.skip_some = world % 4 == 1;  // with the unused parameters declared: the units need not wait for them
+    o.declare_unused = true;
     // backward order, one staging buffer, blocking: reduced as each unit fills
     o.reports = harness::report_order::backward;
     const auto backward = check_framework<Config>(o);
@@ -176,6 +177,7 @@ TEST_SUITE("framework") {
         o.micro_steps = micro;
         o.bucket_elements = 37;
         o.skip_some = true;
+        o.declare_unused = true;
         o.shared_weight = true;
         o.reports = harness::report_order::backward;
         check_framework<contiguous<fp32_run>>(o);

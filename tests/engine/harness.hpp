@@ -4,12 +4,15 @@
 // its own random order (or in backward order, last parameter first), and compares every step
 // with a plain double-precision reference applied to the rank-averaged gradients.
 //
-// Framework mode (`run_options::framework`) drives the engine as a training framework does: the
-// parameters are registered in model order, each gradient lives in a buffer of its own from the
-// moment backward produces it, and the moment the engine releases it (`on_gradients_released`)
-// the buffer is overwritten with NaN and handed to the next gradient of that parameter, so that
-// any later read by the engine shows up as a wrong result. The harness counts the gradient bytes
-// the framework holds between the engine's calls and reports the peak.
+// Framework mode (`run_options::framework`, on by default: every equivalence test runs in it)
+// drives the engine as a training framework does: the parameters are registered in model order,
+// each gradient lives in a buffer of its own from the moment backward produces it, and the moment
+// the engine releases it (`on_gradients_released`) the buffer is overwritten with NaN and handed
+// to the next gradient of that parameter, so that any later read by the engine shows up as a
+// wrong result. The harness counts the gradient bytes the framework holds between the engine's
+// calls and reports the peak. With `declare_unused`, a parameter a rank does not report in a
+// micro-step is declared unused (`gradient_unused`), as a framework that knows does; without,
+// it is simply never reported (it counts as zero either way).
 
 #include <algorithm>
 #include <cmath>
@@ -217,7 +220,8 @@ struct run_options {
   std::size_t staging_buffers = 1;  // >= 2: reductions and all-gathers pipelined (queued collectives)
   bool stochastic_rounding = false;  // values without master weights rounded stochastically (bf16_pure)
   report_order reports = report_order::random;
-  bool framework = false;  // gradients in buffers of their own, poisoned and recycled when released
+  bool framework = true;        // gradients in buffers of their own, poisoned and recycled when released
+  bool declare_unused = false;  // a parameter not reported in a micro-step is declared unused
   zero::gradient_order order = zero::gradient_order::reverse;  // the engine's layout order
   bool copy_on_report = false;                                  // stage 2: copy gradients into staging at once
   double predivide = 1;                                         // gradient_predivide_factor
@@ -407,8 +411,8 @@ run_result run(const run_options& o, const typename Optimizer::hyperparameters_t
         else std::iota(order.rbegin(), order.rend(), 0);
         for (std::size_t p : order) {
           if (!reported(t * o.micro_steps + m, rank, p)) {
-            // a framework knows its unused parameters: it says so, and the units need not wait
-            if (o.framework) opt.gradient_unused(p);
+            // a framework that knows its unused parameters says so, and the units need not wait
+            if (o.declare_unused) opt.gradient_unused(p);
             continue;
           }
           for (int u = 0; u < uses(p); ++u) {
