@@ -9,12 +9,16 @@
 # `sudo apt-get install -y ...` line to run and exits 1.
 #
 # Sets: ZERO_ROOT (the repository root), ZERO_CMAKE_GENERATOR (Ninja when available, else
-# Unix Makefiles), ZERO_JOBS (build parallelism; override with ZERO_JOBS=N).
+# Unix Makefiles), ZERO_JOBS (build parallelism; override with ZERO_JOBS=N). When ccache is
+# installed (and ZERO_CCACHE is not 0), the compiler launchers of the builds these scripts
+# configure are ccache (its cache stays where ccache keeps it, outside the clone): only this
+# project's own builds, never a consumer's.
 
 # The Debian packages the build needs; the one place to add more (e.g. libopenmpi-dev openmpi-bin).
 # clang-14 and libclang-rt-14-dev build the libFuzzer targets (cmake/zeroFuzz.cmake).
-# An environment value replaces the list (used to test this script).
-ZERO_APT_PACKAGES="${ZERO_APT_PACKAGES:-doctest-dev libeigen3-dev libbenchmark-dev libopenmpi-dev openmpi-bin wamerican clang-14 libclang-rt-14-dev}"
+# An environment value replaces the list (used to test this script). ZERO_APT_EXTRA adds to it
+# (.ci/run adds ccache).
+ZERO_APT_PACKAGES="${ZERO_APT_PACKAGES:-doctest-dev libeigen3-dev libbenchmark-dev libopenmpi-dev openmpi-bin wamerican clang-14 libclang-rt-14-dev}${ZERO_APT_EXTRA:+ ${ZERO_APT_EXTRA}}"
 
 ZERO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ZERO_MIN_GCC=12
@@ -103,6 +107,20 @@ zero_ensure_deps() {
   fi
   ZERO_JOBS="${ZERO_JOBS:-$(nproc 2>/dev/null || echo 2)}"
   export ZERO_ROOT ZERO_CMAKE_GENERATOR ZERO_JOBS
+  zero_use_ccache
+}
+
+# Makes ccache the compiler launcher of the builds configured from here (CMake reads these
+# variables when a build directory is first configured). Paths below the clone are hashed
+# relative to it, so that two clones in different folders share the cache.
+zero_use_ccache() {
+  [[ "${ZERO_CCACHE:-1}" != 0 ]] && command -v ccache >/dev/null 2>&1 || return 0
+  export CMAKE_CXX_COMPILER_LAUNCHER="${CMAKE_CXX_COMPILER_LAUNCHER:-ccache}"
+  export CMAKE_C_COMPILER_LAUNCHER="${CMAKE_C_COMPILER_LAUNCHER:-ccache}"
+  export CMAKE_CUDA_COMPILER_LAUNCHER="${CMAKE_CUDA_COMPILER_LAUNCHER:-ccache}"
+  export CCACHE_BASEDIR="${CCACHE_BASEDIR:-${ZERO_ROOT}}"
+  export CCACHE_NOHASHDIR="${CCACHE_NOHASHDIR:-1}"
+  zero_log "compiler cache: ccache ($(ccache --get-config cache_dir 2>/dev/null || echo '?'))"
 }
 
 # Configures build dir $1 (default: build/) with build type $2 (default: Release). An existing
