@@ -29,6 +29,7 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <random>
 #include <span>
 #include <string>
@@ -379,13 +380,18 @@ struct checkpoint_set {
   std::vector<checkpoint_header> headers;
 };
 
+//! Whether `name` is `step-<n>` with n in decimal (as `step_directory_name` writes it) and
+//! representable in 64 bits; then `step` = n. A number past 2^64 - 1 names no step.
 inline bool parse_step_name(const std::string& name, std::uint64_t& step) {
   if (name.size() <= 5 || name.compare(0, 5, "step-") != 0 || name.size() > 25) return false;
-  step = 0;
+  std::uint64_t n = 0;
   for (std::size_t i = 5; i < name.size(); ++i) {
     if (name[i] < '0' || name[i] > '9') return false;
-    step = step * 10 + static_cast<std::uint64_t>(name[i] - '0');
+    const auto digit = static_cast<std::uint64_t>(name[i] - '0');
+    if (n > (std::numeric_limits<std::uint64_t>::max() - digit) / 10) return false;
+    n = n * 10 + digit;
   }
+  step = n;
   return true;
 }
 

@@ -109,6 +109,23 @@ TEST_SUITE("checkpoint") {
     CHECK(back.files == m.files);
   }
 
+  TEST_CASE("step directory names parse to 64-bit steps and a number past 2^64 - 1 names no step") {
+    std::uint64_t step = 7;
+    CHECK(zero::detail::parse_step_name("step-0", step));
+    CHECK(step == 0);
+    CHECK(zero::detail::parse_step_name(zero::checkpoint_format::step_directory_name(1234), step));
+    CHECK(step == 1234);
+    CHECK(zero::detail::parse_step_name("step-18446744073709551615", step));  // 2^64 - 1
+    CHECK(step == 18446744073709551615ull);
+    step = 7;
+    for (const char* bad : {"step-18446744073709551616", "step-99999999999999999999", "step-20000000000000000000", "step-",
+                            "step-12a", "step--1", "Step-1", "step-000000000000000000001"}) {
+      CAPTURE(bad);
+      CHECK_FALSE(zero::detail::parse_step_name(bad, step));
+      CHECK(step == 7);  // untouched when refused
+    }
+  }
+
   TEST_CASE("save writes nothing but the step directory and latest and leaves no temporary files") {
     ckpt::temp_dir dir;
     using O = zero::optimizer<zero::stage1, zero::fp32_precision>;
