@@ -35,17 +35,7 @@
 #include <string>
 #include <vector>
 
-#if !defined(ZERO_DETAIL_INCLUDE_ALLOWED)
-#define ZERO_DETAIL_INCLUDE_ALLOWED
-#define ZERO_CUDA_FUSED_UPDATE_DEFINED_DETAIL
-#endif
-#include "zero/detail/update_element.hpp"
-#if defined(ZERO_CUDA_FUSED_UPDATE_DEFINED_DETAIL)
-#undef ZERO_DETAIL_INCLUDE_ALLOWED
-#undef ZERO_CUDA_FUSED_UPDATE_DEFINED_DETAIL
-#endif
-
-#include "zero/backend.hpp"
+#include "zero/backend.hpp"  // with zero/detail/update_element.hpp, the element update shared with the host
 #include "zero/cuda/device_buffer.hpp"
 #include "zero/cuda/error.hpp"
 #include "zero/cuda/kernels.cuh"
