@@ -192,6 +192,11 @@ concept nonblocking_rooted_communicator =
 //! The communicator of a group of one: collectives copy, nothing is sent anywhere.
 class single_rank_communicator {
  public:
+  single_rank_communicator() = default;
+  //! Neither copyable nor movable, like every shipped communicator: an engine keeps its address.
+  single_rank_communicator(const single_rank_communicator&) = delete;
+  single_rank_communicator& operator=(const single_rank_communicator&) = delete;
+
   int rank() const noexcept { return 0; }
   int world_size() const noexcept { return 1; }
   const traffic_counters& traffic() const noexcept { return traffic_; }

@@ -60,6 +60,7 @@ class thread_group {
     if (options.timeout.count() <= 0) throw usage_error("zero: thread_group timeout must be positive");
     slots_.resize(static_cast<std::size_t>(world_size));
     arrivals_.resize(static_cast<std::size_t>(world_size));
+    touching_.resize(static_cast<std::size_t>(world_size));
   }
   thread_group(const thread_group&) = delete;
   thread_group& operator=(const thread_group&) = delete;
@@ -80,6 +81,7 @@ class thread_group {
   //! `communicator_error` naming it.
   void leave(int rank, const std::string& reason) {
     std::lock_guard lock(mutex_);
+    touching_[static_cast<std::size_t>(rank)] = 0;
     if (!broken_) {
       broken_ = true;
       broken_kind_ = failure::left;
@@ -118,10 +120,34 @@ class thread_group {
     throw communicator_error(broken_reason_);
   }
 
+  //! Rank `rank` starts or stops reading and writing the other ranks' buffers (a collective's
+  //! data phase, between its first and last barrier).
+  void touch_others(int rank, bool touching) {
+    std::lock_guard lock(mutex_);
+    touching_[static_cast<std::size_t>(rank)] = touching ? 1 : 0;
+    if (!touching) cv_.notify_all();
+  }
+
+  //! Before a rank throws out of a collective: it stops touching the others' buffers, and waits
+  //! until no other rank touches its own (a peer still copying finishes its copy; it throws at
+  //! its next barrier). So a rank that throws may free or reuse its buffers at once.
+  void settle_before_throw(std::unique_lock<std::mutex>& lock, int rank) {
+    touching_[static_cast<std::size_t>(rank)] = 0;
+    cv_.notify_all();
+    cv_.wait(lock, [&] {
+      for (char t : touching_)
+        if (t != 0) return false;
+      return true;
+    });
+  }
+
   //! Waits until every rank has arrived at this barrier, or throws at the deadline.
   void arrive(int rank, std::chrono::steady_clock::time_point deadline, collective kind, std::uint64_t sequence) {
     std::unique_lock lock(mutex_);
-    if (broken_) throw_broken();
+    if (broken_) {
+      settle_before_throw(lock, rank);
+      throw_broken();
+    }
     const std::uint64_t mine = ++arrivals_[static_cast<std::size_t>(rank)];
     const std::uint64_t generation = generation_;
     if (++arrived_ == world_size_) {
@@ -132,6 +158,7 @@ class thread_group {
     }
     if (cv_.wait_until(lock, deadline, [&] { return generation_ != generation || broken_; })) {
       if (generation_ != generation) return;
+      settle_before_throw(lock, rank);
       throw_broken();
     }
     std::string missing;
@@ -144,7 +171,7 @@ class thread_group {
     broken_reason_ = "zero: thread_communicator " + std::string(to_string(kind)) + " #" + std::to_string(sequence) +
                      " timed out after " + std::to_string(waited) + " ms (waiting on rank " + std::to_string(rank) +
                      " of " + std::to_string(world_size_) + "): rank(s) " + missing + " never arrived";
-    cv_.notify_all();
+    settle_before_throw(lock, rank);
     throw timeout_error(broken_reason_);
   }
 
@@ -154,6 +181,7 @@ class thread_group {
   std::mutex mutex_;
   std::condition_variable cv_;
   std::vector<std::uint64_t> arrivals_;
+  std::vector<char> touching_;  // per rank: inside a collective's data phase (not vector<bool>)
   std::uint64_t generation_ = 0;
   int arrived_ = 0;
   bool broken_ = false;
@@ -204,6 +232,11 @@ class thread_communicator {
       throw usage_error("zero: thread_communicator rank " + std::to_string(rank) + " outside a group of " +
                         std::to_string(group.world_size()));
   }
+  //! Neither copyable nor movable: an engine and the requests in flight keep the endpoint's
+  //! address, so it stays where it was made (`auto comm = group.communicator(r);` constructs
+  //! it in place; keep endpoints in a std::deque or behind a pointer, not in a std::vector).
+  thread_communicator(const thread_communicator&) = delete;
+  thread_communicator& operator=(const thread_communicator&) = delete;
 
   int rank() const noexcept { return rank_; }
   int world_size() const noexcept { return group_->world_size(); }
@@ -411,11 +444,20 @@ class thread_communicator {
     mine = {kind, op, type_name<T>(), count, root, send, recv, sequence_};
     group_->arrive(rank_, deadline, kind, sequence_);
     check_agreement();
-    if (group_->options_.inside_collective) group_->options_.inside_collective(rank_, kind, sequence_);
+    group_->touch_others(rank_, true);  // until end(): the others wait for it before they throw
+    if (group_->options_.inside_collective) {
+      try {
+        group_->options_.inside_collective(rank_, kind, sequence_);
+      } catch (...) {
+        group_->touch_others(rank_, false);
+        throw;
+      }
+    }
     return deadline;
   }
 
   void end(time_point deadline, collective kind, std::uint64_t bytes) {
+    group_->touch_others(rank_, false);
 #ifndef ZERO_TEST_ONLY_SKIP_END_BARRIER
     group_->arrive(rank_, deadline, kind, sequence_);
 #else

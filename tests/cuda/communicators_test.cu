@@ -23,6 +23,7 @@
 #include <limits>
 #include <mutex>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "device_fixture.hpp"
@@ -30,6 +31,15 @@
 #include "zero/thread_communicator.hpp"
 #if defined(ZERO_TEST_WITH_NCCL)
 #include "zero/cuda/nccl_communicator.hpp"
+#endif
+
+// an engine and the requests in flight keep the communicator's address: neither copy nor move
+template <class C>
+constexpr bool stays_put = !std::is_copy_constructible_v<C> && !std::is_move_constructible_v<C> &&
+                           !std::is_copy_assignable_v<C> && !std::is_move_assignable_v<C>;
+static_assert(stays_put<zero::device_thread_communicator>);
+#if defined(ZERO_TEST_WITH_NCCL)
+static_assert(stays_put<zero::nccl_communicator>);
 #endif
 
 namespace {

@@ -487,6 +487,9 @@ std::string reduce_mismatch(F&& body) {
 static_assert(zero::communicator<zero::mpi_communicator>);
 static_assert(zero::nonblocking_communicator<zero::mpi_communicator>);
 static_assert(zero::nonblocking_rooted_communicator<zero::mpi_communicator>);
+// an engine and the requests in flight keep the communicator's address: neither copy nor move
+static_assert(!std::is_copy_constructible_v<zero::mpi_communicator> && !std::is_move_constructible_v<zero::mpi_communicator> &&
+              !std::is_copy_assignable_v<zero::mpi_communicator> && !std::is_move_assignable_v<zero::mpi_communicator>);
 
 TEST_SUITE("mpi") {
   TEST_CASE("mpi_communicator: collectives equal thread_communicator bitwise for fp32") { check_against_threads<float>(); }

@@ -7,6 +7,7 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -649,6 +650,16 @@ static_assert(zero::rooted_communicator<zero::single_rank_communicator>);
 static_assert(zero::nonblocking_rooted_communicator<zero::thread_communicator>);
 static_assert(zero::reducible<std::int32_t> && zero::reducible<bf16> && !zero::reducible<char>);
 
+// An engine and the requests in flight keep the communicator's address: a copy or a move of the
+// endpoint would leave them pointing at the old one, so the shipped communicators allow neither.
+template <class C>
+constexpr bool stays_put = !std::is_copy_constructible_v<C> && !std::is_move_constructible_v<C> &&
+                           !std::is_copy_assignable_v<C> && !std::is_move_assignable_v<C>;
+static_assert(stays_put<zero::single_rank_communicator>);
+static_assert(stays_put<zero::thread_communicator>);
+static_assert(stays_put<zero::thread_group>);
+static_assert(!std::is_copy_constructible_v<zero::thread_request> && std::is_move_constructible_v<zero::thread_request>);
+
 TEST_SUITE("unit") {
 
 TEST_CASE("thread_communicator: collectives match rank-order references for fp32") { check_thread_collectives<float>(); }
@@ -906,6 +917,36 @@ TEST_CASE("thread_communicator: a rank that sleeps past the deadline times out t
   const auto& late = results[1];
   CHECK((late.error == "timeout_error" || late.error == "communicator_error"));
   CHECK(late.seconds < 0.6 + 0.15);
+}
+
+TEST_CASE("thread_communicator: a rank that times out may reuse its buffers at once: a slow peer finishes its copy first") {
+  // rank 1 is slow inside the all-gather's data phase (after both published their buffers);
+  // rank 0 copies, reaches the closing barrier and times out there, then overwrites its send
+  // buffer the moment its call throws. Rank 1 must still gather rank 0's data, not the poison:
+  // rank 0's throw waits until rank 1 no longer reads its buffers
+  zero::thread_group_options options;
+  options.timeout = 200ms;
+  options.inside_collective = [](int rank, zero::collective, std::uint64_t) {
+    if (rank == 1) std::this_thread::sleep_for(600ms);
+  };
+  zero::thread_group g(2, options);
+  std::vector<std::vector<float>> gathered(2);
+  const auto results = run_recording(g, [&](zero::thread_communicator& c) {
+    std::vector<float> send(3, static_cast<float>(c.rank() + 1)), recv(6, -1.0f);
+    try {
+      c.all_gather(send.data(), recv.data(), 3);
+    } catch (...) {
+      std::fill(send.begin(), send.end(), std::numeric_limits<float>::quiet_NaN());  // reused at once
+      gathered[static_cast<std::size_t>(c.rank())] = recv;
+      throw;
+    }
+  });
+  CHECK(results[0].error == "timeout_error");
+  CHECK(contains(results[0].message, "all_gather"));
+  CHECK(results[0].seconds > 0.55);  // held until rank 1 was done reading its send buffer
+  CHECK(results[1].error != "");     // rank 1 finds the group broken at the closing barrier
+  CHECK(gathered[1] == std::vector<float>{1, 1, 1, 2, 2, 2});
+  CHECK(gathered[0] == std::vector<float>{1, 1, 1, 2, 2, 2});
 }
 
 TEST_CASE("thread_communicator: a timeout names every missing rank") {

@@ -37,7 +37,7 @@ struct broken_partitioner {
 // ---- a user-written Communicator: wraps another one and logs the collectives --------------
 template <class Inner>
 struct logging_communicator {
-  Inner inner;
+  Inner& inner;  // communicators stay put: a wrapper refers to one
   std::vector<zero::collective> log;
 
   int rank() const { return inner.rank(); }
