@@ -31,7 +31,9 @@
 #include <array>
 #include <chrono>
 #include <cmath>
+#include <concepts>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <limits>
 #include <memory_resource>
@@ -197,6 +199,15 @@ class optimizer {
 
   optimizer(const optimizer&) = delete;
   optimizer& operator=(const optimizer&) = delete;
+
+  //! After a failed collective on a communicator that may still complete what it abandoned
+  //! (MPI cannot cancel a collective: `abandoned_collectives()`), the buffers collectives were
+  //! given (staging buffers, gradient shard and slots, parameter shard, step words) are not
+  //! freed but kept until the process exits, so that a late write lands in memory nobody else
+  //! uses. Everything else is freed as usual.
+  ~optimizer() {
+    if (broken_) keep_collective_buffers();
+  }
 
   // ---- gradients ---------------------------------------------------------------------------
 
@@ -728,7 +739,8 @@ class optimizer {
   void check_usable() const {
     if (broken_)
       throw communicator_error("zero: the optimizer on rank " + std::to_string(rank_) +
-                               " is unusable after an earlier failure of a collective");
+                               " is unusable after an earlier failure of a collective (" + broken_reason_ +
+                               "); build a new communicator and engine, or load a checkpoint into them");
   }
 
   //! Runs f; a failure inside a collective leaves the ranks out of step, so the engine refuses
@@ -737,9 +749,37 @@ class optimizer {
   void guarded(F&& f) {
     try {
       f();
+    } catch (const std::exception& e) {
+      broken_ = true;
+      try {
+        broken_reason_ = e.what();
+      } catch (...) {  // out of memory: the refusal goes without the reason
+      }
+      throw;
     } catch (...) {
       broken_ = true;
       throw;
+    }
+  }
+
+  //! See the destructor. Leaks on purpose: the communicator's late writes may land any time
+  //! until the process ends (or, for MPI, until MPI_Finalize).
+  void keep_collective_buffers() noexcept {
+    if constexpr (requires(const Comm& c) {
+                    { c.abandoned_collectives() } -> std::convertible_to<bool>;
+                  }) {
+      if (!comm_->abandoned_collectives()) return;
+      struct kept {
+        decltype(ring_) ring;
+        decltype(gradients_) gradients;
+        decltype(slots_) slots;
+        decltype(param_shard_) param_shard;
+        decltype(statistics_) statistics;
+      };
+      try {
+        new kept{std::move(ring_), std::move(gradients_), std::move(slots_), std::move(param_shard_), std::move(statistics_)};
+      } catch (...) {  // out of memory while failing: nothing better to do than free them
+      }
     }
   }
 
@@ -1110,6 +1150,7 @@ class optimizer {
   std::uint64_t step_ = 0;
   std::uint32_t micro_steps_ = 1;
   bool broken_ = false;
+  std::string broken_reason_;       // the failure that broke the engine
   bool local_accumulation_ = true;  // gradients accumulate in a full buffer, reduced at the step
   bool learning_ = false;           // the layout order is learned at the end of this micro-step
   bool check_nonfinite_ = false;

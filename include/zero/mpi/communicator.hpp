@@ -346,6 +346,10 @@ class mpi_communicator {
   MPI_Comm native_handle() const noexcept { return data_; }
   //! Whether an earlier failure (timeout, mismatch, MPI error) made the communicator unusable.
   bool broken() const noexcept { return broken_; }
+  //! Whether a failure left collectives abandoned in flight: MPI cannot cancel them, so they may
+  //! still read their send buffers and write their receive buffers (until MPI_Finalize).
+  //! Their buffers must then stay allocated; an engine keeps its own (see `~optimizer`).
+  bool abandoned_collectives() const noexcept { return abandoned_; }
 
   // ---- blocking collectives (the Communicator concept) ----------------------------------
 
@@ -885,6 +889,7 @@ class mpi_communicator {
       broken_ = true;
       broken_reason_ = reason;
     }
+    if (!in_flight_.empty()) abandoned_ = true;
     for (auto& o : in_flight_) {
       o->failure = "zero: " + std::string(to_string(o->kind)) + " #" + std::to_string(o->sequence) + " on rank " +
                    std::to_string(rank_) + " abandoned: " + reason;
@@ -993,6 +998,7 @@ class mpi_communicator {
   std::deque<op_ptr> in_flight_;
   std::vector<detail::mpi_scratch> pool_;
   bool broken_ = false;
+  bool abandoned_ = false;  // a failure left collectives in flight
   std::string broken_reason_;
 };
 
