@@ -449,6 +449,63 @@ TEST_SUITE("cuda") {
     }
   }
 
+  TEST_CASE("engine on the device: the communicator refuses a new stream while an engine built on it is alive") {
+    // the engine orders its buffers and kernels on the stream it found at construction: a
+    // stream changed under it would let collectives read staging buffers before the pack
+    // kernels end, so set_stream (set_compute_stream for NCCL) is a usage_error naming the call
+    zero::thread_group group(1, {60s});
+    group.run([&](zero::thread_communicator& rendezvous) {
+      device_memory::with_rank(rendezvous, [&](zero::device_thread_communicator& comm, cudaStream_t stream) {
+        cudaStream_t other = nullptr;
+        zero::cuda::check(cudaStreamCreateWithFlags(&other, cudaStreamNonBlocking), "cudaStreamCreate (other)");
+        float* values = device_memory::upload(std::vector<float>(64, 1.0f), stream);
+        using engine = zero::optimizer<zero::stage2, zero::fp32_precision, zero::adamw, zero::bucketed_partitioner,
+                                       zero::device_thread_communicator>;
+        {
+          engine opt(comm, std::vector<zero::parameter<float>>{{"w", {values, 64}}});
+          CHECK_THROWS_WITH_AS(comm.set_stream(other),
+                               doctest::Contains("device_thread_communicator::set_stream on rank 0 while 1 engine(s)"),
+                               zero::usage_error);
+          CHECK(comm.stream() == stream);  // unchanged by the refusal
+        }
+        comm.set_stream(other);  // no engine now: allowed
+        CHECK(comm.stream() == other);
+        comm.set_stream(stream);
+        zero::cuda::check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+        device_memory::release(values);
+        (void)cudaStreamDestroy(other);
+      });
+    });
+#if defined(ZERO_TEST_WITH_NCCL)
+    zero::cuda::check(cudaSetDevice(0), "cudaSetDevice");
+    cudaStream_t stream = nullptr, other = nullptr;
+    zero::cuda::check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
+    zero::cuda::check(cudaStreamCreateWithFlags(&other, cudaStreamNonBlocking), "cudaStreamCreate (other)");
+    {
+      zero::nccl_communicator_options comm_options;
+      comm_options.timeout = std::chrono::seconds(60);
+      zero::nccl_communicator comm(zero::cuda::nccl_unique_id(), 0, 1, stream, comm_options);
+      float* values = device_memory::upload(std::vector<float>(64, 1.0f), stream);
+      using engine = zero::optimizer<zero::stage2, zero::fp32_precision, zero::adamw, zero::bucketed_partitioner,
+                                     zero::nccl_communicator>;
+      {
+        engine opt(comm, std::vector<zero::parameter<float>>{{"w", {values, 64}}});
+        CHECK_THROWS_WITH_AS(comm.set_compute_stream(other),
+                             doctest::Contains("nccl_communicator::set_compute_stream on rank 0 while 1 engine(s)"),
+                             zero::usage_error);
+        CHECK(comm.compute_stream() == stream);
+      }
+      comm.set_compute_stream(other);
+      CHECK(comm.compute_stream() == other);
+      comm.set_compute_stream(stream);
+      zero::cuda::check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+      device_memory::release(values);
+    }
+    (void)cudaStreamDestroy(other);
+    (void)cudaStreamDestroy(stream);
+#endif
+  }
+
 #if defined(ZERO_TEST_WITH_NCCL)
   TEST_CASE("engine on the device over NCCL with one rank equals the host engine / AdamW bitwise and LAMB within 1e-6") {
     zero::cuda::check(cudaSetDevice(0), "cudaSetDevice");

@@ -80,7 +80,8 @@ class device_backend {
   //! Runs on the communicator's compute stream (`compute_stream()` or `stream()`).
   template <class Comm>
   device_backend(Comm& comm, const backend_options&)
-      : stream_(stream_of(comm), comm.rank()),
+      : pin_(comm),
+        stream_(stream_of(comm), comm.rank()),
         world_(static_cast<std::size_t>(comm.world_size())),
         words_((world_ + 1) * max_words, comm.rank()),
         received_(world_ * max_words),
@@ -325,6 +326,31 @@ class device_backend {
     return total;
   }
 
+  //! Holds the communicator's stream fixed while the engine lives: the engine's buffers are
+  //! ordered on the stream it found at construction, so the communicator refuses
+  //! `set_compute_stream` / `set_stream` meanwhile (`pin_stream` / `unpin_stream`).
+  class stream_pin {
+   public:
+    template <class Comm>
+    explicit stream_pin(Comm& comm) noexcept {
+      if constexpr (requires { comm.pin_stream(); comm.unpin_stream(); }) {
+        comm.pin_stream();
+        comm_ = &comm;
+        unpin_ = [](void* c) noexcept { static_cast<Comm*>(c)->unpin_stream(); };
+      }
+    }
+    stream_pin(const stream_pin&) = delete;
+    stream_pin& operator=(const stream_pin&) = delete;
+    ~stream_pin() {
+      if (unpin_ != nullptr) unpin_(comm_);
+    }
+
+   private:
+    void* comm_ = nullptr;
+    void (*unpin_)(void*) noexcept = nullptr;
+  };
+
+  stream_pin pin_;  // first: released last
   stream_ref stream_;
   void* comm_ = nullptr;                 // the communicator, when it has a watched `synchronize()`
   void (*settle_)(void*) = nullptr;

@@ -130,7 +130,20 @@ class device_thread_communicator {
   int world_size() const noexcept { return host_->world_size(); }
   const traffic_counters& traffic() const noexcept { return traffic_; }
   cudaStream_t stream() const noexcept { return stream_; }
-  void set_stream(cudaStream_t stream) noexcept { stream_ = stream; }
+  //! The stream later collectives are ordered in. Only while no engine is built on this
+  //! communicator: an engine orders its buffers and kernels on the stream it found at
+  //! construction. @throws usage_error while an engine built on this communicator is alive
+  void set_stream(cudaStream_t stream) {
+    if (pins_ != 0)
+      throw usage_error("zero: device_thread_communicator::set_stream on rank " + std::to_string(rank()) + " while " +
+                        std::to_string(pins_) +
+                        " engine(s) built on this communicator are alive: an engine keeps the stream it was built with; "
+                        "set the stream before building the engine");
+    stream_ = stream;
+  }
+  //! Held by each engine built on this communicator for its lifetime (see `set_stream`).
+  void pin_stream() noexcept { ++pins_; }
+  void unpin_stream() noexcept { --pins_; }
 
   //! recv[i] = op over ranks of send_r[rank * count + i]. In place: recv == send + rank * count.
   template <reducible T>
@@ -404,6 +417,7 @@ class device_thread_communicator {
 
   thread_communicator* host_;
   cudaStream_t stream_;
+  int pins_ = 0;  // engines alive on this communicator (they keep stream_)
   cudaEvent_t ready_ = nullptr, phase_one_ = nullptr, phase_two_ = nullptr;
   std::vector<std::uint64_t> table_;
   std::string broken_;

@@ -219,8 +219,21 @@ class nccl_communicator {
   cudaStream_t compute_stream() const noexcept { return compute_; }
   cudaStream_t communication_stream() const noexcept { return stream_; }
   ncclComm_t native_handle() const noexcept { return comm_; }
-  //! The stream later collectives are ordered after and before.
-  void set_compute_stream(cudaStream_t stream) noexcept { compute_ = stream; }
+  //! The stream later collectives are ordered after and before. Only while no engine is built
+  //! on this communicator: an engine orders its buffers and kernels on the compute stream it
+  //! found at construction, and NCCL would otherwise read them before that stream's work ends.
+  //! @throws usage_error while an engine built on this communicator is alive
+  void set_compute_stream(cudaStream_t stream) {
+    if (pins_ != 0)
+      throw usage_error("zero: nccl_communicator::set_compute_stream on rank " + std::to_string(rank_) + " while " +
+                        std::to_string(pins_) +
+                        " engine(s) built on this communicator are alive: an engine keeps the compute stream it was "
+                        "built with; set the stream before building the engine");
+    compute_ = stream;
+  }
+  //! Held by each engine built on this communicator for its lifetime (see `set_compute_stream`).
+  void pin_stream() noexcept { ++pins_; }
+  void unpin_stream() noexcept { --pins_; }
 
   //! recv[i] = op over ranks of send_r[rank * count + i]. In place: recv == send + rank * count.
   template <reducible T>
@@ -568,6 +581,7 @@ class nccl_communicator {
   int rank_;
   int world_;
   cudaStream_t compute_;
+  int pins_ = 0;  // engines alive on this communicator (they keep compute_)
   int device_ = -1;
   ncclComm_t comm_ = nullptr;
   cudaStream_t stream_ = nullptr;
