@@ -4,17 +4,32 @@
 # Included from the top-level CMakeLists.txt after the zero target.
 #
 # CUDA is optional: without nvcc (or with ZERO_WITH_CUDA=OFF) nothing here is built and every
-# host-side target builds and passes as before. With nvcc, CUDA is enabled for the project, with
-# an explicit architecture list (never `native`: CI machines have no GPU):
+# host-side target builds and passes as before. As the top-level project, zero enables CUDA
+# itself when nvcc is found, with an explicit architecture list (never `native`: CI machines
+# have no GPU):
 #   ZERO_CUDA_ARCHITECTURES (cache, default "80;90") unless CMAKE_CUDA_ARCHITECTURES is given.
+# As a subproject (add_subdirectory), the consumer's project decides its languages: zero::cuda
+# is defined when the consumer has enabled CUDA before add_subdirectory(zero), and zero never
+# enables a language in the consumer's project.
 #
 # Sets for tests and benchmarks: ZERO_CUDA_STATUS (a sentence saying why the backend is or is not
 # built) and ZERO_NCCL_STATUS.
 
-include(CheckLanguage)
-check_language(CUDA)
+get_property(zero_enabled_languages GLOBAL PROPERTY ENABLED_LANGUAGES)
+if(ZERO_IS_TOP_LEVEL)
+  include(CheckLanguage)
+  check_language(CUDA)
+  set(zero_cuda_available "${CMAKE_CUDA_COMPILER}")
+  set(zero_cuda_missing "no CUDA compiler was found (install the CUDA toolkit, or set CMAKE_CUDA_COMPILER)")
+elseif("CUDA" IN_LIST zero_enabled_languages)
+  set(zero_cuda_available ON)
+else()
+  set(zero_cuda_available OFF)
+  set(zero_cuda_missing "the project that adds zero has not enabled CUDA (project(... LANGUAGES CXX CUDA) or "
+                        "enable_language(CUDA) before add_subdirectory(zero))")
+endif()
 
-if(CMAKE_CUDA_COMPILER)
+if(zero_cuda_available)
   set(zero_cuda_default ON)
 else()
   set(zero_cuda_default OFF)
@@ -23,17 +38,17 @@ option(ZERO_WITH_CUDA "Build the CUDA backend (zero::cuda, zero::nccl)" ${zero_c
 set(ZERO_NCCL_STATUS "the CUDA backend is not built")
 
 if(NOT ZERO_WITH_CUDA)
-  if(CMAKE_CUDA_COMPILER)
+  if(zero_cuda_available)
     set(ZERO_CUDA_STATUS "the CUDA backend is off (ZERO_WITH_CUDA=OFF)")
   else()
-    set(ZERO_CUDA_STATUS "no CUDA compiler was found (install the CUDA toolkit, or set CMAKE_CUDA_COMPILER)")
+    string(CONCAT ZERO_CUDA_STATUS ${zero_cuda_missing})
   endif()
   message(STATUS "zero: CUDA backend not built: ${ZERO_CUDA_STATUS}")
   return()
 endif()
-if(NOT CMAKE_CUDA_COMPILER)
-  message(FATAL_ERROR "zero: ZERO_WITH_CUDA=ON but no CUDA compiler was found: install the CUDA toolkit or set "
-                      "CMAKE_CUDA_COMPILER (e.g. /usr/local/cuda/bin/nvcc)")
+if(NOT zero_cuda_available)
+  string(CONCAT zero_cuda_missing ${zero_cuda_missing})
+  message(FATAL_ERROR "zero: ZERO_WITH_CUDA=ON but ${zero_cuda_missing}")
 endif()
 
 set(ZERO_CUDA_ARCHITECTURES "80;90" CACHE STRING
@@ -41,7 +56,9 @@ set(ZERO_CUDA_ARCHITECTURES "80;90" CACHE STRING
 if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES OR CMAKE_CUDA_ARCHITECTURES STREQUAL "")
   set(CMAKE_CUDA_ARCHITECTURES ${ZERO_CUDA_ARCHITECTURES})
 endif()
-enable_language(CUDA)
+if(ZERO_IS_TOP_LEVEL)
+  enable_language(CUDA)
+endif()
 find_package(CUDAToolkit REQUIRED)
 
 add_library(zero_cuda INTERFACE)
