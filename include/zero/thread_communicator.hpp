@@ -125,7 +125,7 @@ class thread_group {
   void touch_others(int rank, bool touching) {
     std::lock_guard lock(mutex_);
     touching_[static_cast<std::size_t>(rank)] = touching ? 1 : 0;
-    if (!touching) cv_.notify_all();
+    if (!touching && broken_) cv_.notify_all();  // only a broken group has ranks waiting on this
   }
 
   //! Before a rank throws out of a collective: it stops touching the others' buffers, and waits
