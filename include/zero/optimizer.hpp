@@ -178,6 +178,7 @@ class optimizer {
   //! constructs its engine with the same layout and options; a rank whose layout differs, or
   //! whose input is refused, makes every rank throw the same error naming it.
   //! Reads the parameters' values (to initialize the master weights); writes nothing of them.
+  //! @pre `comm` outlives the engine (the engine keeps its address and uses it until destroyed)
   optimizer(Comm& comm, std::span<const parameter<param_type>> params, options_type options = {})
       : comm_(&comm), options_(std::move(options)), rank_(comm.rank()), world_(comm.world_size()),
         backend_(comm, backend_options{options_.threads, options_.memory}) {
