@@ -9,11 +9,16 @@
 //       (achieved bandwidth / the limit measured above with the same bytes per element).
 //   stage2_step/<params>/<ranks>: a whole stage-2 step with thread ranks: gradients reported,
 //       reduced, the norm, the update, the all-gather; time split into reduce/update/gather.
+//   groups_<precision>/<params>/<threads>: the engine's update pass (host_backend::update) over
+//       a transformer-like shard with one parameter group, then with three (weights with decay;
+//       biases and norm weights without; the embedding at another learning rate), alternating in
+//       each iteration; three_over_one is the three-group speed over the one-group speed.
 //
 //   zero_bench_update --benchmark_format=json --benchmark_out=update.json
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <mutex>
 #include <vector>
@@ -179,6 +184,82 @@ void stage2_step(benchmark::State& state) {
   state.counters["params_per_second"] = static_cast<double>(params) * n / total;
 }
 
+// A transformer-like model of about `params` elements: an embedding (group 2), then layers of
+// [norm weight, norm bias, qkv weight, qkv bias, proj weight, proj bias, norm weight, norm bias,
+// fc weight, fc bias, fc2 weight, fc2 bias] (matrices in group 0, vectors in group 1), d = 512.
+struct grouped_model {
+  std::vector<std::size_t> sizes;
+  std::vector<std::uint32_t> groups;
+  explicit grouped_model(std::size_t params) {
+    constexpr std::size_t d = 512;
+    const std::size_t embedding = params / 16 / d * d;
+    sizes.push_back(embedding);
+    groups.push_back(2);
+    const std::size_t per_layer = 12 * d * d + 13 * d;
+    for (std::size_t total = embedding; total + per_layer <= params; total += per_layer)
+      for (std::size_t s : {d, d, 3 * d * d, 3 * d, d * d, d, d, d, 4 * d * d, 4 * d, 4 * d * d, d}) {
+        sizes.push_back(s);
+        groups.push_back(s > 4 * d ? 0u : 1u);
+      }
+  }
+};
+
+template <class Precision>
+void groups_update(benchmark::State& state) {
+  using value = typename Precision::value_type;
+  using param = typename Precision::param_type;
+  using accum = typename Precision::accum_type;
+  using run = zero::update_run<value, accum, param>;
+  const grouped_model model(static_cast<std::size_t>(state.range(0)));
+  std::size_t n = 0;
+  for (std::size_t s : model.sizes) n += s;
+  auto values = filled<value>(n, 1.0f);
+  auto grads = filled<accum>(n, 1e-3f);
+  std::vector<float> slots(2 * n, 0.0f);
+  std::vector<param> out(Precision::has_master ? n : 0);
+  // one group: the shard is one run; three groups: one run per stretch of parameters in one group
+  std::vector<run> one{{values.data(), grads.data(), 0, Precision::has_master ? out.data() : nullptr, n, 0}}, three;
+  std::size_t at = 0;
+  for (std::size_t p = 0; p < model.sizes.size(); at += model.sizes[p++]) {
+    if (!three.empty() && three.back().group == model.groups[p]) {
+      three.back().count += model.sizes[p];
+      continue;
+    }
+    three.push_back({values.data() + at, grads.data() + at, at, Precision::has_master ? out.data() + at : nullptr, model.sizes[p],
+                     model.groups[p]});
+  }
+  const zero::backend_options options{static_cast<unsigned>(state.range(1))};
+  zero::host_backend single(options), grouped(options);
+  single.prepare<zero::adamw>(1, std::span<const run>(one), std::span<const run>(), slots.data(), n, 2);
+  grouped.prepare<zero::adamw>(model.sizes.size(), std::span<const run>(three), std::span<const run>(), slots.data(), n, 2);
+  zero::adamw::hyperparameters decay, no_decay, embedding;
+  no_decay.weight_decay = 0;
+  embedding.lr = 3e-4;
+  std::uint64_t step = 0;
+  double one_seconds = 0, three_seconds = 0;
+  const zero::detail::value_rounding<value> round{};
+  for (auto _ : state) {
+    ++step;
+    const std::array<zero::adamw::constants, 1> c1{zero::adamw::prepare(decay, step)};
+    const std::array<zero::adamw::constants, 3> c3{zero::adamw::prepare(decay, step), zero::adamw::prepare(no_decay, step),
+                                                   zero::adamw::prepare(embedding, step)};
+    auto t0 = std::chrono::steady_clock::now();
+    single.update<zero::adamw>(std::span<const zero::adamw::constants>(c1), std::span<const run>(one), 0.5f, round, 0, false);
+    auto t1 = std::chrono::steady_clock::now();
+    grouped.update<zero::adamw>(std::span<const zero::adamw::constants>(c3), std::span<const run>(three), 0.5f, round, 0, false);
+    auto t2 = std::chrono::steady_clock::now();
+    one_seconds += std::chrono::duration<double>(t1 - t0).count();
+    three_seconds += std::chrono::duration<double>(t2 - t1).count();
+    benchmark::ClobberMemory();
+  }
+  const double iterations = static_cast<double>(state.iterations());
+  state.counters["elements"] = static_cast<double>(n);
+  state.counters["runs_three_groups"] = static_cast<double>(three.size());
+  state.counters["one_group_params_per_second"] = static_cast<double>(n) * iterations / one_seconds;
+  state.counters["three_groups_params_per_second"] = static_cast<double>(n) * iterations / three_seconds;
+  state.counters["three_over_one"] = one_seconds / three_seconds;
+}
+
 }  // namespace
 
 // limit kernels: fp32 pattern (28 B/element) and bf16-with-fp32-master pattern (30 B/element)
@@ -186,5 +267,7 @@ BENCHMARK(limit<void>)->ArgsProduct({{1 << 20, 16 << 20, 64 << 20}, {1, 2}})->Us
 BENCHMARK(limit<zero::bf16>)->ArgsProduct({{1 << 20, 16 << 20, 64 << 20}, {1, 2}})->UseRealTime()->Unit(benchmark::kMillisecond)->Name("limit_bf16_master");
 BENCHMARK(fused_adamw<zero::fp32_precision>)->ArgsProduct({{1 << 20, 16 << 20, 64 << 20}, {1, 2}})->UseRealTime()->Unit(benchmark::kMillisecond)->Name("fused_adamw_fp32");
 BENCHMARK(fused_adamw<zero::bf16_mixed>)->ArgsProduct({{1 << 20, 16 << 20, 64 << 20}, {1, 2}})->UseRealTime()->Unit(benchmark::kMillisecond)->Name("fused_adamw_bf16_master");
+BENCHMARK(groups_update<zero::fp32_precision>)->ArgsProduct({{16 << 20, 64 << 20}, {1, 2}})->UseRealTime()->Unit(benchmark::kMillisecond)->Iterations(10)->Name("groups_fp32");
+BENCHMARK(groups_update<zero::bf16_mixed>)->ArgsProduct({{16 << 20, 64 << 20}, {1, 2}})->UseRealTime()->Unit(benchmark::kMillisecond)->Iterations(10)->Name("groups_bf16_master");
 BENCHMARK(stage2_step)->ArgsProduct({{1 << 20, 64 << 20}, {1, 2, 4}})->UseRealTime()->Unit(benchmark::kMillisecond)->Iterations(5);
 BENCHMARK_MAIN();

@@ -8,12 +8,15 @@
 // directory. Tensors: one F32 tensor per parameter, named as registered ("param.<i>" when
 // unnamed); with --optimizer-state also "optimizer.<slot>.<parameter>" per state slot (PyTorch's
 // slot names: exp_avg, exp_avg_sq, max_exp_avg_sq, momentum_buffer, sum). "__metadata__" holds
-// the step, the rule and where the checkpoint came from. Exit status: 0 done, 1 the checkpoint
+// the step, the rule and where the checkpoint came from; with --optimizer-state also
+// "param_groups": torch.optim's param_groups as JSON text (each group's parameter names under
+// "params" and its hyperparameters; bools as 0 or 1), for checkpoints of format version 3. Exit status: 0 done, 1 the checkpoint
 // or the output failed (the message says which file and why), 2 bad arguments. The command line
 // itself is tools/consolidate_cli.hpp.
 
 #include <algorithm>
 #include <array>
+#include <charconv>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
@@ -37,6 +40,31 @@ struct tensor {
   std::string name;
   const std::vector<float>* data;
 };
+
+//! torch.optim's param_groups of the checkpoint, as JSON: [{"params": [names], "lr": ..., ...}].
+//! (Built with append: GCC 12 reports false -Wrestrict positives in chains of operator+.)
+std::string param_groups_json(const zero::consolidated_checkpoint& c) {
+  std::string text = "[";
+  for (std::size_t g = 0; g < c.header.groups.size(); ++g) {
+    text.append(g == 0 ? "{" : ",{").append("\"params\":[");
+    bool first = true;
+    for (std::size_t p = 0; p < c.names.size(); ++p) {
+      if (c.header.param_groups[p] != g) continue;
+      if (!first) text.append(",");
+      text.append(json_string(c.names[p]));
+      first = false;
+    }
+    text.append("]");
+    for (const auto& f : c.header.groups[g]) {
+      char number[32];
+      const auto end = std::to_chars(number, number + sizeof number, f.value).ptr;  // shortest, round trips
+      text.append(",").append(json_string(f.name)).append(":").append(number, end);
+    }
+    text.append("}");
+  }
+  text.append("]");
+  return text;
+}
 
 }  // namespace
 
@@ -66,7 +94,9 @@ int main(int argc, char** argv) {
                          ",\"rule\":" + json_string(c.header.rule) + ",\"value_type\":" + json_string(c.header.value_type) +
                          ",\"saved_world_size\":" + json_string(std::to_string(c.header.world_size)) +
                          ",\"saved_stage\":" + json_string(std::to_string(c.header.stage)) +
-                         ",\"checkpoint\":" + json_string(c.path.string()) + "}";
+                         ",\"checkpoint\":" + json_string(c.path.string());
+    if (with_state && !c.header.groups.empty()) header += ",\"param_groups\":" + json_string(param_groups_json(c));
+    header += "}";
     std::uint64_t offset = 0;
     for (const auto& t : tensors) {
       const std::uint64_t bytes = t.data->size() * sizeof(float);

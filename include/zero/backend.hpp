@@ -41,7 +41,8 @@ inline constexpr std::size_t max_update_slots = 8;  //!< state slots an element-
 
 //! A contiguous run of elements the update walks: values, their gradients, their offset in
 //! every state slot (also their element id for stochastic rounding, plus a rank offset), where
-//! their model-precision copy goes (null: nowhere) and how many there are.
+//! their model-precision copy goes (null: nowhere), how many there are, and the parameter group
+//! whose constants update them (an index into the constants the update is given).
 template <class Value, class Accum, class Param>
 struct update_run {
   Value* values;
@@ -49,6 +50,7 @@ struct update_run {
   std::size_t state_offset;
   Param* out;
   std::size_t count;
+  std::uint32_t group = 0;
 };
 
 //! What a backend is built from (the engine's options).
@@ -177,15 +179,16 @@ class host_backend {
 
   //! The fused update of the prepared runs with element-wise rule `Rule`: values and state
   //! slots, the gradients times `factor`, new values rounded by `round` (element ids from
-  //! `id_base`), model-precision copies into `out`. Returns the gradients' sum of squares when
-  //! `with_norm` (else 0), added as `sum_of_squares` adds them.
+  //! `id_base`), model-precision copies into `out`; each run with the constants of its group
+  //! (`c[run.group]`). Returns the gradients' sum of squares when `with_norm` (else 0), added as
+  //! `sum_of_squares` adds them.
   template <elementwise_rule Rule, class Value, class Accum, class Param>
-  double update(const typename Rule::constants& c, std::span<const update_run<Value, Accum, Param>> runs, float factor,
+  double update(std::span<const typename Rule::constants> c, std::span<const update_run<Value, Accum, Param>> runs, float factor,
                 const detail::value_rounding<Value>& round, std::uint64_t id_base, bool with_norm) {
     auto job = [&](unsigned t, unsigned n) {
       for_each_block_piece(runs, t, n, [&](const auto& r, std::size_t begin, std::size_t end, std::size_t block) {
         const auto slots = state_slots(r.state_offset + begin);
-        block_sums_[block] += detail::update_elements<Rule>(c, r.values + begin, r.grads + begin, slots.data(), state_count_,
+        block_sums_[block] += detail::update_elements<Rule>(c[r.group], r.values + begin, r.grads + begin, slots.data(), state_count_,
                                                             r.out == nullptr ? nullptr : r.out + begin, end - begin, factor,
                                                             round, id_base + r.state_offset + begin, with_norm);
       });
@@ -197,10 +200,11 @@ class host_backend {
   // ---- tensor-wise rules (lamb): two passes around an exchange of per-tensor sums ----------
 
   //! Pass 1 of a tensor-wise rule over `pieces`: the state of every element (its gradient
-  //! times `factor`) and each piece's sums (`Rule::first_pass`), into `sums[2q]`, `sums[2q+1]`
-  //! for piece q (host memory, overwritten). Each piece adds its elements in order.
+  //! times `factor`) and each piece's sums (`Rule::first_pass`, with its group's constants
+  //! `c[piece.group]`), into `sums[2q]`, `sums[2q+1]` for piece q (host memory, overwritten).
+  //! Each piece adds its elements in order.
   template <tensorwise_rule Rule, class Value, class Accum, class Param>
-  void tensor_sums(const typename Rule::constants& c, std::span<const update_run<Value, Accum, Param>> pieces, float factor,
+  void tensor_sums(std::span<const typename Rule::constants> c, std::span<const update_run<Value, Accum, Param>> pieces, float factor,
                    double* sums) {
     for (std::size_t q = 0; q < pieces.size(); ++q) {
       const auto& s = pieces[q];
@@ -208,7 +212,7 @@ class host_backend {
       zero::tensor_sums piece;
       for (std::size_t i = 0; i < s.count; ++i) {
         float value = static_cast<float>(s.values[i]);
-        Rule::first_pass(c, value, static_cast<float>(s.grads[i]) * factor, state_ref{slots.data(), i}, piece);
+        Rule::first_pass(c[s.group], value, static_cast<float>(s.grads[i]) * factor, state_ref{slots.data(), i}, piece);
       }
       sums[2 * q] = piece.a;
       sums[2 * q + 1] = piece.b;
@@ -222,16 +226,17 @@ class host_backend {
   }
 
   //! Pass 2 of a tensor-wise rule: every element of piece q updated with `trust[q]` (host
-  //! memory), rounded by `round`, its model-precision copy written to the piece's `out`.
+  //! memory) and its group's constants, rounded by `round`, its model-precision copy written to
+  //! the piece's `out`.
   template <tensorwise_rule Rule, class Value, class Accum, class Param>
-  void tensor_update(const typename Rule::constants& c, std::span<const update_run<Value, Accum, Param>> pieces,
+  void tensor_update(std::span<const typename Rule::constants> c, std::span<const update_run<Value, Accum, Param>> pieces,
                      const float* trust, const detail::value_rounding<Value>& round, std::uint64_t id_base) {
     for (std::size_t q = 0; q < pieces.size(); ++q) {
       const auto& s = pieces[q];
       const auto slots = state_slots(s.state_offset);
       for (std::size_t i = 0; i < s.count; ++i) {
         float value = static_cast<float>(s.values[i]);
-        Rule::second_pass(c, value, state_ref{slots.data(), i}, trust[q]);
+        Rule::second_pass(c[s.group], value, state_ref{slots.data(), i}, trust[q]);
         s.values[i] = round(value, id_base + s.state_offset + i);
         if (s.out != nullptr) s.out[i] = zero::convert<Param>(value);
       }

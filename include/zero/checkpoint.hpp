@@ -29,6 +29,8 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <istream>
+#include <ostream>
 #include <limits>
 #include <random>
 #include <span>
@@ -54,6 +56,14 @@ struct checkpoint_options {
   file_writer* writer = nullptr;
   //! Whether rank 0 rewrites `<dir>/latest` after the commit.
   bool update_latest = true;
+};
+
+//! How `load_checkpoint` loads.
+struct load_options {
+  //! Whether every parameter group's hyperparameters become the saved ones (as
+  //! `torch.optim.Optimizer.load_state_dict` restores its param_groups); false keeps the
+  //! optimizer's own. Files of format version 2 and older saved none: the optimizer keeps its own.
+  bool restore_hyperparameters = true;
 };
 
 //! What was saved or loaded.
@@ -324,8 +334,15 @@ std::uint64_t write_rank_file(Opt& opt, file_writer& w, const std::filesystem::p
   h.value_rounding = static_cast<std::uint8_t>(o.value_rounding);
   h.seed = o.seed;
   h.scaler = opt.scaler().current();
+  for (std::size_t g = 0; g < opt.group_count(); ++g) {
+    auto& saved = h.groups.emplace_back();
+    for (const auto& f : fields_of<typename Opt::rule_type>(opt.hyperparameters(g))) saved.push_back({std::string(f.name), f.value});
+  }
   h.plan = plan;
-  for (std::size_t p = 0; p < plan.param_size.size(); ++p) h.param_names.push_back(opt.parameter_name(p));
+  for (std::size_t p = 0; p < plan.param_size.size(); ++p) {
+    h.param_names.push_back(opt.parameter_name(p));
+    h.param_groups.push_back(opt.group_of(p));
+  }
   h.layout_hash = layout_hash(plan.param_size, h.param_names);
 
   // the section table needs the checksums first; the header's size does not depend on them
@@ -376,9 +393,25 @@ std::uint64_t write_rank_file(Opt& opt, file_writer& w, const std::filesystem::p
 struct checkpoint_set {
   std::filesystem::path directory;
   commit_marker marker;
-  std::vector<std::filesystem::path> files;
-  std::vector<checkpoint_header> headers;
+  std::vector<std::filesystem::path> files;        //!< the rank files of a directory, or
+  std::vector<std::span<const std::byte>> bytes;   //!< rank files in memory (empty: that rank's not given)
+  std::vector<checkpoint_header> headers;          //!< per saved rank (where not given: a given one's)
+  std::uint32_t first = 0;                         //!< the lowest saved rank whose file is at hand
+
+  bool available(std::uint32_t f) const noexcept { return bytes.empty() || !bytes[f].empty(); }
+  std::string name(std::uint32_t f) const {
+    return bytes.empty() ? files[f].string() : "the in-memory state of rank " + std::to_string(f);
+  }
+  read_file open(std::uint32_t f) const { return bytes.empty() ? read_file(files[f]) : read_file(bytes[f], name(f)); }
 };
+
+//! Whether two rank files of one save describe the same model, plan, types, rule and groups.
+inline bool same_save_layout(const checkpoint_header& h, const checkpoint_header& h0) {
+  return h.plan.param_size == h0.plan.param_size && h.plan.param_offset == h0.plan.param_offset &&
+         h.plan.padded_size == h0.plan.padded_size && h.plan.units == h0.plan.units && h.param_names == h0.param_names &&
+         h.value_type == h0.value_type && h.state_type == h0.state_type && h.state_count == h0.state_count &&
+         h.rule == h0.rule && h.stage == h0.stage && h.groups == h0.groups && h.param_groups == h0.param_groups;
+}
 
 //! Whether `name` is `step-<n>` with n in decimal (as `step_directory_name` writes it) and
 //! representable in 64 bits; then `step` = n. A number past 2^64 - 1 names no step.
@@ -459,19 +492,62 @@ inline checkpoint_set open_checkpoint(const std::filesystem::path& path) {
     if (expected_file_size(h) != f.size())
       throw checkpoint_error(k::torn, where + ": " + std::to_string(f.size()) + " bytes; its sections end at byte " +
                                           std::to_string(expected_file_size(h)));
-    if (r > 0) {
-      const auto& h0 = set.headers[0];
-      const bool same = h.plan.param_size == h0.plan.param_size && h.plan.param_offset == h0.plan.param_offset &&
-                        h.plan.padded_size == h0.plan.padded_size && h.plan.units == h0.plan.units &&
-                        h.param_names == h0.param_names && h.value_type == h0.value_type && h.state_type == h0.state_type &&
-                        h.state_count == h0.state_count && h.rule == h0.rule && h.stage == h0.stage;
-      if (!same) throw checkpoint_error(k::corrupted, where + ": layout, plan, types or rule differ from " + set.files[0].string());
-    }
+    if (r > 0 && !same_save_layout(h, set.headers[0]))
+      throw checkpoint_error(k::corrupted, where + ": layout, plan, types, rule or parameter groups differ from " + set.files[0].string());
     set.files.push_back(file);
     set.headers.push_back(std::move(h));
   }
   return set;
 }
+
+//! The saved rank files `given` (each what `save_state` returned on some rank, any order; at least
+//! one), checked as `open_checkpoint` checks a directory's: one save, one world size, each rank
+//! at most once, every size and header.
+inline checkpoint_set open_state_bytes(std::span<const std::span<const std::byte>> given) {
+  using k = checkpoint_error::kind;
+  checkpoint_set set;
+  if (given.empty()) throw checkpoint_error(k::torn, "no in-memory state was given");
+  for (std::size_t i = 0; i < given.size(); ++i) {
+    const std::string where = "in-memory state #" + std::to_string(i);
+    if (given[i].empty()) throw checkpoint_error(k::torn, where + ": no bytes");
+    checkpoint_header h = read_file(given[i], where).header();
+    if (expected_file_size(h) != given[i].size())
+      throw checkpoint_error(k::torn, where + ": " + std::to_string(given[i].size()) + " bytes; its sections end at byte " +
+                                          std::to_string(expected_file_size(h)));
+    if (set.bytes.empty()) {
+      set.bytes.resize(h.world_size);
+      set.headers.assign(h.world_size, h);
+      set.first = h.rank;
+    } else {
+      const checkpoint_header& h0 = set.headers[set.first];
+      if (h.save_id != h0.save_id || h.world_size != h0.world_size || h.step != h0.step)
+        throw checkpoint_error(k::torn, where + " (rank " + std::to_string(h.rank) + " of " + std::to_string(h.world_size) +
+                                            ", step " + std::to_string(h.step) + ") belongs to another save than " +
+                                            set.name(set.first));
+      if (!same_save_layout(h, h0))
+        throw checkpoint_error(k::corrupted, where + ": layout, plan, types, rule or parameter groups differ from " + set.name(set.first));
+      if (!set.bytes[h.rank].empty()) throw checkpoint_error(k::corrupted, where + ": rank " + std::to_string(h.rank) + " is given twice");
+      set.first = std::min(set.first, h.rank);
+    }
+    set.bytes[h.rank] = given[i];
+    set.headers[h.rank] = std::move(h);
+  }
+  return set;
+}
+
+//! A `file_writer` that keeps what is written in memory (`save_state`); the file operations
+//! around the writes do nothing.
+class memory_writer : public file_writer {
+ public:
+  void open(const std::filesystem::path&) override { bytes.clear(); }
+  void write(std::span<const std::byte> b) override { bytes.insert(bytes.end(), b.begin(), b.end()); }
+  void sync() override {}
+  void close() override {}
+  void rename(const std::filesystem::path&, const std::filesystem::path&) override {}
+  void sync_directory(const std::filesystem::path&) override {}
+  void remove(const std::filesystem::path&) noexcept override {}
+  std::vector<std::byte> bytes;
+};
 
 //! A run of elements to copy out of a saved section: `count` elements from element `source`
 //! of the section, to the caller's position `target`.
@@ -557,6 +633,45 @@ void check_compatible(const Opt& opt, const checkpoint_header& h, const std::str
     throw checkpoint_error(k::incompatible, file + ": saved by update rule " + h.rule + " with " + std::to_string(h.state_count) +
                                                 " state slot(s); this optimizer runs " + std::string(Opt::rule_type::name) + " with " +
                                                 std::to_string(opt.state_count()));
+  if (h.version >= 3) {
+    if (h.groups.size() != opt.group_count())
+      throw checkpoint_error(k::incompatible, file + ": saved with " + std::to_string(h.groups.size()) +
+                                                  " parameter group(s); this optimizer has " + std::to_string(opt.group_count()));
+    for (std::size_t p = 0; p < h.param_groups.size(); ++p)
+      if (h.param_groups[p] != opt.group_of(p))
+        throw checkpoint_error(k::incompatible, file + ": parameter " + engine::describe_parameter(names, p) + " is in parameter group " +
+                                                    std::to_string(h.param_groups[p]) + " there and in group " +
+                                                    std::to_string(opt.group_of(p)) + " here");
+  }
+}
+
+//! The hyperparameters of every parameter group a version-3 header saved (the optimizer's own
+//! where a header saved none). @throws checkpoint_error (incompatible) for a field the rule does
+//! not have or values the rule refuses
+template <class Opt>
+std::vector<typename Opt::hyperparameters_type> saved_hyperparameters(const Opt& opt, const checkpoint_header& h,
+                                                                      const std::string& file) {
+  using Rule = typename Opt::rule_type;
+  std::vector<typename Opt::hyperparameters_type> out;
+  for (std::size_t g = 0; g < opt.group_count(); ++g) {
+    auto hp = opt.hyperparameters(g);
+    if (g < h.groups.size()) {
+      for (const auto& f : h.groups[g])
+        if (!set_field<Rule>(hp, f.name, f.value))
+          throw checkpoint_error(checkpoint_error::kind::incompatible, file + ": parameter group " + std::to_string(g) +
+                                                                           " has hyperparameter '" + f.name + "', which " +
+                                                                           std::string(Rule::name) + " does not have");
+      try {
+        Rule::validate(hp);
+      } catch (const usage_error& e) {
+        throw checkpoint_error(checkpoint_error::kind::incompatible,
+                               file + ": parameter group " + std::to_string(g) + " was saved with hyperparameters " +
+                                   std::string(Rule::name) + " refuses: " + e.what());
+      }
+    }
+    out.push_back(hp);
+  }
+  return out;
 }
 
 //! For each saved rank file, the runs that carry the pieces of `wanted` (param, param_offset,
@@ -652,19 +767,12 @@ checkpoint_info save_checkpoint(Opt& opt, const std::filesystem::path& directory
   return {step_dir, step, static_cast<std::uint32_t>(world), static_cast<std::uint32_t>(Opt::stage_value)};
 }
 
-//! Loads a checkpoint into `opt`: `path` is a checkpoint directory (its newest committed step)
-//! or a `step-<n>` directory. Any saved world size, partitioner, stage (0, 1, 2), bucket size
-//! and alignment load; the model (parameter names and sizes), the parameter, master and state
-//! types and the update rule must match. Restores the values, the state slots, the step count
-//! and (when both are dynamic) the loss scaler's state, then makes every rank's parameters
-//! agree (`synchronize_parameters`). Collective; call it between steps. On failure every rank
-//! throws the same `checkpoint_error` (naming the file, the section and what is wrong) and the
-//! optimizer is unchanged. Holds one extra copy of the rank's values and state while loading.
-//! The saved layout order need not be the optimizer's (each rank takes what it owns, parameter
-//! by parameter); an optimizer whose order is still to be learned (`gradient_order::learned`,
-//! before its first micro-step has ended) takes the saved order, the one the saving run had.
-template <class Opt>
-checkpoint_info load_checkpoint(Opt& opt, const std::filesystem::path& path) {
+namespace detail {
+
+//! `load_checkpoint` and `load_state`: the saved rank files from `open_set()`; `what` begins
+//! every error.
+template <class Opt, class OpenSet>
+checkpoint_info load_saved(Opt& opt, OpenSet&& open_set, const std::string& what, const load_options& load) {
   using value_type = typename Opt::value_type;
   constexpr bool sharded = Opt::stage_value != stage::stage0;
   auto& comm = opt.communicator();
@@ -682,10 +790,12 @@ checkpoint_info load_checkpoint(Opt& opt, const std::filesystem::path& path) {
   // a layout order still to be learned becomes the saved one (the order the saving run learned)
   const bool adopt_order = opt.order_pending();
   std::vector<std::size_t> saved_order;
+  std::vector<typename Opt::hyperparameters_type> hyperparameters;
   const auto outcome = detail::exchange_outcomes(opt, detail::run_local([&]() -> std::uint64_t {
-    detail::checkpoint_set set = detail::open_checkpoint(path);
-    const checkpoint_header& h0 = set.headers[0];
-    detail::check_compatible(opt, h0, set.files[0].string());
+    const detail::checkpoint_set set = open_set();
+    const checkpoint_header& h0 = set.headers[set.first];
+    detail::check_compatible(opt, h0, set.name(set.first));
+    if (load.restore_hyperparameters) hyperparameters = detail::saved_hyperparameters(opt, h0, set.name(set.first));
     info = {set.directory, h0.step, h0.world_size, h0.stage};
     saved_scaler = h0.scaler;
     saved_dynamic = h0.loss_scale_kind == static_cast<std::uint8_t>(loss_scale_options::mode::dynamic);
@@ -722,8 +832,16 @@ checkpoint_info load_checkpoint(Opt& opt, const std::filesystem::path& path) {
     for (std::uint32_t f = 0; f < h0.world_size; ++f) {
       // each file is read by the ranks that need it, and by rank f mod world in any case, so
       // that every section of every file is verified by some rank
+      if (!set.available(f)) {
+        if (copies[f].empty()) continue;
+        throw checkpoint_error(checkpoint_error::kind::incompatible,
+                               "rank " + std::to_string(rank) + " needs the state saved by rank " + std::to_string(f) + " of " +
+                                   std::to_string(h0.world_size) +
+                                   ", which was not given (another world size or plan, or stage 0, reads other ranks' shards: "
+                                   "give load_state every saved rank's bytes)");
+      }
       if (copies[f].empty() && static_cast<int>(f % static_cast<std::uint32_t>(world)) != rank) continue;
-      const detail::read_file file(set.files[f]);
+      const detail::read_file file = set.open(f);
       const auto& h = set.headers[f];
       detail::stream_section(file, h.sections[0], copies[f], [&](std::uint64_t target, const std::byte* bytes, std::size_t n) {
         std::memcpy(values.data() + target, bytes, n * sizeof(value_type));
@@ -737,17 +855,18 @@ checkpoint_info load_checkpoint(Opt& opt, const std::filesystem::path& path) {
         });
       }
     }
-    return h0.step;
+    return h0.save_id;
   }));
-  detail::throw_if_any_failed(outcome, "loading checkpoint " + path.string(), "; the optimizer is unchanged", [](checkpoint_error::kind) { return true; });
+  detail::throw_if_any_failed(outcome, what, "; the optimizer is unchanged", [](checkpoint_error::kind) { return true; });
   for (std::size_t r = 1; r < outcome.size(); ++r)
     if (outcome[r].value != outcome[0].value)
-      throw checkpoint_error(checkpoint_error::kind::corrupted, "zero: loading checkpoint " + path.string() + ": rank " + std::to_string(r) +
-                                                                    " found step " + std::to_string(outcome[r].value) + ", rank 0 step " +
-                                                                    std::to_string(outcome[0].value) + " (a save committed meanwhile?)");
+      throw checkpoint_error(checkpoint_error::kind::corrupted, "zero: " + what + ": rank " + std::to_string(r) + " read save " +
+                                                                    hex64(outcome[r].value) + ", rank 0 save " + hex64(outcome[0].value) +
+                                                                    " (a save committed meanwhile, or ranks given different saves)");
 
   // every rank succeeded: commit what was read
   if (adopt_order) opt.fix_order(saved_order);
+  for (std::size_t g = 0; g < hyperparameters.size(); ++g) opt.set_hyperparameters(g, hyperparameters[g]);
   if constexpr (values_are_parameters) {
     for (const auto& piece : opt.owned_pieces())
       opt.copy_from_host(opt.parameter_values(piece.param).data + piece.param_offset, values.data() + piece.flat_offset, piece.count);
@@ -759,6 +878,89 @@ checkpoint_info load_checkpoint(Opt& opt, const std::filesystem::path& path) {
   opt.restore_progress(info.step, saved_dynamic && opt.scaler().dynamic() ? saved_scaler : opt.scaler().current());
   opt.synchronize_parameters();
   return info;
+}
+
+}  // namespace detail
+
+//! Loads a checkpoint into `opt`: `path` is a checkpoint directory (its newest committed step)
+//! or a `step-<n>` directory. Any saved world size, partitioner, stage (0, 1, 2), bucket size
+//! and alignment load; the model (parameter names and sizes), the parameter, master and state
+//! types and the update rule must match. Restores the values, the state slots, the step count
+//! and (when both are dynamic) the loss scaler's state, then makes every rank's parameters
+//! agree (`synchronize_parameters`). Collective; call it between steps. On failure every rank
+//! throws the same `checkpoint_error` (naming the file, the section and what is wrong) and the
+//! optimizer is unchanged. Holds one extra copy of the rank's values and state while loading.
+//! The saved layout order need not be the optimizer's (each rank takes what it owns, parameter
+//! by parameter); an optimizer whose order is still to be learned (`gradient_order::learned`,
+//! before its first micro-step has ended) takes the saved order, the one the saving run had.
+template <class Opt>
+checkpoint_info load_checkpoint(Opt& opt, const std::filesystem::path& path, const load_options& load = {}) {
+  return detail::load_saved(opt, [&] { return detail::open_checkpoint(path); }, "loading checkpoint " + path.string(), load);
+}
+
+// ---- state in memory -------------------------------------------------------------------------
+
+//! This rank's state (its shard of the values and of every state slot, the step, the loss
+//! scaler, the options, the parameter groups and the whole plan) as the bytes of a rank file
+//! (the format `save_checkpoint` writes, docs/checkpoint.md), for a framework that writes its
+//! own checkpoints. Collective: every rank calls it between steps and gets its own bytes (one
+//! save id on every rank). @throws checkpoint_error on every rank alike when any rank failed
+template <class Opt>
+std::vector<std::byte> save_state(Opt& opt) {
+  const int rank = opt.rank(), world = opt.world_size();
+  const std::uint64_t my_id = rank == 0 ? detail::random_save_id() : 0;
+  std::vector<std::uint64_t> ids(static_cast<std::size_t>(world));
+  opt.all_gather_words(&my_id, ids.data(), 1);
+  detail::memory_writer writer;
+  const auto written = detail::exchange_outcomes(opt, detail::run_local([&]() -> std::uint64_t {
+    return detail::write_rank_file(opt, writer, {}, "state", ids[0]);
+  }));
+  detail::throw_if_any_failed(written, "saving the state in memory", "", [](checkpoint_error::kind) { return false; });
+  return std::move(writer.bytes);
+}
+
+//! `save_state` written to `out`. Collective. @throws checkpoint_error (kind io) on every rank
+//! alike when the stream failed on any rank
+template <class Opt>
+void save_state(Opt& opt, std::ostream& out) {
+  const std::vector<std::byte> bytes = save_state(opt);
+  const auto written = detail::exchange_outcomes(opt, detail::run_local([&]() -> std::uint64_t {
+    out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+    out.flush();
+    if (!out) throw checkpoint_error(checkpoint_error::kind::io, "the output stream failed after " + std::to_string(bytes.size()) + " bytes");
+    return bytes.size();
+  }));
+  detail::throw_if_any_failed(written, "saving the state to a stream", "", [](checkpoint_error::kind k) { return k == checkpoint_error::kind::io; });
+}
+
+//! Loads state saved by `save_state`: `saved` holds the bytes of one or more saved ranks (any
+//! order). Each rank needs the saved shards that hold what it updates: under the saving run's
+//! world size and plan (stages 1 and 2), its own rank's bytes are enough; at another world size,
+//! partitioner, bucket size or stage (stage 0 holds everything), give every saved rank's bytes.
+//! Every check, refusal and guarantee of `load_checkpoint` holds (checksums, sizes, model,
+//! types, rule, groups; every rank throws alike and the optimizer is unchanged). Collective.
+template <class Opt>
+checkpoint_info load_state(Opt& opt, std::span<const std::span<const std::byte>> saved, const load_options& load = {}) {
+  return detail::load_saved(opt, [&] { return detail::open_state_bytes(saved); }, "loading the in-memory state", load);
+}
+
+//! `load_state` of this rank's own bytes alone.
+template <class Opt>
+checkpoint_info load_state(Opt& opt, std::span<const std::byte> mine, const load_options& load = {}) {
+  const std::span<const std::byte> one[] = {mine};
+  return load_state(opt, std::span<const std::span<const std::byte>>(one), load);
+}
+
+//! `load_state` of this rank's own bytes, read from `in` to its end.
+template <class Opt>
+checkpoint_info load_state(Opt& opt, std::istream& in, const load_options& load = {}) {
+  std::vector<std::byte> bytes;
+  char chunk[1 << 16];
+  while (in.read(chunk, sizeof chunk) || in.gcount() > 0) {
+    const auto* b = reinterpret_cast<const std::byte*>(chunk);
+    bytes.insert(bytes.end(), b, b + in.gcount());
+  }
+  return load_state(opt, std::span<const std::byte>(bytes), load);
 }
 
 //! A checkpoint's full parameters (and optimizer state), in fp32, assembled from every shard.

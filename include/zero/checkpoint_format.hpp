@@ -95,13 +95,17 @@ namespace checkpoint_format {
 inline constexpr std::array<char, 8> magic = {'Z', 'E', 'R', 'O', 'C', 'K', 'P', 'T'};
 //! The newest format this build reads and writes. Version 2 added each reduction unit's owner
 //! (units owned whole by one rank); version 1 files load as units shared by every rank.
-inline constexpr std::uint32_t version = 2;
+//! Version 3 added the parameter groups: each group's hyperparameters and each parameter's
+//! group; older files load as one group whose hyperparameters were not saved.
+inline constexpr std::uint32_t version = 3;
 inline constexpr std::uint32_t byte_order_mark = 0x01020304u;  //!< stored little-endian: bytes 04 03 02 01
 inline constexpr std::size_t preamble_bytes = 32;
 inline constexpr std::size_t section_alignment = 64;  //!< sections start at multiples of this
 inline constexpr std::uint64_t max_header_bytes = std::uint64_t{1} << 30;
 inline constexpr std::uint32_t max_string_bytes = 1u << 16;
 inline constexpr std::uint32_t max_state_count = 64;
+inline constexpr std::uint32_t max_group_count = 1u << 16;
+inline constexpr std::uint32_t max_field_count = 256;  //!< hyperparameters per group
 inline constexpr std::uint32_t max_world_size = 1u << 24;
 inline constexpr std::string_view marker_name = "COMMITTED";
 inline constexpr std::string_view latest_name = "latest";
@@ -133,6 +137,13 @@ struct checkpoint_section {
   friend bool operator==(const checkpoint_section&, const checkpoint_section&) = default;
 };
 
+//! One saved hyperparameter of a parameter group (a bool as 0 or 1).
+struct checkpoint_field {
+  std::string name;
+  double value = 0;
+  friend bool operator==(const checkpoint_field&, const checkpoint_field&) = default;
+};
+
 //! Everything a rank file says about itself (docs/checkpoint.md lists the encoding in order).
 struct checkpoint_header {
   std::uint32_t version = checkpoint_format::version;
@@ -158,6 +169,10 @@ struct checkpoint_header {
   std::uint8_t on_nonfinite = 0, value_rounding = 0;
   std::uint64_t seed = 0;
   loss_scaler::state scaler{};
+  //! Version 3: each parameter group's hyperparameters, by name, and each parameter's group
+  //! (`param_groups`, indexed like `param_names`). Older versions: both empty.
+  std::vector<std::vector<checkpoint_field>> groups;
+  std::vector<std::uint32_t> param_groups;
   // the global parameter layout and the saved plan
   std::vector<std::string> param_names;
   partition_plan plan;
@@ -319,12 +334,23 @@ inline std::vector<std::byte> encode_header_body(const checkpoint_header& h) {
   w.u32(h.scaler.hysteresis_left);
   w.u64(h.scaler.iteration);
   w.i64(h.scaler.last_overflow);
+  if (h.version >= 3) {
+    w.u32(static_cast<std::uint32_t>(h.groups.size()));
+    for (const auto& g : h.groups) {
+      w.u32(static_cast<std::uint32_t>(g.size()));
+      for (const auto& f : g) {
+        w.text(f.name);
+        w.f64(f.value);
+      }
+    }
+  }
   const auto& p = h.plan;
   w.u64(p.param_size.size());
   for (std::size_t i = 0; i < p.param_size.size(); ++i) {
     w.text(i < h.param_names.size() ? h.param_names[i] : std::string());
     w.u64(p.param_size[i]);
     w.u64(p.param_offset[i]);
+    if (h.version >= 3) w.u32(i < h.param_groups.size() ? h.param_groups[i] : 0u);
   }
   w.u64(p.element_count);
   w.u64(p.padded_size);
@@ -451,10 +477,26 @@ inline checkpoint_header parse_header(std::span<const std::byte> bytes, const st
   h.scaler.hysteresis_left = r.u32("scaler.hysteresis_left");
   h.scaler.iteration = r.u64("scaler.iteration");
   h.scaler.last_overflow = r.i64("scaler.last_overflow");
+  if (h.version >= 3) {
+    const std::uint32_t groups = r.u32("group count");
+    if (groups < 1 || groups > f::max_group_count) r.fail("group count " + std::to_string(groups) + " is out of range");
+    h.groups.resize(groups);
+    for (auto& g : h.groups) {
+      const std::uint32_t fields = r.u32("field count");
+      if (fields > f::max_field_count) r.fail("field count " + std::to_string(fields) + " is out of range");
+      for (std::uint32_t i = 0; i < fields; ++i) {
+        checkpoint_field field;
+        field.name = r.text("field name");
+        field.value = r.f64("field value");
+        g.push_back(std::move(field));
+      }
+      if (g.size() != h.groups[0].size()) r.fail("parameter groups list different numbers of hyperparameters");
+    }
+  }
 
   auto& p = h.plan;
   p.world_size = static_cast<int>(h.world_size);
-  const std::uint64_t params = r.count("parameter count", 4 + 8 + 8);
+  const std::uint64_t params = r.count("parameter count", 4 + 8 + 8 + (h.version >= 3 ? 4 : 0));
   if (params == 0) r.fail("no parameters");
   h.param_names.reserve(params);
   p.param_size.reserve(params);
@@ -463,6 +505,12 @@ inline checkpoint_header parse_header(std::span<const std::byte> bytes, const st
     h.param_names.push_back(r.text("parameter name"));
     p.param_size.push_back(r.u64("parameter size"));
     p.param_offset.push_back(r.u64("parameter offset"));
+    if (h.version >= 3) {
+      h.param_groups.push_back(r.u32("parameter group"));
+      if (h.param_groups.back() >= h.groups.size())
+        r.fail("parameter #" + std::to_string(i) + " is in group " + std::to_string(h.param_groups.back()) + " of " +
+               std::to_string(h.groups.size()));
+    }
   }
   p.element_count = r.u64("element_count");
   p.padded_size = r.u64("padded_size");
@@ -740,9 +788,14 @@ class read_file {
     if (::fstat(fd_, &st) != 0) fail("fstat");
     size_ = static_cast<std::uint64_t>(st.st_size);
   }
+  //! A rank file held in memory (`load_state`): `bytes`, named `name` in errors. The bytes must
+  //! outlive this object.
+  read_file(std::span<const std::byte> bytes, std::string name)
+      : path_(std::move(name)), size_(bytes.size()), memory_(bytes), in_memory_(true) {}
   read_file(const read_file&) = delete;
   read_file& operator=(const read_file&) = delete;
-  read_file(read_file&& o) noexcept : fd_(std::exchange(o.fd_, -1)), path_(std::move(o.path_)), size_(o.size_) {}
+  read_file(read_file&& o) noexcept
+      : fd_(std::exchange(o.fd_, -1)), path_(std::move(o.path_)), size_(o.size_), memory_(o.memory_), in_memory_(o.in_memory_) {}
   ~read_file() {
     if (fd_ >= 0) ::close(fd_);
   }
@@ -751,6 +804,12 @@ class read_file {
 
   //! Reads exactly `out.size()` bytes at `offset`.
   void read(std::uint64_t offset, std::span<std::byte> out) const {
+    if (in_memory_) {
+      if (offset > size_ || out.size() > size_ - offset)
+        throw checkpoint_error(checkpoint_error::kind::torn, path_ + ": ends at byte " + std::to_string(size_) + " (truncated)");
+      if (!out.empty()) std::memcpy(out.data(), memory_.data() + offset, out.size());
+      return;
+    }
     while (!out.empty()) {
       const ::ssize_t n = ::pread(fd_, out.data(), std::min<std::size_t>(out.size(), std::size_t{1} << 30), static_cast<::off_t>(offset));
       if (n < 0) {
@@ -794,6 +853,8 @@ class read_file {
   int fd_ = -1;
   std::string path_;
   std::uint64_t size_ = 0;
+  std::span<const std::byte> memory_{};
+  bool in_memory_ = false;
 };
 
 }  // namespace detail

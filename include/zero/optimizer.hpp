@@ -29,6 +29,7 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <chrono>
 #include <cmath>
 #include <concepts>
@@ -72,6 +73,9 @@ struct parameter {
   std::string name;           //!< used in messages; empty means "#index"
   raw_span<T> values;         //!< @pre non-null, non-empty, not overlapping another parameter
   std::uint32_t reports = 1;  //!< gradient reports per micro-step: the uses of a shared weight (>= 1)
+  //! The parameter group whose hyperparameters update it (`optimizer_options::add_group`; 0:
+  //! the first group, `optimizer_options::hyperparameters`).
+  std::uint32_t group = 0;
 };
 
 //! What to do when a gradient is not finite (inf or NaN) on some rank.
@@ -90,7 +94,12 @@ enum class rounding : std::uint8_t {
 //! Run-time options of the engine.
 template <update_rule Rule>
 struct optimizer_options {
-  typename Rule::hyperparameters hyperparameters{};
+  using hyperparameters_type = typename Rule::hyperparameters;
+  //! The hyperparameters of parameter group 0: every parameter's unless it names another group.
+  hyperparameters_type hyperparameters{};
+  //! The hyperparameters of parameter groups 1, 2, ... (`torch.optim`'s param_groups after the
+  //! first): group g has `extra_groups[g - 1]`. `add_group` appends one.
+  std::vector<hyperparameters_type> extra_groups{};
   layout_options layout{};
   double max_grad_norm = 0;  //!< clip the global gradient norm to this (PyTorch's rule); <= 0: no clipping
   loss_scale_options loss_scale{};
@@ -113,6 +122,17 @@ struct optimizer_options {
   unsigned threads = 0;
   //! Where every persistent buffer is allocated, once, at construction. (Host backend.)
   std::pmr::memory_resource* memory = std::pmr::new_delete_resource();
+
+  //! Adds a parameter group with hyperparameters `h`; returns its index, for `parameter::group`.
+  std::uint32_t add_group(const hyperparameters_type& h) {
+    extra_groups.push_back(h);
+    return static_cast<std::uint32_t>(extra_groups.size());
+  }
+  //! Parameter groups: 1 + `extra_groups.size()`.
+  std::size_t group_count() const noexcept { return 1 + extra_groups.size(); }
+  //! The hyperparameters of group g. @pre g < group_count()
+  const hyperparameters_type& group(std::size_t g) const { return g == 0 ? hyperparameters : extra_groups.at(g - 1); }
+  hyperparameters_type& group(std::size_t g) { return g == 0 ? hyperparameters : extra_groups.at(g - 1); }
 };
 
 //! What `step()` did. Every field is equal on every rank.
@@ -171,6 +191,12 @@ class optimizer {
                 "master weights would be rounded to fp32 at every step; use float master weights");
   static constexpr zero::stage stage_value = Stage;
   static constexpr std::size_t max_state_slots = detail::max_update_slots;
+  //! Parameter groups the backend's update takes (a device backend passes their constants in
+  //! its launch's arguments; the host backend has no limit).
+  static constexpr std::size_t max_groups = [] {
+    if constexpr (requires { backend_type::max_groups; }) return std::size_t{backend_type::max_groups};
+    else return static_cast<std::size_t>(-1);
+  }();
   //! 64-bit words each rank contributes to the one all-gather of per-step statistics.
   static constexpr std::size_t statistics_words = engine::statistics_words;
 
@@ -194,6 +220,7 @@ class optimizer {
     }
     engine::agree_on_input(gather_words(), rank_, world_, digest, refusal,
                            "a parameter layout, precision, stage or options");
+    agree_on_hyperparameters();
     register_parameters(params);
     allocate_and_initialize();
   }
@@ -372,16 +399,42 @@ class optimizer {
 
   // ---- hyperparameters and state -----------------------------------------------------------
 
+  //! The hyperparameters of parameter group 0 (the only group unless groups were added).
   const hyperparameters_type& hyperparameters() const noexcept { return options_.hyperparameters; }
-  //! Sets the hyperparameters of the next steps. @throws usage_error if invalid or if they
-  //! change the number of state slots (e.g. turning amsgrad on mid-training).
+  //! The hyperparameters of parameter group `group`. @throws usage_error for no such group
+  const hyperparameters_type& hyperparameters(std::size_t group) const {
+    check_group(group, "hyperparameters");
+    return options_.group(group);
+  }
+  //! Parameter groups (`optimizer_options::group_count`).
+  std::size_t group_count() const noexcept { return options_.group_count(); }
+  //! The group of parameter `param`.
+  std::uint32_t group_of(std::size_t param) const {
+    check_index(param, "group_of");
+    return group_of_[param];
+  }
+  //! Sets the hyperparameters of the next steps, with one parameter group. Every rank sets the
+  //! same: the next step checks it (in the words it exchanges anyway). @throws usage_error if
+  //! invalid, if they change the number of state slots (e.g. turning amsgrad on mid-training),
+  //! or if there are several groups (name the group)
   void set_hyperparameters(const hyperparameters_type& h) {
-    Rule::validate(h);
-    if (Rule::state_count(h) != state_count_)
-      throw usage_error("zero: new " + std::string(Rule::name) + " hyperparameters need " +
-                        std::to_string(Rule::state_count(h)) + " state slots; the engine was built with " +
-                        std::to_string(state_count_));
-    options_.hyperparameters = h;
+    if (group_count() != 1)
+      throw usage_error("zero: set_hyperparameters(h) on rank " + std::to_string(rank_) + " with " +
+                        std::to_string(group_count()) + " parameter groups; call set_hyperparameters(group, h)");
+    set_hyperparameters(0, h);
+  }
+  //! Sets the hyperparameters of parameter group `group` for the next steps (a schedule's
+  //! learning rate, say). Every rank sets the same: the next step throws `mismatch_error`
+  //! naming the rank, group and field that differ. @throws usage_error for no such group, invalid
+  //! values, or more state slots than the engine was built with (turning amsgrad on)
+  void set_hyperparameters(std::size_t group, const hyperparameters_type& h) {
+    check_group(group, "set_hyperparameters");
+    validate_group(group, h);
+    if (Rule::state_count(h) > state_count_)
+      throw usage_error("zero: new " + std::string(Rule::name) + " hyperparameters of parameter group " + std::to_string(group) +
+                        " on rank " + std::to_string(rank_) + " need " + std::to_string(Rule::state_count(h)) +
+                        " state slots; the engine was built with " + std::to_string(state_count_));
+    options_.group(group) = h;
   }
 
   std::uint64_t step_count() const noexcept { return step_; }
@@ -543,11 +596,26 @@ class optimizer {
   void validate_locally(std::span<const parameter<param_type>> params) {
     const std::string where = " on rank " + std::to_string(rank_);
     names_ = engine::check_parameters(params, rank_);
-    Rule::validate(options_.hyperparameters);
-    state_count_ = Rule::state_count(options_.hyperparameters);
+    const std::size_t groups = options_.group_count();
+    if (groups > max_groups)
+      throw usage_error("zero: " + std::to_string(groups) + " parameter groups" + where + "; at most " +
+                        std::to_string(max_groups) + " are supported");
+    state_count_ = 0;
+    for (std::size_t g = 0; g < groups; ++g) {
+      validate_group(g, options_.group(g));
+      state_count_ = std::max(state_count_, Rule::state_count(options_.group(g)));  // the most any group needs
+    }
     if (state_count_ > max_state_slots)
       throw usage_error("zero: rule " + std::string(Rule::name) + " needs " + std::to_string(state_count_) +
                         " state slots; at most " + std::to_string(max_state_slots) + " are supported");
+    group_of_.clear();
+    for (std::size_t p = 0; p < params.size(); ++p) {
+      if (params[p].group >= groups)
+        throw usage_error("zero: parameter " + engine::describe_parameter(names_, p) + where + " is in parameter group " +
+                          std::to_string(params[p].group) + ", but there are " + std::to_string(groups) +
+                          " (add them with options.add_group)");
+      group_of_.push_back(params[p].group);
+    }
     if (std::isnan(options_.max_grad_norm)) throw usage_error("zero: max_grad_norm is NaN" + where);
     const double f = options_.gradient_predivide_factor;
     if (!(f > 0) || !std::isfinite(f))
@@ -571,6 +639,8 @@ class optimizer {
       d.text(t);
     d.text(Rule::name);
     d.word(state_count_);
+    d.word(options_.group_count());
+    for (std::uint32_t g : group_of_) d.word(g);
     d.text(typeid(Partitioner).name());
     const auto& l = options_.layout;
     for (std::uint64_t v : {std::uint64_t{l.alignment}, std::uint64_t{l.bucket_elements}, std::uint64_t{l.gradient_slots},
@@ -618,6 +688,58 @@ class optimizer {
     }
     records_ = engine::gradient_records<grad_type>(expected_reports_);
     released_.reserve(params.size());
+    constants_.reserve(options_.group_count());
+  }
+
+  // ---- hyperparameters agreed by every rank ------------------------------------------------
+
+  //! A digest of every group's hyperparameters (the fields the rule lists; none when it lists
+  //! none). Allocates nothing.
+  std::uint64_t hyperparameter_digest() const noexcept {
+    engine::digest d;
+    if constexpr (lists_fields<Rule>)
+      for (std::size_t g = 0; g < group_count(); ++g) Rule::fields(options_.group(g), [&](std::string_view, double v) { d.real(v); });
+    return d.value();
+  }
+
+  //! At construction: every rank's hyperparameter digest exchanged (one word); where they
+  //! differ, every rank throws the same `mismatch_error` naming the field. Collective.
+  void agree_on_hyperparameters() {
+    if constexpr (lists_fields<Rule>) {
+      const std::uint64_t mine = hyperparameter_digest();
+      std::vector<std::uint64_t> all(static_cast<std::size_t>(world_));
+      backend_.all_gather_words(*comm_, &mine, all.data(), 1);
+      for (int r = 1; r < world_; ++r)
+        if (all[static_cast<std::size_t>(r)] != all[0]) throw_hyperparameter_mismatch("at construction");
+    }
+  }
+
+  //! Called by every rank alike when the ranks' hyperparameter digests differ: every rank's
+  //! fields exchanged (one all-gather, only on this error path), then the same `mismatch_error`
+  //! on every rank naming the lowest rank that differs from rank 0, the group and the field.
+  [[noreturn]] void throw_hyperparameter_mismatch(const std::string& when) {
+    std::vector<std::uint64_t> mine;
+    std::vector<std::string_view> names;
+    for (std::size_t g = 0; g < group_count(); ++g)
+      for (const auto& f : fields_of<Rule>(options_.group(g))) {
+        mine.push_back(std::bit_cast<std::uint64_t>(f.value));
+        if (g == 0) names.push_back(f.name);
+      }
+    const std::size_t n = mine.size();
+    std::vector<std::uint64_t> all(n * static_cast<std::size_t>(world_));
+    backend_.all_gather_words(*comm_, mine.data(), all.data(), n);
+    const std::string advice = "; every rank must hold the same hyperparameters (call set_hyperparameters alike on every rank)";
+    for (int r = 1; r < world_; ++r)
+      for (std::size_t i = 0; i < n; ++i) {
+        const std::uint64_t theirs = all[static_cast<std::size_t>(r) * n + i];
+        if (theirs == all[i]) continue;
+        const std::size_t group = i / names.size();
+        throw mismatch_error("zero: " + std::string(Rule::name) + " hyperparameters differ between ranks " + when + ": rank " +
+                             std::to_string(r) + " has " + std::string(names[i % names.size()]) + " = " +
+                             detail::format(std::bit_cast<double>(theirs)) + " in parameter group " + std::to_string(group) +
+                             ", rank 0 has " + detail::format(std::bit_cast<double>(all[i])) + advice);
+      }
+    throw mismatch_error("zero: " + std::string(Rule::name) + " hyperparameters differ between ranks " + when + advice);
   }
 
   std::size_t updated_count() const noexcept { return sharded ? plan_.shard_size : plan_.element_count; }
@@ -666,9 +788,14 @@ class optimizer {
     }
     auto& b = backend_;
     const std::size_t updated = updated_count();
-    for (std::size_t k = 0; k < state_count_; ++k) {
+    build_segments();
+    for (std::size_t k = 0; k < state_count_; ++k) {  // each group's elements start at its value
       const float start = static_cast<float>(initial_state<Rule>(options_.hyperparameters, k));
       b.fill(state_.data() + k * updated, updated, start);
+      for (const auto& s : segments_) {
+        const float own = static_cast<float>(initial_state<Rule>(options_.group(s.group), k));
+        if (own != start) b.fill(state_.data() + k * updated + s.state_offset, s.count, own);
+      }
     }
     // initial values: the parameters this rank updates, widened to the value type
     for (const auto& piece : owned_) {
@@ -677,7 +804,6 @@ class optimizer {
       if constexpr (Precision::has_master) b.convert(master_.data() + at, from, piece.count);
       if constexpr (sharded) b.convert(param_shard_.data() + at, from, piece.count);
     }
-    build_segments();
     b.template prepare<Rule>(sizes_.size(), std::span<const segment>(segments_), std::span<const segment>(piece_segments_),
                              state_.data(), updated, state_count_);
   }
@@ -709,11 +835,13 @@ class optimizer {
     } else {
       values = params_[piece.param].data + piece.param_offset;
     }
-    return {values, grads, at, out, piece.count};
+    return {values, grads, at, out, piece.count, group_of_[piece.param]};
   }
 
-  //! Element-wise rules walk this rank's slices of the units (padding included), merged where
-  //! contiguous; tensor-wise rules walk the pieces of each parameter.
+  //! Element-wise rules walk this rank's slices of the units (padding included), cut where
+  //! the parameter group changes and merged where contiguous in one group; tensor-wise rules
+  //! walk the pieces of each parameter. (Padding goes with the group before it: its values,
+  //! gradients and state stay 0 under every rule.)
   void build_segments() {
     piece_segments_.clear();
     segments_.clear();
@@ -721,18 +849,39 @@ class optimizer {
     if constexpr (!sharded) {
       segments_ = piece_segments_;
     } else {
+      std::vector<std::pair<std::size_t, std::uint32_t>> starts;  // where each owned piece starts in the shard, its group
+      for (const auto& piece : owned_) starts.emplace_back(piece.shard_offset, group_of_[piece.param]);
+      std::sort(starts.begin(), starts.end());
       for (const auto& u : plan_.units) {
         if (!u.held_by(rank_)) continue;
         const accum_type* grads = gradients_.data() + (local_accumulation_ ? u.flat_index(rank_, 0) : u.shard_begin);
         param_type* out = Precision::has_master ? param_shard_.data() + u.shard_begin : nullptr;
-        const segment s{value_base() + u.shard_begin, grads, u.shard_begin, out, u.slice};
-        if (!segments_.empty() && segments_.back().values + segments_.back().count == s.values &&
-            segments_.back().grads + segments_.back().count == s.grads)
-          segments_.back().count += s.count;
-        else
-          segments_.push_back(s);
+        const std::size_t begin = u.shard_begin, end = u.shard_begin + u.slice;
+        auto next = std::upper_bound(starts.begin(), starts.end(), std::pair{begin, std::numeric_limits<std::uint32_t>::max()});
+        std::uint32_t group = next != starts.begin() ? std::prev(next)->second : (next != starts.end() ? next->second : 0u);
+        for (std::size_t at = begin; at < end;) {
+          while (next != starts.end() && next->first < end && next->second == group) ++next;
+          const std::size_t cut = next != starts.end() && next->first < end ? next->first : end;
+          append_segment({value_base() + at, grads + (at - begin), at, out == nullptr ? nullptr : out + (at - begin), cut - at, group});
+          at = cut;
+          if (cut < end) group = next->second;
+        }
       }
     }
+  }
+
+  //! Appends run s to the element-wise runs, merged into the last one when it continues it in the
+  //! same group.
+  void append_segment(const segment& s) {
+    if (s.count == 0) return;
+    if (!segments_.empty()) {
+      segment& last = segments_.back();
+      if (last.group == s.group && last.values + last.count == s.values && last.grads + last.count == s.grads) {
+        last.count += s.count;
+        return;
+      }
+    }
+    segments_.push_back(s);
   }
 
   // ---- gradients ---------------------------------------------------------------------------
@@ -781,6 +930,22 @@ class optimizer {
         new kept{std::move(ring_), std::move(gradients_), std::move(slots_), std::move(param_shard_), std::move(statistics_)};
       } catch (...) {  // out of memory while failing: nothing better to do than free them
       }
+    }
+  }
+
+  void check_group(std::size_t group, const char* call) const {
+    if (group >= group_count())
+      throw usage_error(std::string("zero: ") + call + ": parameter group " + std::to_string(group) + " on rank " +
+                        std::to_string(rank_) + " is out of range (" + std::to_string(group_count()) + " groups)");
+  }
+
+  //! Rule::validate, its message naming the group and the rank.
+  void validate_group(std::size_t group, const hyperparameters_type& h) const {
+    try {
+      Rule::validate(h);
+    } catch (const usage_error& e) {
+      if (group_count() == 1) throw usage_error(std::string(e.what()) + " (rank " + std::to_string(rank_) + ")");
+      throw usage_error(std::string(e.what()) + " (parameter group " + std::to_string(group) + ", rank " + std::to_string(rank_) + ")");
     }
   }
 
@@ -1051,9 +1216,14 @@ class optimizer {
     mine.sum_of_squares = sum_of_squares;
     mine.first_nonfinite = check_nonfinite_ ? backend_.first_nonfinite() : none;
     mine.micro_steps = micro_steps_;
+    mine.hyperparameters = hyperparameter_digest();
     std::uint64_t words[statistics_words];
     mine.encode(words);
     backend_.all_gather_words(*comm_, words, statistics_.data(), statistics_words);
+    if (engine::hyperparameters_differ(statistics_, world_) >= 0)
+      throw_hyperparameter_mismatch("at step " + std::to_string(step_ + 1) +
+                                    (norm_needed_before_update() ? " (nothing was updated)"
+                                                                 : " (each rank had already updated what it holds with its own values)"));
     const engine::step_decision d = engine::decide(statistics_, statistics_inputs());
     step_report report;
     report.loss_scale = scaler_.scale();
@@ -1078,7 +1248,9 @@ class optimizer {
   //! @param sum_of_squares when not null, receives this rank's sum of squares of the gradients,
   //!        computed by the update pass itself
   void update_shard(float factor, double* sum_of_squares) {
-    const auto c = Rule::prepare(options_.hyperparameters, step_ + 1);
+    constants_.clear();  // one per group (capacity reserved at construction: no allocation)
+    for (std::size_t g = 0; g < group_count(); ++g) constants_.push_back(Rule::prepare(options_.group(g), step_ + 1));
+    const std::span<const typename Rule::constants> c(constants_);
     const std::size_t id_base = sharded ? static_cast<std::size_t>(rank_) * plan_.shard_size : 0;
     const auto round = step_rounding();
     if constexpr (elementwise_rule<Rule>) {
@@ -1099,7 +1271,7 @@ class optimizer {
       // pass 2: the update with each tensor's factor
       for (std::size_t q = 0; q < owned_.size(); ++q) {
         const std::size_t param = owned_[q].param;
-        trust_[q] = Rule::tensor_factor(c, {tensor_sums_[2 * param], tensor_sums_[2 * param + 1]});
+        trust_[q] = Rule::tensor_factor(c[group_of_[param]], {tensor_sums_[2 * param], tensor_sums_[2 * param + 1]});
       }
       backend_.template tensor_update<Rule>(c, pieces, trust_.data(), round, id_base);
     }
@@ -1168,6 +1340,8 @@ class optimizer {
   std::vector<std::size_t> sizes_;
   std::vector<raw_span<param_type>> params_;
   std::vector<std::uint32_t> expected_reports_;
+  std::vector<std::uint32_t> group_of_;                 // each parameter's group
+  std::vector<typename Rule::constants> constants_;     // each group's constants, this step
   std::vector<std::size_t> slot_offset_;  // each parameter's gradient slot (registration order)
   std::size_t largest_gradient_ = 0;      // the most elements one parameter's reports hold
   std::vector<owned_piece> owned_;

@@ -16,6 +16,8 @@
 #include <cstdio>
 #include <string>
 #include <string_view>
+#include <type_traits>
+#include <vector>
 
 #include "zero/config.hpp"
 #include "zero/error.hpp"
@@ -32,7 +34,11 @@ struct state_ref {
 //! What every update rule has: run-time hyperparameters, per-step constants computed once per
 //! step (`prepare`, step counting from 1), a number of fp32 state slots per element, and a
 //! validation that throws `usage_error` naming the bad value. A rule may also define
-//! `initial_state(h, slot)`, the value a state slot starts at (0 otherwise).
+//! `initial_state(h, slot)`, the value a state slot starts at (0 otherwise), and
+//! `fields(h, field)`, which calls `field(name, value)` for each hyperparameter (a reference to a
+//! double or a bool, const when `h` is): the engine then checks that every rank holds the same values for every parameter
+//! group, at construction and at every step, and names the field that differs (every shipped
+//! rule lists its fields).
 template <class R>
 concept rule_common =
     requires { typename R::hyperparameters; typename R::constants; } &&
@@ -74,6 +80,41 @@ concept tensorwise_rule =
 template <class R>
 concept update_rule = elementwise_rule<R> || tensorwise_rule<R>;
 
+//! One hyperparameter of a rule, as `R::fields` lists it (a bool as 0 or 1).
+struct hyperparameter_field {
+  std::string_view name;
+  double value;
+};
+
+//! Whether rule R lists its hyperparameters (`R::fields`).
+template <class R>
+concept lists_fields = requires(typename R::hyperparameters& h, const typename R::hyperparameters& c) {
+  R::fields(h, [](std::string_view, auto&) {});
+  R::fields(c, [](std::string_view, const auto&) {});
+};
+
+//! The hyperparameters `h` of rule R, in the order `R::fields` lists them (empty when R does not).
+template <update_rule R>
+std::vector<hyperparameter_field> fields_of(const typename R::hyperparameters& h) {
+  std::vector<hyperparameter_field> out;
+  if constexpr (lists_fields<R>) R::fields(h, [&](std::string_view name, double value) { out.push_back({name, value}); });
+  return out;
+}
+
+//! Sets field `name` of `h` to `value` (a bool: value != 0). Returns false when R lists no field
+//! of that name.
+template <update_rule R>
+bool set_field(typename R::hyperparameters& h, std::string_view name, double value) {
+  bool found = false;
+  if constexpr (lists_fields<R>)
+    R::fields(h, [&](std::string_view n, auto& field) {
+      if (n != name) return;
+      field = static_cast<std::remove_reference_t<decltype(field)>>(value);
+      found = true;
+    });
+  return found;
+}
+
 //! The value state slot `slot` of rule R starts at.
 template <update_rule R>
 double initial_state(const typename R::hyperparameters& h, std::size_t slot) {
@@ -109,6 +150,13 @@ void validate_adam(const H& h, std::string_view rule) {
   require(h.beta1 >= 0 && h.beta1 < 1, rule, "beta1 = " + format(h.beta1) + " must be in [0, 1)");
   require(h.beta2 >= 0 && h.beta2 < 1, rule, "beta2 = " + format(h.beta2) + " must be in [0, 1)");
   require(h.weight_decay >= 0, rule, "weight_decay = " + format(h.weight_decay) + " must be >= 0");
+}
+
+//! Calls field(name, value) for each hyperparameter Adam and AdamW share.
+template <class H, class F>
+void adam_fields(H& h, F& field) {
+  field("lr", h.lr), field("beta1", h.beta1), field("beta2", h.beta2), field("eps", h.eps);
+  field("weight_decay", h.weight_decay), field("amsgrad", h.amsgrad), field("maximize", h.maximize);
 }
 
 //! Per-step constants of Adam and AdamW.
@@ -180,6 +228,11 @@ struct adamw {
   using constants = detail::adam_constants;
   static constexpr std::size_t state_count(const hyperparameters& h) noexcept { return h.amsgrad ? 3 : 2; }
   static void validate(const hyperparameters& h) { detail::validate_adam(h, name); }
+  template <class H, class F>
+    requires std::same_as<std::remove_const_t<H>, hyperparameters>
+  static void fields(H& h, F&& field) {
+    detail::adam_fields(h, field);
+  }
   static constants prepare(const hyperparameters& h, std::uint64_t step) { return detail::prepare_adam(h, step, true); }
   template <class F>
   static void specialize(const constants& c, F&& loop) { detail::specialize_adam(c, loop); }
@@ -199,6 +252,11 @@ struct adam {
   using constants = detail::adam_constants;
   static constexpr std::size_t state_count(const hyperparameters& h) noexcept { return h.amsgrad ? 3 : 2; }
   static void validate(const hyperparameters& h) { detail::validate_adam(h, name); }
+  template <class H, class F>
+    requires std::same_as<std::remove_const_t<H>, hyperparameters>
+  static void fields(H& h, F&& field) {
+    detail::adam_fields(h, field);
+  }
   static constants prepare(const hyperparameters& h, std::uint64_t step) { return detail::prepare_adam(h, step, false); }
   template <class F>
   static void specialize(const constants& c, F&& loop) { detail::specialize_adam(c, loop); }
@@ -227,6 +285,12 @@ struct sgd {
     detail::require(h.weight_decay >= 0, name, "weight_decay = " + detail::format(h.weight_decay) + " must be >= 0");
     detail::require(!h.nesterov || (h.momentum > 0 && h.dampening == 0), name,
                     "nesterov needs momentum > 0 and dampening = 0");
+  }
+  template <class H, class F>
+    requires std::same_as<std::remove_const_t<H>, hyperparameters>
+  static void fields(H& h, F&& field) {
+    field("lr", h.lr), field("momentum", h.momentum), field("dampening", h.dampening);
+    field("weight_decay", h.weight_decay), field("nesterov", h.nesterov), field("maximize", h.maximize);
   }
   static constants prepare(const hyperparameters& h, std::uint64_t step) {
     return {static_cast<float>(h.lr), static_cast<float>(h.momentum), static_cast<float>(1.0 - h.dampening),
@@ -260,6 +324,11 @@ struct lion {
     detail::require(h.beta1 >= 0 && h.beta1 <= 1, name, "beta1 = " + detail::format(h.beta1) + " must be in [0, 1]");
     detail::require(h.beta2 >= 0 && h.beta2 <= 1, name, "beta2 = " + detail::format(h.beta2) + " must be in [0, 1]");
     detail::require(h.weight_decay >= 0, name, "weight_decay = " + detail::format(h.weight_decay) + " must be >= 0");
+  }
+  template <class H, class F>
+    requires std::same_as<std::remove_const_t<H>, hyperparameters>
+  static void fields(H& h, F&& field) {
+    field("lr", h.lr), field("beta1", h.beta1), field("beta2", h.beta2), field("weight_decay", h.weight_decay);
   }
   static constants prepare(const hyperparameters& h, std::uint64_t) {
     return {static_cast<float>(h.lr),         static_cast<float>(1.0 - h.lr * h.weight_decay),
@@ -297,6 +366,12 @@ struct adagrad {
                     "initial_accumulator_value = " + detail::format(h.initial_accumulator_value) + " must be >= 0");
     detail::require(h.eps >= 0, name, "eps = " + detail::format(h.eps) + " must be >= 0");
   }
+  template <class H, class F>
+    requires std::same_as<std::remove_const_t<H>, hyperparameters>
+  static void fields(H& h, F&& field) {
+    field("lr", h.lr), field("lr_decay", h.lr_decay), field("weight_decay", h.weight_decay);
+    field("initial_accumulator_value", h.initial_accumulator_value), field("eps", h.eps), field("maximize", h.maximize);
+  }
   static constants prepare(const hyperparameters& h, std::uint64_t step) {
     return {static_cast<float>(h.lr / (1.0 + static_cast<double>(step - 1) * h.lr_decay)),
             static_cast<float>(h.weight_decay), static_cast<float>(h.eps), h.maximize};
@@ -323,6 +398,12 @@ struct lamb {
   };
   static constexpr std::size_t state_count(const hyperparameters&) noexcept { return 2; }
   static void validate(const hyperparameters& h) { detail::validate_adam(h, name); }
+  template <class H, class F>
+    requires std::same_as<std::remove_const_t<H>, hyperparameters>
+  static void fields(H& h, F&& field) {
+    field("lr", h.lr), field("beta1", h.beta1), field("beta2", h.beta2), field("eps", h.eps);
+    field("weight_decay", h.weight_decay);
+  }
   static constants prepare(const hyperparameters& h, std::uint64_t step) {
     const double bias1 = 1.0 - std::pow(h.beta1, static_cast<double>(step));
     const double bias2 = 1.0 - std::pow(h.beta2, static_cast<double>(step));
@@ -357,5 +438,7 @@ static_assert(elementwise_rule<sgd> && update_rule<sgd>);
 static_assert(elementwise_rule<lion> && update_rule<lion>);
 static_assert(elementwise_rule<adagrad> && update_rule<adagrad>);
 static_assert(tensorwise_rule<lamb> && update_rule<lamb> && !elementwise_rule<lamb>);
+static_assert(lists_fields<adamw> && lists_fields<adam> && lists_fields<sgd> && lists_fields<lion> && lists_fields<adagrad> &&
+              lists_fields<lamb>);
 
 }  // namespace zero

@@ -155,6 +155,11 @@ void check_consolidation(int world, ckpt::gradients kind) {
   CHECK(st.header["__metadata__"]["step"].text == "3");
   CHECK(st.header["__metadata__"]["rule"].text == "adamw");
   CHECK(st.header["__metadata__"]["saved_world_size"].text == std::to_string(world));
+  // torch.optim's param_groups: one group here, every parameter in it, AdamW's defaults
+  const std::string groups = st.header["__metadata__"]["param_groups"].text;
+  CHECK(groups.rfind("[{\"params\":[\"layer0\",\"layer1\",", 0) == 0);
+  CHECK(groups.find("\"layer11\"],\"lr\":0.001,\"beta1\":0.9,\"beta2\":0.999,\"eps\":1e-08,\"weight_decay\":0.01,"
+                    "\"amsgrad\":0,\"maximize\":0}]") != std::string::npos);
   REQUIRE(st.order.size() == 3 * ckpt::model_sizes.size());
   for (std::size_t p = 0; p < ckpt::model_sizes.size(); ++p) {
     const std::string name = "layer" + std::to_string(p);

@@ -95,6 +95,7 @@ struct snapshot {
   std::vector<std::vector<std::vector<float>>> state;     // [slot][parameter]
   std::vector<std::vector<std::vector<float>>> params;    // [rank][parameter] framework values
   std::vector<std::size_t> order;                         // the layout order (rank 0's plan)
+  std::vector<double> group_lr;                           // each parameter group's learning rate (rank 0)
   bool empty() const { return values.empty(); }
 };
 
@@ -158,6 +159,8 @@ struct session {
   bool cancel_average = true;
   bool catch_save_errors = false;  // record save errors per rank instead of failing the run
   std::function<void(int rank, zero::checkpoint_options&)> configure_save{};  // e.g. inject a writer
+  std::vector<std::uint32_t> groups{};  // each parameter's group (empty: all in group 0)
+  zero::load_options load{};
 };
 
 struct session_result {
@@ -181,7 +184,11 @@ void take_snapshot(Opt& opt, snapshot& into, std::mutex& lock) {
   }
   into.step = opt.step_count();
   into.scaler = opt.scaler().current();
-  if (opt.rank() == 0) into.order = plan.order();
+  if (opt.rank() == 0) {
+    into.order = plan.order();
+    into.group_lr.clear();
+    for (std::size_t g = 0; g < opt.group_count(); ++g) into.group_lr.push_back(opt.hyperparameters(g).lr);
+  }
   for (const auto& piece : opt.owned_pieces()) {
     const std::size_t at = sharded ? piece.shard_offset : piece.flat_offset;
     for (std::size_t i = 0; i < piece.count; ++i) {
@@ -224,10 +231,11 @@ session_result run(const session& s, typename Opt::options_type options = {}) {
     std::vector<zero::parameter<Param>> params;
     for (std::size_t p = 0; p < model_sizes.size(); ++p) {
       for (std::size_t i = 0; i < model_sizes[p]; ++i) storage[p].push_back(Param(initial_value(p, i)));
-      params.push_back({"layer" + std::to_string(p), {storage[p].data(), storage[p].size()}});
+      params.push_back({"layer" + std::to_string(p), {storage[p].data(), storage[p].size()}, 1,
+                        s.groups.empty() ? 0u : s.groups[p]});
     }
     Opt opt(comm, params, options);
-    if (s.load_from) result.load_info[static_cast<std::size_t>(rank)] = zero::load_checkpoint(opt, *s.load_from);
+    if (s.load_from) result.load_info[static_cast<std::size_t>(rank)] = zero::load_checkpoint(opt, *s.load_from, s.load);
     take_snapshot(opt, result.loaded, lock);
     std::vector<std::vector<Grad>> grads(model_sizes.size());
     for (int t = s.first; t < s.last; ++t) {

@@ -22,7 +22,7 @@ TEST_SUITE("checkpoint") {
     REQUIRE(bytes.size() > 64);
     CHECK(std::string(bytes.data(), 8) == "ZEROCKPT");
     auto u32 = [&](std::size_t at) { return zero::detail::read_u32_le(reinterpret_cast<const std::byte*>(bytes.data()) + at); };
-    CHECK(u32(8) == 2u);            // format version
+    CHECK(u32(8) == 3u);            // format version
     CHECK(u32(12) == 0x01020304u);  // byte order mark
     const zero::detail::read_file f(file);
     const zero::checkpoint_header h = f.header();
@@ -36,6 +36,12 @@ TEST_SUITE("checkpoint") {
     CHECK(h.rule == "adamw");
     CHECK(h.state_count == 2);
     CHECK(h.partitioner == "bucketed");
+    // one parameter group: AdamW's seven hyperparameters, every parameter in it
+    REQUIRE(h.groups.size() == 1);
+    REQUIRE(h.groups[0].size() == 7);
+    CHECK(h.groups[0][0] == zero::checkpoint_field{"lr", zero::adamw::hyperparameters{}.lr});
+    CHECK(h.groups[0][4] == zero::checkpoint_field{"weight_decay", zero::adamw::hyperparameters{}.weight_decay});
+    CHECK(h.param_groups == std::vector<std::uint32_t>(ckpt::model_sizes.size(), 0u));
     CHECK(h.bucket_elements == 64);
     CHECK(h.alignment == 4);
     REQUIRE(h.param_names.size() == ckpt::model_sizes.size());
@@ -79,7 +85,19 @@ TEST_SUITE("checkpoint") {
     v1.version = 1;
     const auto body = zero::encode_header_body(v1);
     v1.version = 2;
-    CHECK(zero::encode_header_body(v1).size() == body.size() + 4 * v1.plan.units.size());  // one i32 owner a unit
+    const std::size_t v2_bytes = zero::encode_header_body(v1).size();
+    CHECK(v2_bytes == body.size() + 4 * v1.plan.units.size());  // one i32 owner a unit
+    // version 3: the groups (a count, per group a field count and each field's name and value) and
+    // each parameter's group
+    v1.version = 3;
+    std::size_t group_bytes = 4;
+    for (const auto& g : v1.groups) {
+      group_bytes += 4;
+      for (const auto& f : g) group_bytes += 4 + f.name.size() + 8;
+    }
+    CHECK(zero::encode_header_body(v1).size() == v2_bytes + group_bytes + 4 * v1.plan.param_size.size());
+    v1.groups.clear();
+    v1.param_groups.clear();
     v1.version = 1;
     // sections as a version 1 writer placed them after its shorter header
     std::uint64_t next = zero::first_section_offset(body.size());
@@ -90,6 +108,7 @@ TEST_SUITE("checkpoint") {
     const auto bytes = zero::encode_header(v1);
     const zero::checkpoint_header back = zero::parse_header(bytes, "v1.zck");
     CHECK(back.version == 1);
+    CHECK(back.groups.empty());
     CHECK(back.plan.units == v1.plan.units);
     for (const auto& u : back.plan.units) CHECK(u.owner == zero::every_rank);
   }

@@ -130,3 +130,67 @@ TEST_SUITE("checkpoint") {
     CHECK(difference < 1e-5);
   }
 }
+
+namespace {
+
+// Three parameter groups: decay, no decay (a higher learning rate), and amsgrad with other betas.
+zero::optimizer_options<zero::adamw> three_groups(double lr_scale) {
+  zero::optimizer_options<zero::adamw> o;
+  o.hyperparameters = {.lr = 1e-2 * lr_scale, .weight_decay = 0.1};
+  o.add_group({.lr = 2e-2 * lr_scale, .weight_decay = 0});
+  o.add_group({.lr = 5e-3 * lr_scale, .beta1 = 0.8, .beta2 = 0.99, .weight_decay = 0.05, .amsgrad = true});
+  return o;
+}
+const std::vector<std::uint32_t> membership = {1, 1, 0, 1, 2, 1, 0, 1, 2, 1, 0, 1};
+
+}  // namespace
+
+TEST_SUITE("checkpoint") {
+  TEST_CASE("parameter groups reshard with the checkpoint and their hyperparameters are restored as torch.optim restores them") {
+    using A = adamw32<zero::stage2, bucketed>;
+    using B = adamw32<zero::stage1, contiguous>;
+    ckpt::temp_dir dir;
+    const auto before = ckpt::run<A>({.world = 3, .first = 0, .last = saved_at, .save_to = dir.path, .groups = membership},
+                                     three_groups(1));
+    // every rank's file records the groups
+    const zero::checkpoint_header h = zero::detail::read_file(dir.path / "step-3" / "rank-2-of-3.zck").header();
+    REQUIRE(h.groups.size() == 3);
+    CHECK(h.param_groups == membership);
+    CHECK(h.groups[1][0].name == "lr");
+    CHECK(h.groups[1][0].value == 2e-2);
+    CHECK(h.groups[2][5].name == "amsgrad");
+    CHECK(h.groups[2][5].value == 1);
+    // loaded at 5 ranks, stage 1, the other partitioner, by an optimizer built with other learning
+    // rates: the saved ones are restored, and training on equals a run that never stopped
+    const auto after = ckpt::run<B>({.world = 5, .shape = {48, 8}, .first = saved_at, .last = total, .load_from = dir.path,
+                                     .groups = membership},
+                                    three_groups(7));
+    const auto uninterrupted =
+        ckpt::run<B>({.world = 5, .shape = {48, 8}, .first = 0, .last = total, .groups = membership}, three_groups(1));
+    CHECK(after.loaded.group_lr == std::vector<double>{1e-2, 2e-2, 5e-3});
+    ckpt::check_same(before.final, after.loaded);
+    ckpt::check_same(uninterrupted.final, after.final);
+    // restore_hyperparameters = false keeps the optimizer's own
+    const auto kept = ckpt::run<B>({.world = 2, .first = saved_at, .last = saved_at, .load_from = dir.path, .groups = membership,
+                                    .load = {.restore_hyperparameters = false}},
+                                   three_groups(7));
+    CHECK(kept.loaded.group_lr == std::vector<double>{1e-2 * 7, 2e-2 * 7, 5e-3 * 7});
+    ckpt::check_same(before.final, kept.loaded);
+    // a parameter in another group than it was saved in, or another number of groups: refused,
+    // naming the parameter, and the optimizer unchanged
+    auto moved = membership;
+    moved[4] = 0;
+    CHECK_THROWS_WITH_AS(ckpt::run<B>({.world = 2, .first = saved_at, .last = saved_at, .load_from = dir.path, .groups = moved},
+                                      three_groups(1)),
+                         doctest::Contains("parameter 'layer4' (#4) is in parameter group 2 there and in group 0 here"),
+                         zero::checkpoint_error);
+    auto two = three_groups(1);
+    two.extra_groups.pop_back();
+    two.extra_groups[0].amsgrad = true;  // the same state slots, one group fewer
+    auto no_third = membership;
+    for (auto& g : no_third) g = g == 2 ? 0 : g;
+    CHECK_THROWS_WITH_AS(ckpt::run<B>({.world = 2, .first = saved_at, .last = saved_at, .load_from = dir.path, .groups = no_third},
+                                      two),
+                         doctest::Contains("saved with 3 parameter group(s); this optimizer has 2"), zero::checkpoint_error);
+  }
+}

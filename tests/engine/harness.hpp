@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <mutex>
@@ -275,8 +276,21 @@ struct run_result {
   std::size_t release_mismatches = 0;  // gradient_released(p) disagreeing with the notifications
 };
 
+// Parameter groups for `run`, as torch.optim's param_groups: group 0 has the run's
+// hyperparameters, group g >= 1 has extra[g - 1]; parameter p is in membership[p] (empty: every
+// parameter in group 0); before step t (from 0) `schedule(t, g, h)` may change group g's
+// hyperparameters, in the reference and, through set_hyperparameters, in the engine.
+template <class H>
+struct group_setup {
+  std::vector<H> extra;
+  std::vector<std::uint32_t> membership;
+  std::function<void(int, std::size_t, H&)> schedule;
+};
+
 template <class Optimizer>
-run_result run(const run_options& o, const typename Optimizer::hyperparameters_type& h = {}) {
+run_result run(const run_options& o, const typename Optimizer::hyperparameters_type& h = {},
+               const group_setup<typename Optimizer::hyperparameters_type>& groups = {}) {
+  using H = typename Optimizer::hyperparameters_type;
   using P = typename Optimizer::param_type;
   using G = typename Optimizer::grad_type;
   const auto& sizes = model_sizes;
@@ -286,6 +300,19 @@ run_result run(const run_options& o, const typename Optimizer::hyperparameters_t
 
   // whether rank r reports parameter p at step t (a never-reported gradient counts as zero)
   auto reported = [&](int t, int r, std::size_t p) { return harness::reported(o, t, r, p); };
+
+  // each group's hyperparameters, and each parameter's group
+  std::vector<H> group_h{h};
+  group_h.insert(group_h.end(), groups.extra.begin(), groups.extra.end());
+  auto group_of = [&](std::size_t p) -> std::uint32_t { return groups.membership.empty() ? 0u : groups.membership[p]; };
+  // group g's hyperparameters at step t, after the schedule's changes of steps 0..t
+  auto scheduled = [&](int t) {
+    std::vector<H> now = group_h;
+    if (groups.schedule)
+      for (int s = 0; s <= t; ++s)
+        for (std::size_t g = 0; g < now.size(); ++g) groups.schedule(s, g, now[g]);
+    return now;
+  };
 
   // reference trajectory
   std::vector<reference_state> ref(n_params);
@@ -325,9 +352,10 @@ run_result run(const run_options& o, const typename Optimizer::hyperparameters_t
     norm = std::sqrt(norm);
     reference_norms.push_back(norm);
     const double clip = o.max_grad_norm > 0 ? std::min(1.0, o.max_grad_norm / (norm + 1e-6)) : 1.0;
+    const std::vector<H> step_h = scheduled(t);
     for (std::size_t p = 0; p < n_params; ++p) {
       for (auto& a : avg[p]) a *= clip;
-      reference_update(h, static_cast<std::uint64_t>(t) + 1, ref[p], avg[p]);
+      reference_update(step_h[group_of(p)], static_cast<std::uint64_t>(t) + 1, ref[p], avg[p]);
       trajectory[static_cast<std::size_t>(t)].push_back(ref[p].p);
     }
   }
@@ -351,9 +379,10 @@ run_result run(const run_options& o, const typename Optimizer::hyperparameters_t
     }
     for (std::size_t p = 0; p < n_params; ++p)
       params.push_back({"p" + std::to_string(p), {storage[p].data(), storage[p].size()},
-                        static_cast<std::uint32_t>(uses(p))});
+                        static_cast<std::uint32_t>(uses(p)), group_of(p)});
     typename Optimizer::options_type options;
     options.hyperparameters = h;
+    for (const H& extra : groups.extra) options.add_group(extra);
     apply(o, options);
     // framework mode: each reported gradient in a buffer of its own until released
     std::vector<std::unique_ptr<std::vector<G>>> buffers;
@@ -435,6 +464,12 @@ run_result run(const run_options& o, const typename Optimizer::hyperparameters_t
         }
       }
       inside_micro_step = false;
+      if (groups.schedule) {
+        const std::vector<H> now = scheduled(t);
+        if (now.size() == 1) opt.set_hyperparameters(now[0]);
+        else
+          for (std::size_t g = 0; g < now.size(); ++g) opt.set_hyperparameters(g, now[g]);
+      }
       const zero::step_report report = opt.step();
       if (live != 0) ++unreleased;
       norm_error = std::max(norm_error, relative(report.grad_norm, reference_norms[static_cast<std::size_t>(t)]));

@@ -56,6 +56,8 @@ class device_backend {
   //! Most 64-bit words a rank contributes to one collective of an exchange (longer exchanges
   //! take several).
   static constexpr std::size_t max_words = 8;
+  //! Parameter groups the update's launches carry the constants of.
+  static constexpr std::size_t max_groups = detail::max_groups;
   //! The engine's buffers are device memory: the host reads and writes them with `to_host` and
   //! `from_host`.
   static constexpr bool host_accessible = false;
@@ -233,7 +235,7 @@ class device_backend {
   //! The fused update (one launch); with `with_norm` the kernel also sums the squares, and the
   //! host waits to read them.
   template <elementwise_rule Rule, class Value, class Accum, class Param>
-  double update(const typename Rule::constants& c, std::span<const update_run<Value, Accum, Param>>, float factor,
+  double update(std::span<const typename Rule::constants> c, std::span<const update_run<Value, Accum, Param>>, float factor,
                 const zero::detail::value_rounding<Value>& round, std::uint64_t id_base, bool with_norm) {
     auto& launch = *static_cast<fused_update<Rule, Value, Accum, Param>*>(update_.get());
     update_controls controls;
@@ -246,7 +248,7 @@ class device_backend {
   //! Pass 1 of a tensor-wise rule over the prepared pieces; the sums of piece q into
   //! `sums[2q]`, `sums[2q + 1]` (host memory). Waits for the stream.
   template <tensorwise_rule Rule, class Value, class Accum, class Param>
-  void tensor_sums(const typename Rule::constants& c, std::span<const update_run<Value, Accum, Param>>, float factor,
+  void tensor_sums(std::span<const typename Rule::constants> c, std::span<const update_run<Value, Accum, Param>>, float factor,
                    double* sums) {
     settle();
     static_cast<tensorwise_update<Rule, Value, Accum, Param>*>(update_.get())->first_pass(c, factor, sums, stream_);
@@ -272,7 +274,7 @@ class device_backend {
   //! Pass 2 of a tensor-wise rule: piece q updated with `trust[q]` (host memory). Enqueued; does
   //! not wait.
   template <tensorwise_rule Rule, class Value, class Accum, class Param>
-  void tensor_update(const typename Rule::constants& c, std::span<const update_run<Value, Accum, Param>>, const float* trust,
+  void tensor_update(std::span<const typename Rule::constants> c, std::span<const update_run<Value, Accum, Param>>, const float* trust,
                      const zero::detail::value_rounding<Value>& round, std::uint64_t id_base) {
     static_cast<tensorwise_update<Rule, Value, Accum, Param>*>(update_.get())->second_pass(c, trust, round, id_base, stream_);
   }

@@ -48,7 +48,7 @@ namespace zero::cuda {
 //! One contiguous run of the update, in device memory: the engine's `update_run` (backend.hpp):
 //! {values (master weights, or the parameters without a master copy), grads, state_offset (the
 //! offset into every state slot; plus `first_id`, the element's id), out (where the
-//! model-precision values go; null: nowhere), count}.
+//! model-precision values go; null: nowhere), count, group (whose constants update it)}.
 template <class Value, class Accum, class Param>
 using update_segment = update_run<Value, Accum, Param>;
 
@@ -74,6 +74,24 @@ inline constexpr std::size_t chunk_elements = static_cast<std::size_t>(block_thr
 //! most 3); rules with more take the element-by-element path.
 inline constexpr std::size_t register_slots = 3;
 inline constexpr std::size_t max_state_slots = 8;
+//! Parameter groups a launch carries the constants of (in its arguments).
+inline constexpr std::size_t max_groups = 32;
+
+//! Each group's constants, as a launch's arguments carry them.
+template <class Rule>
+struct group_constants {
+  typename Rule::constants of[max_groups];
+
+  //! @throws usage_error for no groups or more than `max_groups`
+  static group_constants from(std::span<const typename Rule::constants> c, const char* owner) {
+    if (c.empty() || c.size() > max_groups)
+      throw usage_error(std::string("zero: ") + owner + " takes 1 to " + std::to_string(max_groups) +
+                        " parameter groups' constants, not " + std::to_string(c.size()));
+    group_constants g{};
+    for (std::size_t i = 0; i < c.size(); ++i) g.of[i] = c[i];
+    return g;
+  }
+};
 
 template <class Value, class Accum, class Param>
 struct device_segment {
@@ -84,6 +102,7 @@ struct device_segment {
   std::size_t state_offset;
   std::size_t first_chunk;
   std::uint32_t vectorized;
+  std::uint32_t group;
 };
 
 //! The engine's state slots as the kernels see them (in their arguments): slot k of element e
@@ -125,7 +144,7 @@ struct update_arguments {
   std::uint32_t segment_count;
   std::size_t chunk_count;
   state_slots state;
-  typename Rule::constants constants;
+  group_constants<Rule> constants;
   update_controls controls;
   zero::detail::value_rounding<Value> rounding;
   std::uint64_t first_id;
@@ -139,7 +158,7 @@ __device__ __forceinline__ double update_scalar(const update_arguments<Rule, Val
   float* slots[max_state_slots];
   a.state.of_segment(seg.state_offset, slots);
   const Accum g = seg.grads[i];
-  const float v = zero::detail::updated_value<Rule>(a.constants, seg.values[i], g, factor, state_ref{slots, i});
+  const float v = zero::detail::updated_value<Rule>(a.constants.of[seg.group], seg.values[i], g, factor, state_ref{slots, i});
   const Value stored = a.rounding(v, a.first_id + seg.state_offset + i);
   seg.values[i] = stored;
   if (seg.out != nullptr) seg.out[i] = convert<Param>(static_cast<float>(stored));
@@ -168,7 +187,7 @@ __device__ __forceinline__ double update_packed(const update_arguments<Rule, Val
   elements<Param> out;
 #pragma unroll
   for (int j = 0; j < pack; ++j) {
-    const float v = zero::detail::updated_value<Rule>(a.constants, values.v[j], grads.v[j], factor,
+    const float v = zero::detail::updated_value<Rule>(a.constants.of[seg.group], values.v[j], grads.v[j], factor,
                                                       state_ref{slots, static_cast<std::size_t>(j)});
     values.v[j] = a.rounding(v, a.first_id + seg.state_offset + i + static_cast<std::size_t>(j));
     out.v[j] = convert<Param>(static_cast<float>(values.v[j]));
@@ -325,8 +344,11 @@ class segment_table {
       if (r.values == nullptr || r.grads == nullptr)
         throw usage_error("zero: " + owner + " segment " + std::to_string(s) + " (" + std::to_string(r.count) +
                           " elements) has a null values or grads pointer");
+      if (r.group >= max_groups)
+        throw usage_error("zero: " + owner + " segment " + std::to_string(s) + " is in parameter group " +
+                          std::to_string(r.group) + "; at most " + std::to_string(max_groups) + " groups are supported");
       const bool vectorized = vectorize(r);
-      table.push_back({r.values, r.grads, r.out, r.count, r.state_offset, chunk_count_, vectorized ? 1u : 0u});
+      table.push_back({r.values, r.grads, r.out, r.count, r.state_offset, chunk_count_, vectorized ? 1u : 0u, r.group});
       sources_.push_back(s);
       elements_ += r.count;
       vectorized_elements_ += vectorized ? r.count : 0;
@@ -423,13 +445,15 @@ class fused_update {
 
   //! Enqueues the update of every segment on `s`: one kernel launch (none when there is nothing
   //! to update; a requested sum of squares is then set to 0).
-  //! @param constants `Rule::prepare(hyperparameters, step)` of this step
+  //! @param constants `Rule::prepare(hyperparameters, step)` of this step, one per parameter
+  //!        group (a segment of group g takes `constants[g]`)
   //! @param rounding  how new values are rounded to `Value` (stochastic: bf16 only)
   //! @param first_id  added to `state_offset + i` to make the element id stochastic rounding uses
   //!                  (the engine's rank * shard size)
   //! @pre no other launch of this object is in flight on another stream (they share the norm's
   //!      partials)
-  void operator()(const typename Rule::constants& constants, const update_controls& controls,
+  //! @throws usage_error for no constants or more than `detail::max_groups`
+  void operator()(std::span<const typename Rule::constants> constants, const update_controls& controls,
                   const zero::detail::value_rounding<Value>& rounding, std::uint64_t first_id, stream_ref s) {
     const int rank = s.rank >= 0 ? s.rank : rank_;
     if (table_.chunks() == 0) {
@@ -442,7 +466,7 @@ class fused_update {
     a.segment_count = table_.count();
     a.chunk_count = table_.chunks();
     a.state = state_;
-    a.constants = constants;
+    a.constants = detail::group_constants<Rule>::from(constants, "fused_update");
     a.controls = controls;
     a.rounding = rounding;
     a.first_id = first_id;
@@ -453,6 +477,12 @@ class fused_update {
     if (launched != cudaSuccess)
       check(launched, "launch of zero::cuda::fused_update<" + std::string(Rule::name) + "> (or an earlier asynchronous failure)",
             rank);
+  }
+
+  //! The update with one parameter group's constants (every segment in group 0).
+  void operator()(const typename Rule::constants& constants, const update_controls& controls,
+                  const zero::detail::value_rounding<Value>& rounding, std::uint64_t first_id, stream_ref s) {
+    (*this)(std::span<const typename Rule::constants>(&constants, 1), controls, rounding, first_id, s);
   }
 
   //! Enqueues *result = the sum of double(float(grad))^2 over every segment's gradients, alone

@@ -45,7 +45,7 @@ struct tensor_arguments {
   std::uint32_t segment_count;
   std::size_t chunk_count;
   state_slots state;
-  typename Rule::constants constants;
+  group_constants<Rule> constants;
   float factor;              // pass 1: multiplies every gradient
   double* chunk_sums;        // pass 1: two per chunk
   const float* trust;        // pass 2: one per segment
@@ -67,7 +67,7 @@ __global__ void __launch_bounds__(block_threads) tensor_first_pass_kernel(const 
     zero::tensor_sums sums;
     for (std::size_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
       float value = static_cast<float>(seg.values[i]);
-      Rule::first_pass(a.constants, value, static_cast<float>(seg.grads[i]) * a.factor, state_ref{slots, i}, sums);
+      Rule::first_pass(a.constants.of[seg.group], value, static_cast<float>(seg.grads[i]) * a.factor, state_ref{slots, i}, sums);
     }
     const double first = block_reduce(storage).Sum(sums.a);
     __syncthreads();  // the storage is reused
@@ -111,7 +111,7 @@ __global__ void __launch_bounds__(block_threads) tensor_second_pass_kernel(const
     chunk_range(seg, chunk, begin, end);
     for (std::size_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
       float value = static_cast<float>(seg.values[i]);
-      Rule::second_pass(a.constants, value, state_ref{slots, i}, trust);
+      Rule::second_pass(a.constants.of[seg.group], value, state_ref{slots, i}, trust);
       seg.values[i] = a.rounding(value, a.first_id + seg.state_offset + i);
       if (seg.out != nullptr) seg.out[i] = convert<Param>(value);
     }
@@ -153,7 +153,8 @@ class tensorwise_update {
 
   //! Pass 1 on `s`, then the sums of piece q into `sums[2q]`, `sums[2q + 1]` (host memory,
   //! overwritten; 0 for an empty piece). Waits for the stream.
-  void first_pass(const typename Rule::constants& constants, float factor, double* sums, stream_ref s) {
+  //! @param constants one per parameter group (a piece of group g takes `constants[g]`)
+  void first_pass(std::span<const typename Rule::constants> constants, float factor, double* sums, stream_ref s) {
     const int rank = s.rank >= 0 ? s.rank : rank_;
     for (std::size_t q = 0; q < 2 * pieces_; ++q) sums[q] = 0;
     if (table_.count() == 0) return;
@@ -178,7 +179,7 @@ class tensorwise_update {
 
   //! Enqueues pass 2 on `s`: piece q updated with `trust[q]` (host memory, read before this
   //! returns). Does not wait for the stream.
-  void second_pass(const typename Rule::constants& constants, const float* trust,
+  void second_pass(std::span<const typename Rule::constants> constants, const float* trust,
                    const zero::detail::value_rounding<Value>& rounding, std::uint64_t first_id, stream_ref s) {
     const int rank = s.rank >= 0 ? s.rank : rank_;
     if (table_.count() == 0) return;
@@ -200,13 +201,13 @@ class tensorwise_update {
   std::size_t bytes() const noexcept { return table_.bytes() + chunk_sums_.bytes() + segment_sums_.bytes() + trust_.bytes(); }
 
  private:
-  detail::tensor_arguments<Rule, Value, Accum, Param> arguments(const typename Rule::constants& constants) const {
+  detail::tensor_arguments<Rule, Value, Accum, Param> arguments(std::span<const typename Rule::constants> constants) const {
     detail::tensor_arguments<Rule, Value, Accum, Param> a{};
     a.segments = table_.data();
     a.segment_count = table_.count();
     a.chunk_count = table_.chunks();
     a.state = state_;
-    a.constants = constants;
+    a.constants = detail::group_constants<Rule>::from(constants, "tensorwise_update");
     return a;
   }
 

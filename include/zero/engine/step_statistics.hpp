@@ -4,7 +4,8 @@
 //!
 //! Each rank contributes `statistics_words` 64-bit words to one all-gather per step: the sum of
 //! squares of its (summed, scaled) gradients, whether and where it first saw a non-finite
-//! gradient, and its micro-step count. From every rank's words each rank computes the same
+//! gradient, its micro-step count, and a digest of its hyperparameters (every group's), so that a
+//! rank whose schedule set other values is found at no extra collective. From every rank's words each rank computes the same
 //! gradient norm, overflow decision and clip factor: the inputs are the same words on every
 //! rank and the arithmetic is the same, so every field of the decision is bitwise equal on
 //! every rank.
@@ -22,7 +23,7 @@
 namespace zero::engine {
 
 //! 64-bit words each rank contributes to the statistics all-gather.
-inline constexpr std::size_t statistics_words = 4;
+inline constexpr std::size_t statistics_words = 5;
 
 //! What one rank found this step.
 struct local_statistics {
@@ -30,14 +31,23 @@ struct local_statistics {
   double sum_of_squares = 0;              //!< of this rank's gradients (the shard; stage 0: all of them)
   std::size_t first_nonfinite = none;     //!< the first parameter with a non-finite gradient, or none
   std::uint32_t micro_steps = 1;
+  std::uint64_t hyperparameters = 0;      //!< a digest of every group's hyperparameters
 
   void encode(std::uint64_t* words) const noexcept {
     words[0] = std::bit_cast<std::uint64_t>(sum_of_squares);
     words[1] = first_nonfinite != none ? 1u : 0u;
     words[2] = first_nonfinite;
     words[3] = micro_steps;
+    words[4] = hyperparameters;
   }
 };
+
+//! The lowest rank whose hyperparameter digest differs from rank 0's, or -1 when all agree.
+inline int hyperparameters_differ(std::span<const std::uint64_t> words, int world_size) noexcept {
+  for (int r = 1; r < world_size; ++r)
+    if (words[statistics_words * static_cast<std::size_t>(r) + 4] != words[4]) return r;
+  return -1;
+}
 
 //! How the ranks' gradients are combined this step.
 struct statistics_inputs {
