@@ -86,11 +86,20 @@ struct hyperparameter_field {
   double value;
 };
 
-//! Whether rule R lists its hyperparameters (`R::fields`).
+namespace detail {
+//! A visitor for `R::fields` that does nothing (a named type: nvcc's front end refuses lambdas in
+//! a requires-expression).
+struct field_probe {
+  template <class T>
+  void operator()(std::string_view, T&) const noexcept {}
+};
+}  // namespace detail
+
+//! Whether rule R lists its hyperparameters (`R::fields`), for writing and for reading.
 template <class R>
-concept lists_fields = requires(typename R::hyperparameters& h, const typename R::hyperparameters& c) {
-  R::fields(h, [](std::string_view, auto&) {});
-  R::fields(c, [](std::string_view, const auto&) {});
+concept lists_fields = requires(typename R::hyperparameters& h, const typename R::hyperparameters& c, detail::field_probe f) {
+  R::fields(h, f);
+  R::fields(c, f);
 };
 
 //! The hyperparameters `h` of rule R, in the order `R::fields` lists them (empty when R does not).
