@@ -26,6 +26,7 @@
 #include <memory_resource>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -238,6 +239,70 @@ class contiguous_arena {
 static_assert(checkpoint_storage<heap_storage>);
 static_assert(checkpoint_storage<contiguous_arena>);
 
+// ---- built by the engine ---------------------------------------------------------------------
+
+//! What the optimizer's options say about the activation checkpointer it builds.
+struct activation_options {
+  //! Host memory for offloaded checkpoints (`offloaded_checkpointer`'s storage).
+  std::pmr::memory_resource* host_memory = std::pmr::new_delete_resource();
+  //! The checkpoints a step holds at once: what a `contiguous_arena` is cut into (ZeRO-R's MD).
+  //! Required by checkpointers that store in a `contiguous_arena`; unused otherwise.
+  checkpoint_plan plan{};
+  //! Reserve the gather and staging buffers (partitioned and offloaded checkpointers) at
+  //! construction for checkpoints of up to this many bytes, and refuse larger ones; 0: grow them
+  //! when a larger checkpoint is saved.
+  std::size_t max_checkpoint_bytes = 0;
+};
+
+//! What the engine hands `make_checkpointer`: its communicator, the memory resource of its
+//! device-side buffers (`optimizer_options::memory`), and the activation options.
+template <class Comm>
+struct checkpointer_context {
+  Comm& comm;
+  std::pmr::memory_resource* memory;
+  const activation_options& options;
+};
+
+//! A storage built on `memory` (host or device-side) for `options`: `heap_storage` on the
+//! memory resource, a `contiguous_arena` of `options.plan` (refused without one), or a
+//! user-written storage with `static S make(std::pmr::memory_resource*, const activation_options&)`
+//! or a default constructor.
+template <checkpoint_storage S>
+S make_storage(std::pmr::memory_resource* memory, const activation_options& options) {
+  if constexpr (requires { S::make(memory, options); }) {
+    return S::make(memory, options);
+  } else if constexpr (std::is_same_v<S, heap_storage>) {
+    return heap_storage(memory);
+  } else if constexpr (std::is_same_v<S, contiguous_arena>) {
+    if (options.plan.count() == 0)
+      throw usage_error("zero: the activation checkpointer stores in a contiguous_arena, and "
+                        "optimizer_options::activations.plan declares no checkpoints: declare the checkpoints a step holds");
+    return contiguous_arena(options.plan, memory);
+  } else {
+    static_assert(std::default_initializable<S>,
+                  "zero::make_storage: the checkpoint storage has neither a static make(std::pmr::memory_resource*, const "
+                  "zero::activation_options&) nor a default constructor");
+    return S{};
+  }
+}
+
+//! The checkpointer `K` an engine over `ctx.comm` builds: `K::make(ctx)` where it has one (every
+//! shipped checkpointer), else `K(ctx.comm)`, else `K{}`.
+template <class K, class Comm>
+K make_checkpointer(const checkpointer_context<Comm>& ctx) {
+  if constexpr (requires { K::make(ctx); }) {
+    return K::make(ctx);
+  } else if constexpr (std::constructible_from<K, Comm&>) {
+    return K(ctx.comm);
+  } else {
+    static_assert(std::default_initializable<K>,
+                  "zero::make_checkpointer: the optimizer cannot build its activation checkpointer: give it a static "
+                  "make(const zero::checkpointer_context<Comm>&), a constructor from the communicator, or a default "
+                  "constructor");
+    return K{};
+  }
+}
+
 namespace detail {
 
 //! The checkpoints a checkpointer holds, and the lifecycle checks every checkpointer shares.
@@ -371,6 +436,11 @@ class plain_checkpointer {
     requires std::default_initializable<Storage>
       : plain_checkpointer(Storage{}) {}
   explicit plain_checkpointer(Storage storage) : plain_checkpointer(std::move(storage), "plain_checkpointer") {}
+  //! Built by an engine: its storage on the engine's memory (`make_storage`).
+  template <class Comm>
+  static plain_checkpointer make(const checkpointer_context<Comm>& ctx) {
+    return plain_checkpointer(make_storage<Storage>(ctx.memory, ctx.options));
+  }
   plain_checkpointer(plain_checkpointer&&) noexcept = default;
   plain_checkpointer& operator=(plain_checkpointer&&) = delete;
   ~plain_checkpointer() {
@@ -435,6 +505,11 @@ class keep_everything_checkpointer : public plain_checkpointer<Storage> {
       : keep_everything_checkpointer(Storage{}) {}
   explicit keep_everything_checkpointer(Storage storage)
       : plain_checkpointer<Storage>(std::move(storage), "keep_everything_checkpointer") {}
+  //! Built by an engine: its storage on the engine's memory (`make_storage`).
+  template <class Comm>
+  static keep_everything_checkpointer make(const checkpointer_context<Comm>& ctx) {
+    return keep_everything_checkpointer(make_storage<Storage>(ctx.memory, ctx.options));
+  }
 };
 
 using contiguous_checkpointer = plain_checkpointer<contiguous_arena>;

@@ -49,6 +49,11 @@ struct memory_report {
   //! reduction unit plus the largest parameter's gradients; stages 0 and 1, deferred reduction
   //! and gradient slots: 0 (every gradient is read before its call returns, or lives in a slot).
   std::size_t framework_gradients = 0;
+  //! Not in `total()` either: the engine's activation checkpointer (`optimizer::checkpointer()`)
+  //! at its peak so far, device-side (checkpoints stored and buffers in flight) and in host
+  //! memory (offloaded checkpoints); a checkpointer that does not say where its bytes live
+  //! counts them device-side. 0 for `expected_memory`, which covers the model states.
+  std::size_t activations = 0, activations_host = 0;
 
   constexpr std::size_t of(memory_kind k) const noexcept { return bytes[static_cast<std::size_t>(k)]; }
   constexpr std::size_t& operator[](memory_kind k) noexcept { return bytes[static_cast<std::size_t>(k)]; }

@@ -91,6 +91,14 @@ class offloaded_checkpointer {
     if (options_.max_checkpoint_bytes != 0) reserve_staging(options_.max_checkpoint_bytes);
     meter_.record(memory());
   }
+  //! Built by an engine: the host storage on `ctx.options.host_memory`, the staging buffers on
+  //! the engine's memory.
+  template <class Comm>
+    requires std::default_initializable<Engine>
+  static offloaded_checkpointer make(const checkpointer_context<Comm>& ctx) {
+    return offloaded_checkpointer(make_storage<HostStorage>(ctx.options.host_memory, ctx.options),
+                                  offloaded_options{ctx.options.max_checkpoint_bytes, ctx.memory, true}, Engine{});
+  }
   offloaded_checkpointer(offloaded_checkpointer&&) noexcept = default;
   offloaded_checkpointer& operator=(offloaded_checkpointer&&) = delete;
   ~offloaded_checkpointer() {

@@ -38,6 +38,7 @@
 #include <functional>
 #include <limits>
 #include <memory_resource>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -60,6 +61,7 @@
 #include "zero/loss_scaler.hpp"
 #include "zero/memory.hpp"
 #include "zero/partitioner.hpp"
+#include "zero/policy_checks.hpp"
 #include "zero/precision.hpp"
 #include "zero/thread_communicator.hpp"
 #include "zero/types.hpp"
@@ -120,8 +122,12 @@ struct optimizer_options {
   //! hardware's count. Shards under 32768 elements are done by the calling thread alone. (Host
   //! backend.)
   unsigned threads = 0;
-  //! Where every persistent buffer is allocated, once, at construction. (Host backend.)
+  //! Where every persistent buffer is allocated, once, at construction (host backend), and
+  //! where the activation checkpointer keeps its device-side bytes.
   std::pmr::memory_resource* memory = std::pmr::new_delete_resource();
+  //! How the engine builds its activation checkpointer (`make_checkpointer`): host memory for
+  //! offloaded checkpoints, the plan of a contiguous arena, the largest checkpoint.
+  activation_options activations{};
 
   //! Adds a parameter group with hyperparameters `h`; returns its index, for `parameter::group`.
   std::uint32_t add_group(const hyperparameters_type& h) {
@@ -165,10 +171,18 @@ struct step_report {
 //! @tparam Checkpointer the activation checkpointer the engine carries for the framework
 //! The backend (where the buffers live, what runs the passes) is the communicator's: see
 //! `backend.hpp` (`backend_of<Comm>`).
-template <stage Stage, precision_bundle Precision = bf16_mixed, update_rule Rule = adamw,
-          partitioner Partitioner = contiguous_partitioner, communicator Comm = thread_communicator,
-          activation_checkpointer Checkpointer = passthrough_checkpointer>
+//! The policies are checked in the class (`policy_checks.hpp`), not in its template parameter
+//! list, so that a policy missing part of its concept gets an error naming the concept and
+//! what is missing.
+template <stage Stage, class Precision = bf16_mixed, class Rule = adamw, class Partitioner = contiguous_partitioner,
+          class Comm = thread_communicator, class Checkpointer = passthrough_checkpointer>
 class optimizer {
+  static_assert(check_precision_bundle<Precision>());
+  static_assert(check_update_rule<Rule>());
+  static_assert(check_partitioner<Partitioner>());
+  static_assert(check_communicator<Comm>());
+  static_assert(check_activation_checkpointer<Checkpointer>());
+
  public:
   using precision_type = Precision;
   using param_type = typename Precision::param_type;
@@ -206,23 +220,16 @@ class optimizer {
   //! Reads the parameters' values (to initialize the master weights); writes nothing of them.
   //! @pre `comm` outlives the engine (the engine keeps its address and uses it until destroyed)
   optimizer(Comm& comm, std::span<const parameter<param_type>> params, options_type options = {})
-      : comm_(&comm), options_(std::move(options)), rank_(comm.rank()), world_(comm.world_size()),
-        backend_(comm, backend_options{options_.threads, options_.memory}) {
-    std::string refusal;
-    std::uint64_t digest = 0;
-    try {
-      validate_locally(params);
-      for (const auto& p : params) sizes_.push_back(p.values.size);
-      plan_ = plan_for_order(engine::initial_order(options_.layout, sizes_.size()));
-      digest = layout_digest(params);
-    } catch (const usage_error& e) {
-      refusal = e.what();
-    }
-    engine::agree_on_input(gather_words(), rank_, world_, digest, refusal,
-                           "a parameter layout, precision, stage or options");
-    agree_on_hyperparameters();
-    register_parameters(params);
-    allocate_and_initialize();
+      : optimizer(delegated{}, comm, std::move(options)) {
+    construct(params, [&] { checkpointer_.emplace(build_checkpointer{{comm, options_.memory, options_.activations}}); });
+  }
+  //! The same, with an activation checkpointer the framework built: one over another group than
+  //! the engine's (a partitioned checkpointer splits activations across the ranks that hold
+  //! them alike: the model-parallel group), or built some other way.
+  optimizer(Comm& comm, std::span<const parameter<param_type>> params, options_type options, Checkpointer checkpointer)
+    requires std::move_constructible<Checkpointer>
+      : optimizer(delegated{}, comm, std::move(options)) {
+    construct(params, [&] { checkpointer_.emplace(std::move(checkpointer)); });
   }
 
   optimizer(const optimizer&) = delete;
@@ -445,7 +452,10 @@ class optimizer {
   const options_type& options() const noexcept { return options_; }
   const loss_scaler& scaler() const noexcept { return scaler_; }
   Comm& communicator() noexcept { return *comm_; }
-  Checkpointer& checkpointer() noexcept { return checkpointer_; }
+  //! The activation checkpointer, built by the engine on its communicator and memory
+  //! (`make_checkpointer`, `options.activations`), for the framework's forward and backward.
+  Checkpointer& checkpointer() noexcept { return *checkpointer_; }
+  const Checkpointer& checkpointer() const noexcept { return *checkpointer_; }
   const std::string& parameter_name(std::size_t i) const { return names_.at(i); }
 
   // ---- the layout order --------------------------------------------------------------------
@@ -556,8 +566,8 @@ class optimizer {
   //! + backend_bytes()` is every byte the engine allocated there.
   std::size_t backend_bytes() const noexcept { return backend_.bytes(); }
 
-  //! Bytes this rank's engine allocated, by kind, and the framework's gradient bound; equals
-  //! `expected_memory` for the shipped partitioners.
+  //! Bytes this rank's engine allocated, by kind, the framework's gradient bound (these equal
+  //! `expected_memory` for the shipped partitioners), and the activation checkpointer's peak.
   memory_report memory() const noexcept {
     memory_report r;
     r[memory_kind::master_weights] = master_.bytes();
@@ -568,6 +578,12 @@ class optimizer {
     r[memory_kind::buckets] = ring_.memory().bytes();
     if (Stage == stage::stage2 && !local_accumulation_ && !options_.layout.gradient_slots)
       r.framework_gradients = (plan_.max_unit_elements() + largest_gradient_) * sizeof(grad_type);
+    if constexpr (measured_checkpointer<Checkpointer>) {
+      r.activations = checkpointer_->peak_memory().device();
+      r.activations_host = checkpointer_->peak_memory().host;
+    } else {
+      r.activations = checkpointer_->peak_bytes_held();
+    }
     return r;
   }
 
@@ -586,6 +602,39 @@ class optimizer {
   // ---- construction ------------------------------------------------------------------------
 
   std::string name_of(std::size_t i) const { return engine::describe_parameter(names_, i); }
+
+  struct delegated {};
+  optimizer(delegated, Comm& comm, options_type&& options)
+      : comm_(&comm), options_(std::move(options)), rank_(comm.rank()), world_(comm.world_size()),
+        backend_(comm, backend_options{options_.threads, options_.memory}) {}
+
+  //! Registers the parameters, agrees with the other ranks, allocates (the constructors' body);
+  //! `make_checkpointer()` puts the activation checkpointer in place.
+  template <class MakeCheckpointer>
+  void construct(std::span<const parameter<param_type>> params, MakeCheckpointer&& make_checkpointer) {
+    std::string refusal;
+    std::uint64_t digest = 0;
+    try {
+      validate_locally(params);
+      for (const auto& p : params) sizes_.push_back(p.values.size);
+      plan_ = plan_for_order(engine::initial_order(options_.layout, sizes_.size()));
+      digest = layout_digest(params);
+      make_checkpointer();
+    } catch (const usage_error& e) {
+      refusal = e.what();
+    }
+    engine::agree_on_input(gather_words(), rank_, world_, digest, refusal,
+                           "a parameter layout, precision, stage or options");
+    agree_on_hyperparameters();
+    register_parameters(params);
+    allocate_and_initialize();
+  }
+
+  // Builds the checkpointer in place (it need not be movable): `optional::emplace` converts this.
+  struct build_checkpointer {
+    checkpointer_context<Comm> context;
+    operator Checkpointer() const { return make_checkpointer<Checkpointer>(context); }
+  };
 
   auto gather_words() {
     return [this](const std::uint64_t* mine, std::uint64_t* all, std::size_t n) { backend_.all_gather_words(*comm_, mine, all, n); };
@@ -1317,7 +1366,7 @@ class optimizer {
   options_type options_;
   int rank_;
   int world_;
-  Checkpointer checkpointer_{};
+  std::optional<Checkpointer> checkpointer_;  // built at construction by make_checkpointer
   loss_scaler scaler_;
   std::size_t state_count_ = 0;
   std::uint64_t step_ = 0;
@@ -1360,5 +1409,75 @@ class optimizer {
   std::size_t staging_capacity_ = 0;  // elements of one staging buffer
   engine::staging_ring<byte_buffer, request_type> ring_;
 };
+
+namespace detail {
+
+// What kind of policy a type is, one predicate per policy concept.
+struct precision_kind {
+  template <class T>
+  static constexpr bool test = precision_bundle<T>;
+};
+struct rule_kind {
+  template <class T>
+  static constexpr bool test = update_rule<T>;
+};
+struct partitioner_kind {
+  template <class T>
+  static constexpr bool test = partitioner<T>;
+};
+struct communicator_kind {
+  template <class T>
+  static constexpr bool test = communicator<T>;
+};
+struct checkpointer_kind {
+  template <class T>
+  static constexpr bool test = activation_checkpointer<T>;
+};
+
+//! The first of `Ps` of kind `Kind` (`Default` when none is), and how many are.
+template <class Kind, class Default, class... Ps>
+struct first_of_kind {
+  using type = Default;
+  static constexpr int count = 0;
+};
+template <class Kind, class Default, class P, class... Ps>
+struct first_of_kind<Kind, Default, P, Ps...> {
+  using rest = first_of_kind<Kind, Default, Ps...>;
+  using type = std::conditional_t<Kind::template test<P>, P, typename rest::type>;
+  static constexpr int count = (Kind::template test<P> ? 1 : 0) + rest::count;
+};
+
+template <class P>
+inline constexpr int kinds_of = int{precision_kind::test<P>} + int{rule_kind::test<P>} + int{partitioner_kind::test<P>} +
+                                int{communicator_kind::test<P>} + int{checkpointer_kind::test<P>};
+
+template <stage Stage, class... Policies>
+struct compose_optimizer {
+  static_assert(((kinds_of<Policies> == 1) && ...),
+                "zero::optimizer_with: one of the policies is none of a precision bundle, an update rule, a partitioner, a "
+                "communicator and an activation checkpointer (name it in its place in zero::optimizer<Stage, Precision, Rule, "
+                "Partitioner, Comm, Checkpointer> to learn which part of its concept it misses)");
+  using precision = first_of_kind<precision_kind, bf16_mixed, Policies...>;
+  using rule = first_of_kind<rule_kind, adamw, Policies...>;
+  using parts = first_of_kind<partitioner_kind, contiguous_partitioner, Policies...>;
+  using comm = first_of_kind<communicator_kind, thread_communicator, Policies...>;
+  using checkpointer = first_of_kind<checkpointer_kind, passthrough_checkpointer, Policies...>;
+  static_assert(precision::count <= 1, "zero::optimizer_with: two precision bundles given");
+  static_assert(rule::count <= 1, "zero::optimizer_with: two update rules given");
+  static_assert(parts::count <= 1, "zero::optimizer_with: two partitioners given");
+  static_assert(comm::count <= 1, "zero::optimizer_with: two communicators given");
+  static_assert(checkpointer::count <= 1, "zero::optimizer_with: two activation checkpointers given");
+  using type = optimizer<Stage, typename precision::type, typename rule::type, typename parts::type, typename comm::type,
+                         typename checkpointer::type>;
+};
+
+}  // namespace detail
+
+//! The optimizer with the policies named in any order, each recognized by its concept, and
+//! the defaults for the others (bf16_mixed, adamw, contiguous_partitioner, thread_communicator,
+//! passthrough_checkpointer): `zero::optimizer_with<zero::stage2, zero::mpi_communicator>`,
+//! `zero::optimizer_with<zero::stage2, zero::bucketed_partitioner, zero::fp32_precision>`.
+template <stage Stage, class... Policies>
+using optimizer_with = typename detail::compose_optimizer<Stage, Policies...>::type;
 
 }  // namespace zero

@@ -81,6 +81,20 @@ class partitioned_checkpointer {
   explicit partitioned_checkpointer(Comm& comm, partitioned_options options = {})
     requires std::default_initializable<Inner>
       : partitioned_checkpointer(comm, Inner{}, options) {}
+  //! Built by an engine over `ctx.comm`: the inner checkpointer built for this rank's slices (a
+  //! declared plan and `max_checkpoint_bytes` become the slices' sizes), the gather buffer on
+  //! the engine's memory.
+  template <class EngineComm>
+    requires std::convertible_to<EngineComm&, Comm&>
+  static partitioned_checkpointer make(const checkpointer_context<EngineComm>& ctx) {
+    Comm& comm = ctx.comm;
+    const int world = comm.world_size();
+    activation_options slices = ctx.options;
+    slices.plan = partitioned_plan(ctx.options.plan, world);
+    if (slices.max_checkpoint_bytes != 0) slices.max_checkpoint_bytes = partition_slice_bytes(slices.max_checkpoint_bytes, world);
+    const checkpointer_context<Comm> inner{comm, ctx.memory, slices};
+    return partitioned_checkpointer(comm, make_checkpointer<Inner>(inner), partitioned_options{ctx.options.max_checkpoint_bytes, ctx.memory});
+  }
   partitioned_checkpointer(partitioned_checkpointer&&) noexcept = default;
   partitioned_checkpointer& operator=(partitioned_checkpointer&&) = delete;
 

@@ -147,6 +147,14 @@ static_assert(!zero::communicator<communicator_without_all_gather>);
 static_assert(!zero::activation_checkpointer<not_a_partitioner>);
 static_assert(!zero::precision_bundle<float>);
 
+// optimizer_with: the policies in any order, recognized by their concepts, defaults for the rest
+static_assert(std::is_same_v<zero::optimizer_with<zero::stage2>, zero::optimizer<zero::stage2>>);
+static_assert(std::is_same_v<zero::optimizer_with<zero::stage1, zero::bucketed_partitioner, zero::fp32_precision>,
+                             zero::optimizer<zero::stage1, zero::fp32_precision, zero::adamw, zero::bucketed_partitioner>>);
+static_assert(std::is_same_v<zero::optimizer_with<zero::stage2, zero::single_rank_communicator, sign_sgd, copying_checkpointer>,
+                             zero::optimizer<zero::stage2, zero::bf16_mixed, sign_sgd, zero::contiguous_partitioner,
+                                             zero::single_rank_communicator, copying_checkpointer>>);
+
 }  // namespace
 
 TEST_SUITE("unit") {
