@@ -26,6 +26,7 @@ __extension__ typedef unsigned __int128 wide;  // exact arithmetic while parsing
 constexpr std::string_view usage_text =
     "usage: zero-plan --params N --world W[,W...] [--stage 0|1|2] [--precision P] [--optimizer O]\n"
     "                 [--partitioner contiguous|bucketed] [--largest-param N] [--json]\n"
+    "                 [--checkpoint-bytes BYTES --layers L [--model-parallel M]]\n"
     "       zero-plan --fit BYTES --world W[,W...] [same options]\n"
     "       zero-plan --help\n";
 
@@ -60,6 +61,12 @@ zero::plan_memory (include/zero/plan.hpp), which the engine's own accounting equ
   --gradient-slots  the framework writes its gradients into engine-owned slots
   --defer-reduction stage 2 with gradient accumulation: keep a full local gradient buffer and
                     reduce it once per step
+  --checkpoint-bytes BYTES  with --layers: one activation checkpoint per layer of BYTES (a
+                    layer's input: batch x sequence x hidden x 2 bytes in bf16); prints each
+                    activation policy's bytes per rank, device-side and host (units as --fit)
+  --layers L        the number of checkpoints a step holds (one per layer)
+  --model-parallel M  the ranks that hold each activation alike, across which the partitioned
+                    policies (P_a, P_a+cpu) split it. Default 1
   --json            one JSON object (one world size) or an array of them (a list); exact bytes
   -h, --help        this text
 
@@ -83,7 +90,16 @@ multiple of alignment x W):
   buffers           the engine's model-precision shard for the all-gather (stages 1, 2) and its
                     constant-size reduction buckets
   total             model_states_bytes + buffers; --fit compares this with BYTES
-Not counted: activations, the framework's temporaries, allocator overhead. The ZeRO
+Activation checkpoints per rank, with --checkpoint-bytes B and --layers L over M model-parallel
+ranks (zero::plan_activations, the engine's checkpointers' own expectation; S = B / M rounded up
+to whole 8-byte words):
+  plain             L x B device-side (plain_checkpointer)
+  contiguous (MD)   L x B rounded up to 64 bytes each, one arena (contiguous_checkpointer)
+  partitioned (P_a) L x S, plus a gather buffer of M x S when B is not a multiple of 8 x M
+  offloaded (cpu)   L x B in host memory, two staging buffers of B device-side
+  P_a+cpu           L x S in host memory; device-side two staging buffers of S and the gather
+Not counted: activations other than the checkpoints, the framework's temporaries, allocator
+overhead. The ZeRO
 paper counts 16-bit gradients (2 + 2 + 12 = 16 bytes per parameter in stage 0 with Adam); zero
 accumulates them in fp32 (18 bytes), as DeepSpeed issues #1800 and #2768 advise.
 
@@ -105,6 +121,8 @@ struct settings {
   std::uint64_t largest_param = 0;
   zero::layout_options layout;
   bool json = false;
+  std::uint64_t checkpoint_bytes = 0, layers = 0;  // activation checkpoints (0: not asked)
+  int model_parallel = 1;
 };
 
 struct unit {
@@ -235,6 +253,16 @@ inline settings parse(std::span<const std::string_view> args) {
       s.layout.gradient_slots = true;
     } else if (arg == "--defer-reduction") {
       s.layout.defer_reduction = true;
+    } else if (arg == "--checkpoint-bytes") {
+      s.checkpoint_bytes = parse_scaled(arg, value(), byte_units, max_budget);
+      if (s.checkpoint_bytes == 0) throw bad_argument{"--checkpoint-bytes: at least 1 byte"};
+    } else if (arg == "--layers") {
+      s.layers = parse_scaled(arg, value(), count_units, 1'000'000);
+      if (s.layers == 0) throw bad_argument{"--layers: at least 1 layer"};
+    } else if (arg == "--model-parallel") {
+      const std::uint64_t m = parse_scaled(arg, value(), count_units, max_world);
+      if (m < 1) throw bad_argument{"--model-parallel: at least 1 rank"};
+      s.model_parallel = static_cast<int>(m);
     } else if (arg == "--json") {
       s.json = true;
     } else {
@@ -244,6 +272,7 @@ inline settings parse(std::span<const std::string_view> args) {
   if (s.params && s.fit) throw bad_argument{"give --params or --fit, not both"};
   if (!s.params && !s.fit) throw bad_argument{"give --params N (or --fit BYTES)"};
   if (s.worlds.empty()) throw bad_argument{"give --world W (or a list: --world 8,16,64)"};
+  if ((s.checkpoint_bytes == 0) != (s.layers == 0)) throw bad_argument{"give --checkpoint-bytes and --layers together"};
   if (s.params && s.largest_param > *s.params)
     throw bad_argument{"--largest-param " + std::to_string(s.largest_param) + " is more than --params " + std::to_string(*s.params)};
   return s;
@@ -306,6 +335,20 @@ inline std::vector<row> rows_of(const zero::memory_plan& p) {
           {"total", p.total()}};
 }
 
+struct activation_row {
+  std::string_view key, name;
+  zero::checkpoint_memory bytes;
+};
+
+inline std::vector<activation_row> activation_rows(const settings& s) {
+  const zero::activation_plan a = zero::plan_activations(s.checkpoint_bytes, s.layers, s.model_parallel);
+  return {{"plain", "plain", a.plain},
+          {"contiguous", "contiguous (MD)", a.contiguous},
+          {"partitioned", "partitioned (P_a)", a.partitioned},
+          {"offloaded", "offloaded (cpu)", a.offloaded},
+          {"partitioned_offloaded", "P_a+cpu", a.partitioned_offloaded}};
+}
+
 inline std::string json_object(const settings& s, int world, std::uint64_t params, const zero::memory_plan& p) {
   std::string o = "{";
   if (s.fit) o += "\"fit_bytes\": " + std::to_string(*s.fit) + ", ";
@@ -319,7 +362,16 @@ inline std::string json_object(const settings& s, int world, std::uint64_t param
   for (std::size_t k = 0; k < zero::memory_kinds; ++k)
     o += std::string(k == 0 ? "" : ", ") + "\"" + std::string(zero::to_string(static_cast<zero::memory_kind>(k))) +
          "\": " + std::to_string(p.engine.bytes[k]);
-  return o + "}}";
+  o += "}";
+  if (s.layers != 0) {
+    o += ", \"activations\": {\"checkpoint_bytes\": " + std::to_string(s.checkpoint_bytes) + ", \"layers\": " +
+         std::to_string(s.layers) + ", \"model_parallel\": " + std::to_string(s.model_parallel);
+    for (const auto& a : activation_rows(s))
+      o += ", \"" + std::string(a.key) + "\": {\"device\": " + std::to_string(a.bytes.device()) +
+           ", \"host\": " + std::to_string(a.bytes.host) + "}";
+    o += "}";
+  }
+  return o + "}";
 }
 
 inline std::string pad(std::string text, std::size_t width, bool right) {
@@ -367,9 +419,19 @@ inline std::string render(const settings& s) {
       for (const auto& p : plans) out += pad(human_bytes(rows_of(p)[r].bytes), column, true);
       out += "\n";
     }
-    out += "(activations not counted; zero-plan --help says what each kind holds)\n";
+    out += s.layers != 0 ? "(activation checkpoints below; zero-plan --help says what each kind holds)\n"
+                         : "(activations not counted; zero-plan --help says what each kind holds)\n";
     if (s.stage == zero::stage2 && !s.layout.defer_reduction && !s.layout.gradient_slots && s.largest_param == 0)
       out += "(framework_gradients counts one reduction unit; --largest-param N adds the largest parameter's gradient)\n";
+  }
+  if (s.layers != 0 && !s.json) {
+    out += "activation checkpoints per rank: " + grouped(s.layers) + " layers x " + human_bytes(s.checkpoint_bytes) +
+           ", model-parallel group of " + std::to_string(s.model_parallel) + "\n";
+    constexpr std::size_t first = 20, column = 14;
+    out += pad("", first, false) + pad("device", column, true) + pad("host", column, true) + "\n";
+    for (const auto& a : activation_rows(s))
+      out += pad(std::string(a.name), first, false) + pad(human_bytes(a.bytes.device()), column, true) +
+             pad(human_bytes(a.bytes.host), column, true) + "\n";
   }
   return out;
 }

@@ -106,6 +106,8 @@ void prefetch(C& c, checkpoint_id id) {
 
 // ---- storages -------------------------------------------------------------------------------
 
+struct checkpoint_plan;
+
 //! A CheckpointStorage: the memory, in one memory space, that a checkpointer keeps its bytes in.
 //! * `allocate(id, bytes)` returns a region of exactly `bytes` bytes for checkpoint `id`, or
 //!   throws `usage_error` when it cannot (a plan exceeded), holding nothing new.
@@ -143,6 +145,8 @@ class heap_storage {
   }
   std::size_t bytes_reserved() const noexcept { return reserved_; }
   std::size_t max_checkpoints() const noexcept { return 0; }
+  //! What it reserves holding every checkpoint of `plan` at once: their sizes, summed.
+  static std::size_t expected_bytes(const checkpoint_plan& plan) noexcept;
 
  private:
   std::pmr::memory_resource* resource_;
@@ -169,6 +173,12 @@ struct checkpoint_plan {
     return total;
   }
 };
+
+inline std::size_t heap_storage::expected_bytes(const checkpoint_plan& plan) noexcept {
+  std::size_t total = 0;
+  for (std::size_t s : plan.sizes) total += s;
+  return total;
+}
 
 //! ZeRO-R's MD (memory defragmentation) for checkpoints: one allocation of
 //! `plan.arena_bytes()` at construction, cut into one slot per planned checkpoint. A
@@ -207,6 +217,8 @@ class contiguous_arena {
     return static_cast<std::size_t>(std::count_if(slots_.begin(), slots_.end(), [](const slot& s) { return s.held; }));
   }
   const checkpoint_plan& plan() const noexcept { return plan_; }
+  //! What it reserves for `plan`, whatever it holds: the arena.
+  static std::size_t expected_bytes(const checkpoint_plan& plan) noexcept { return plan.arena_bytes(); }
 
  private:
   struct slot {
@@ -301,6 +313,20 @@ K make_checkpointer(const checkpointer_context<Comm>& ctx) {
                   "constructor");
     return K{};
   }
+}
+
+//! The bytes checkpointer K holds at its peak (each field's maximum, as `peak_memory()`) in a step
+//! that saves every checkpoint of `plan` before it restores any, as forward then backward do,
+//! when an engine built it on a group of `world` ranks with `options` (the plan the checkpoints
+//! were declared with, `max_checkpoint_bytes`): `K::expected_memory(plan, world, options)`, which
+//! every shipped checkpointer has. `optimizer::memory()` reports the measured peak
+//! (`activations`, `activations_host`); the activation tests check that they agree.
+template <class K>
+checkpoint_memory expected_checkpoint_memory(const checkpoint_plan& plan, int world = 1, const activation_options& options = {}) {
+  static_assert(requires { { K::expected_memory(plan, world, options) } -> std::same_as<checkpoint_memory>; },
+                "zero::expected_checkpoint_memory: the checkpointer has no static expected_memory(const checkpoint_plan&, int, "
+                "const activation_options&) (every shipped one has)");
+  return K::expected_memory(plan, world, options);
 }
 
 namespace detail {
@@ -441,6 +467,10 @@ class plain_checkpointer {
   static plain_checkpointer make(const checkpointer_context<Comm>& ctx) {
     return plain_checkpointer(make_storage<Storage>(ctx.memory, ctx.options));
   }
+  //! Every checkpoint of `plan` stored device-side at once (`expected_checkpoint_memory`).
+  static checkpoint_memory expected_memory(const checkpoint_plan& plan, int, const activation_options&) {
+    return {Storage::expected_bytes(plan), 0, 0};
+  }
   plain_checkpointer(plain_checkpointer&&) noexcept = default;
   plain_checkpointer& operator=(plain_checkpointer&&) = delete;
   ~plain_checkpointer() {
@@ -537,6 +567,8 @@ class passthrough_checkpointer {
   checkpoint_memory peak_memory() const noexcept { return {}; }
   std::size_t bytes_held() const noexcept { return 0; }
   std::size_t peak_bytes_held() const noexcept { return 0; }
+  //! Nothing (`expected_checkpoint_memory`).
+  static checkpoint_memory expected_memory(const checkpoint_plan&, int, const activation_options&) noexcept { return {}; }
 
  private:
   detail::checkpoint_ledger<> ledger_{"passthrough_checkpointer"};

@@ -99,6 +99,13 @@ class offloaded_checkpointer {
     return offloaded_checkpointer(make_storage<HostStorage>(ctx.options.host_memory, ctx.options),
                                   offloaded_options{ctx.options.max_checkpoint_bytes, ctx.memory, true}, Engine{});
   }
+  //! Every checkpoint of `plan` in host memory (`HostStorage`'s bytes for the plan) and two
+  //! staging buffers of the largest checkpoint, or of `max_checkpoint_bytes` when it was given
+  //! (`expected_checkpoint_memory`).
+  static checkpoint_memory expected_memory(const checkpoint_plan& plan, int, const activation_options& options) {
+    const std::size_t staging = options.max_checkpoint_bytes != 0 ? std::max(options.max_checkpoint_bytes, plan.largest()) : plan.largest();
+    return {0, 2 * staging, HostStorage::expected_bytes(plan)};
+  }
   offloaded_checkpointer(offloaded_checkpointer&&) noexcept = default;
   offloaded_checkpointer& operator=(offloaded_checkpointer&&) = delete;
   ~offloaded_checkpointer() {

@@ -95,6 +95,22 @@ class partitioned_checkpointer {
     const checkpointer_context<Comm> inner{comm, ctx.memory, slices};
     return partitioned_checkpointer(comm, make_checkpointer<Inner>(inner), partitioned_options{ctx.options.max_checkpoint_bytes, ctx.memory});
   }
+  //! `Inner` holding this rank's slices of `plan` (its own expectation, on the slices' plan), and
+  //! the gather buffer in flight: the whole of `max_checkpoint_bytes` (reserved at
+  //! construction), or else of the largest checkpoint whose size is not a multiple of
+  //! 8 x `world` bytes (`expected_checkpoint_memory`).
+  static checkpoint_memory expected_memory(const checkpoint_plan& plan, int world, const activation_options& options) {
+    activation_options slices = options;
+    slices.plan = partitioned_plan(plan, world);
+    if (options.max_checkpoint_bytes != 0) slices.max_checkpoint_bytes = partition_slice_bytes(options.max_checkpoint_bytes, world);
+    checkpoint_memory m = expected_checkpoint_memory<Inner>(slices.plan, world, slices);
+    const auto whole = [&](std::size_t bytes) { return partition_slice_bytes(bytes, world) * static_cast<std::size_t>(world); };
+    std::size_t gather = options.max_checkpoint_bytes != 0 ? whole(options.max_checkpoint_bytes) : 0;
+    for (std::size_t size : plan.sizes)
+      if (whole(size) != size) gather = std::max(gather, whole(size));
+    m.in_flight += gather;
+    return m;
+  }
   partitioned_checkpointer(partitioned_checkpointer&&) noexcept = default;
   partitioned_checkpointer& operator=(partitioned_checkpointer&&) = delete;
 

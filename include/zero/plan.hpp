@@ -34,7 +34,11 @@
 #include <string_view>
 #include <type_traits>
 
+#include "zero/activation_checkpointer.hpp"
 #include "zero/memory.hpp"
+#include "zero/offloaded_checkpointer.hpp"
+#include "zero/partitioned_checkpointer.hpp"
+#include "zero/thread_communicator.hpp"
 #include "zero/precision.hpp"
 #include "zero/update_rule.hpp"
 
@@ -213,6 +217,31 @@ constexpr std::size_t largest_fitting(std::size_t budget_bytes, int world_size, 
     (fits(mid) ? lo : hi) = mid;
   }
   return lo;
+}
+
+//! Activation checkpoint bytes per rank under each shipped policy (`expected_checkpoint_memory`),
+//! for `layers` checkpoints of `bytes_per_layer` bytes each (one per layer's input, as ZeRO-R
+//! checkpoints a transformer) and a model-parallel group of `model_parallel` ranks, across which
+//! the partitioned policies split each checkpoint.
+struct activation_plan {
+  checkpoint_memory plain;                  //!< a copy of each checkpoint, device-side
+  checkpoint_memory contiguous;             //!< the same in one arena (ZeRO-R's MD): each slot rounded up to 64 bytes
+  checkpoint_memory partitioned;            //!< P_a: 1/M of each, plus the gather buffer
+  checkpoint_memory offloaded;              //!< every checkpoint in host memory, two staging buffers device-side
+  checkpoint_memory partitioned_offloaded;  //!< P_a+cpu: 1/M of each in host memory, staging and gather device-side
+  friend bool operator==(const activation_plan&, const activation_plan&) = default;
+};
+
+//! `activation_plan` of `layers` checkpoints of `bytes_per_layer` over `model_parallel` ranks.
+//! @pre model_parallel >= 1
+inline activation_plan plan_activations(std::size_t bytes_per_layer, std::size_t layers, int model_parallel) {
+  using comm = thread_communicator;  // the type only: the expectations do not communicate
+  const checkpoint_plan plan = checkpoint_plan::uniform(layers, bytes_per_layer);
+  return {expected_checkpoint_memory<plain_checkpointer<>>(plan, model_parallel),
+          expected_checkpoint_memory<contiguous_checkpointer>(plan, model_parallel),
+          expected_checkpoint_memory<partitioned_checkpointer<comm>>(plan, model_parallel),
+          expected_checkpoint_memory<offloaded_checkpointer<>>(plan, model_parallel),
+          expected_checkpoint_memory<partitioned_checkpointer<comm, offloaded_checkpointer<>>>(plan, model_parallel)};
 }
 
 }  // namespace zero

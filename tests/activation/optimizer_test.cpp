@@ -5,7 +5,7 @@
 // checkpointer and the combinations plug in: the MLP trained on three thread ranks through
 // `opt.checkpointer()` gets gradients bitwise equal to the reference (no checkpointing) and ends
 // with the same parameters on every rank as the reference run; every byte the checkpointer holds
-// comes from the engine's resources. A partitioned checkpointer splits an activation that every
+// comes from the engine's resources and equals `expected_checkpoint_memory`. A partitioned checkpointer splits an activation that every
 // rank of its group holds alike (ZeRO-R partitions across the model-parallel group): where it is
 // built on the engine's group, the ranks here train on the same batch.
 #include <doctest/doctest.h>
@@ -76,6 +76,10 @@ outcome train(bool reference = false, bool same_batch = partitioned<Checkpointer
     if (device.peak != r.total() + r.activations) ++memory_mismatches;
     if (host.peak != r.activations_host) ++memory_mismatches;
     if (r.activations + r.activations_host != opt.checkpointer().peak_bytes_held()) ++memory_mismatches;
+    // and what the closed form expects for the checkpoints a step saves
+    const zero::checkpoint_plan saved{act::checkpoint_sizes(zero::recomputes_v<Checkpointer>)};
+    const zero::checkpoint_memory expected = zero::expected_checkpoint_memory<Checkpointer>(saved, world, options.activations);
+    if (reference ? r.activations != 0 : r.activations != expected.device() || r.activations_host != expected.host) ++memory_mismatches;
     std::vector<std::vector<float>> mine;
     for (const auto& p : params) mine.emplace_back(p.values.data, p.values.data + p.values.size);
     std::lock_guard guard(lock);

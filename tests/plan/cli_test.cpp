@@ -259,3 +259,43 @@ TEST_SUITE("unit") {
     CHECK(field(r.out, "params") == 0);
   }
 }
+
+TEST_SUITE("activation") {
+  TEST_CASE("zero-plan: --checkpoint-bytes and --layers print each activation policy's bytes per rank") {
+    // 10 checkpoints of 1000 bytes over 4 model-parallel ranks: slices of 256 bytes (1000 / 4
+    // rounded up to whole 8-byte words), a gather buffer of 4 x 256 (1000 is no multiple of 32)
+    const result r = plan("--params 1B --world 8 --checkpoint-bytes 1000 --layers 10 --model-parallel 4 --json");
+    REQUIRE(r.status == 0);
+    const std::string a = r.out.substr(r.out.find("\"activations\""));
+    CHECK(field(a, "checkpoint_bytes") == 1000);
+    CHECK(field(a, "layers") == 10);
+    CHECK(field(a, "model_parallel") == 4);
+    const std::size_t device[] = {10000, 10240, 10 * 256 + 4 * 256, 2 * 1000, 2 * 256 + 4 * 256};
+    const std::size_t host[] = {0, 0, 0, 10000, 10 * 256};
+    for (std::size_t k = 0; k < 5; ++k) {
+      CAPTURE(k);
+      CHECK(field(a, "device", k) == device[k]);
+      CHECK(field(a, "host", k) == host[k]);
+    }
+    // the same numbers as the library's plan (the engine's checkpointers' own expectation)
+    const zero::activation_plan p = zero::plan_activations(1000, 10, 4);
+    CHECK(p.partitioned.device() == device[2]);
+    CHECK(p.partitioned_offloaded.host == host[4]);
+    // ZeRO-R: P_a divides the checkpoints by the model-parallel degree (a size that divides
+    // evenly needs no gather buffer); offloading leaves two staging buffers device-side
+    const zero::activation_plan big = zero::plan_activations(std::size_t{1} << 30, 48, 8);
+    CHECK(big.partitioned.device() * 8 == big.plain.device());
+    CHECK(big.offloaded.device() == 2 * (std::size_t{1} << 30));
+    CHECK(big.partitioned_offloaded.host == big.partitioned.device());
+    // the table
+    const result t = plan("--params 7.5B --world 64 --checkpoint-bytes 1GiB --layers 48 --model-parallel 8");
+    REQUIRE(t.status == 0);
+    CHECK(t.out.find("activation checkpoints per rank: 48 layers x 1.00 GiB, model-parallel group of 8") != std::string::npos);
+    CHECK(t.out.find("partitioned (P_a)         6.00 GiB") != std::string::npos);
+    CHECK(t.out.find("P_a+cpu                 256.00 MiB      6.00 GiB") != std::string::npos);
+    // one without the other
+    const result bad = plan("--params 1B --world 8 --layers 10");
+    CHECK(bad.status == 2);
+    CHECK(bad.out.find("give --checkpoint-bytes and --layers together") != std::string::npos);
+  }
+}
