@@ -461,6 +461,9 @@ class fused_update {
         check(cudaMemsetAsync(controls.sum_of_squares, 0, sizeof(double), s.stream), "cudaMemsetAsync (fused_update norm)", rank);
       return;
     }
+    static_assert(sizeof(detail::update_arguments<Rule, Value, Accum, Param>) <= 4096,
+                  "zero::cuda::fused_update: the rule's constants for detail::max_groups parameter groups exceed the 4 KiB "
+                  "of a kernel's arguments");
     detail::update_arguments<Rule, Value, Accum, Param> a{};
     a.segments = table_.data();
     a.segment_count = table_.count();

@@ -202,6 +202,9 @@ class tensorwise_update {
 
  private:
   detail::tensor_arguments<Rule, Value, Accum, Param> arguments(std::span<const typename Rule::constants> constants) const {
+    static_assert(sizeof(detail::tensor_arguments<Rule, Value, Accum, Param>) <= 4096,
+                  "zero::cuda::tensorwise_update: the rule's constants for detail::max_groups parameter groups exceed the 4 "
+                  "KiB of a kernel's arguments");
     detail::tensor_arguments<Rule, Value, Accum, Param> a{};
     a.segments = table_.data();
     a.segment_count = table_.count();
