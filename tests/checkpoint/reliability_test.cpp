@@ -260,11 +260,14 @@ TEST_SUITE("reliability") {
   TEST_CASE("a newer format version is refused with the version") {
     saved_checkpoint s;
     auto bytes = ckpt::read_bytes(s.file(0));
-    bytes[8] = 3;  // format version 3, with a valid preamble checksum, as a newer writer would make
+    // the next format version, with a valid preamble checksum, as a newer writer would make
+    const std::uint32_t newer = zero::checkpoint_format::version + 1;
+    bytes[8] = static_cast<char>(newer);
     const std::uint32_t crc = zero::crc32c(std::as_bytes(std::span<const char>(bytes.data(), 28)));
     for (int i = 0; i < 4; ++i) bytes[28 + static_cast<std::size_t>(i)] = static_cast<char>(crc >> (8 * i));
     ckpt::write_bytes(s.file(0), bytes);
-    check_refused(attempt_load<fp32_stage2>(2, s.dir.path), kind::unsupported, {"rank-0-of-3.zck", "format version 3 is newer"});
+    check_refused(attempt_load<fp32_stage2>(2, s.dir.path), kind::unsupported,
+                  {"rank-0-of-3.zck", "format version " + std::to_string(newer) + " is newer"});
   }
 
   TEST_CASE("a checkpoint of a different model precision or rule is refused") {
