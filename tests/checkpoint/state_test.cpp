@@ -156,7 +156,7 @@ TEST_SUITE("checkpoint") {
     }, "the in-memory state of rank 1: section 'state.1': checksum mismatch");
     refused([&](int rank) {
       blob b = saved[static_cast<std::size_t>(rank)];
-      if (rank == 2) b.resize(b.size() - 100);
+      if (rank == 2) b.erase(b.end() - 100, b.end());  // (not resize: GCC 12 at -O1 warns of a huge memset)
       return b;
     }, "bytes; its sections end at byte");
     refused([&](int rank) { return rank == 0 ? other[0] : saved[static_cast<std::size_t>(rank)]; },
