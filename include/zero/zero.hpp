@@ -33,7 +33,6 @@
 #include "zero/partitioned_checkpointer.hpp"
 #include "zero/partitioner.hpp"
 #include "zero/plan.hpp"
-#include "zero/policy_checks.hpp"
 #include "zero/precision.hpp"
 #include "zero/thread_communicator.hpp"
 #include "zero/types.hpp"
