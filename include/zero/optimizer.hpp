@@ -422,7 +422,7 @@ class optimizer {
   }
   //! Sets the hyperparameters of the next steps, with one parameter group. Every rank sets the
   //! same: the next step checks it (in the words it exchanges anyway). @throws usage_error if
-  //! invalid, if they change the number of state slots (e.g. turning amsgrad on mid-training),
+  //! invalid, if they need more state slots than the engine was built with (amsgrad turned on),
   //! or if there are several groups (name the group)
   void set_hyperparameters(const hyperparameters_type& h) {
     if (group_count() != 1)
