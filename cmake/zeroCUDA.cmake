@@ -71,10 +71,9 @@ if("cuda_std_20" IN_LIST CMAKE_CUDA_COMPILE_FEATURES)
 else()
   target_compile_options(zero_cuda INTERFACE $<$<COMPILE_LANGUAGE:CUDA>:-std=c++20>)
 endif()
-# No fused multiply-add in device code that includes zero's kernels: a contracted a * b + c rounds
-# once where the host rounds twice, and host and device results are meant to agree bit for bit
-# (docs/cuda.md). The update is memory-bound: the extra instructions cost nothing measurable.
-target_compile_options(zero_cuda INTERFACE $<$<COMPILE_LANGUAGE:CUDA>:--fmad=false>)
+# No --fmad=false or other arithmetic flags: zero's kernels compute with explicitly rounded
+# intrinsics (zero::exact_float, include/zero/arithmetic.hpp), so they agree with the host bit for
+# bit whatever the user's flags, and the user's own kernels keep their multiply-adds.
 set_target_properties(zero_cuda PROPERTIES EXPORT_NAME cuda)
 
 # NCCL: in the toolkit (as with the CUDA 13 containers) or the system's libnccl-dev.

@@ -86,7 +86,7 @@ function(zero_add_fuzz_test name)
   endif()
   file(GLOB headers CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/include/zero/*.hpp ${PROJECT_SOURCE_DIR}/include/zero/*/*.hpp)
   set(fuzzer ${CMAKE_CURRENT_BINARY_DIR}/zero_fuzz_${name}_libfuzzer)
-  set(flags -std=c++20 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -fno-math-errno
+  set(flags -std=c++20 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
             -DZERO_LIBFUZZER -I${PROJECT_SOURCE_DIR}/include)
   foreach(dir IN LISTS arg_INCLUDES)
     list(APPEND flags -I${dir})

@@ -35,10 +35,6 @@
 
 namespace zero {
 
-namespace detail {
-inline constexpr std::size_t max_update_slots = 8;  //!< state slots an element-wise update can carry
-}  // namespace detail
-
 //! A contiguous run of elements the update walks: values, their gradients, their offset in
 //! every state slot (also their element id for stochastic rounding, plus a rank offset), where
 //! their model-precision copy goes (null: nowhere), how many there are, and the parameter group

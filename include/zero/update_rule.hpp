@@ -19,6 +19,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "zero/arithmetic.hpp"
 #include "zero/config.hpp"
 #include "zero/error.hpp"
 
@@ -132,14 +133,6 @@ double initial_state(const typename R::hyperparameters& h, std::size_t slot) {
 }
 
 namespace detail {
-ZERO_HOST_DEVICE inline float sqrt_nonnegative(float x) noexcept {
-#if defined(__CUDA_ARCH__)
-  return ::sqrtf(::fabsf(x));  // as on the host, so that both agree bit for bit on any input
-#else
-  return __builtin_sqrtf(__builtin_fabsf(x));  // fabs: GCC then knows no errno can be set
-#endif
-}
-
 //! A double as it should read in a message: 1e-08, not 0.000000.
 inline std::string format(double value) {
   char text[32];
@@ -206,22 +199,24 @@ void specialize_adam(const adam_constants& c, F& loop) {
   }
 }
 
-//! The element update shared by Adam (L2 decay folded into g) and AdamW (decoupled decay).
-ZERO_HOST_DEVICE inline void adam_update(const adam_constants& c, float& p, float g, state_ref s) noexcept {
+//! The element update shared by Adam (L2 decay folded into g) and AdamW (decoupled decay), for
+//! any number type of arithmetic.hpp.
+template <class F, class State>
+ZERO_HOST_DEVICE inline void adam_update(const adam_constants& c, F& p, F g, State s) noexcept {
   if (c.maximize) g = -g;
   g = g + c.weight_decay * p;  // Adam's L2 term; 0 for AdamW
   p = p * c.decay;             // AdamW's decoupled decay; 1 for Adam
-  float& m = s[0];
-  float& v = s[1];
+  F& m = s[0];
+  F& v = s[1];
   m = c.beta1 * m + c.one_minus_beta1 * g;
   v = c.beta2 * v + c.one_minus_beta2 * (g * g);
-  float second = v;
+  F second = v;
   if (c.amsgrad) {
-    float& v_max = s[2];
-    v_max = v_max > v ? v_max : v;
+    F& v_max = s[2];
+    v_max = max_of(v_max, v);
     second = v_max;
   }
-  const float denom = sqrt_nonnegative(second) / c.bias2_sqrt + c.eps;
+  const F denom = sqrt_nonnegative(second) / c.bias2_sqrt + c.eps;
   p = p - c.step_size * (m / denom);
 }
 }  // namespace detail
@@ -245,7 +240,8 @@ struct adamw {
   static constants prepare(const hyperparameters& h, std::uint64_t step) { return detail::prepare_adam(h, step, true); }
   template <class F>
   static void specialize(const constants& c, F&& loop) { detail::specialize_adam(c, loop); }
-  ZERO_HOST_DEVICE static void update(const constants& c, float& p, float g, state_ref s) noexcept {
+  template <class F, class State>
+  ZERO_HOST_DEVICE static void update(const constants& c, F& p, F g, State s) noexcept {
     detail::adam_update(c, p, g, s);
   }
 };
@@ -269,7 +265,8 @@ struct adam {
   static constants prepare(const hyperparameters& h, std::uint64_t step) { return detail::prepare_adam(h, step, false); }
   template <class F>
   static void specialize(const constants& c, F&& loop) { detail::specialize_adam(c, loop); }
-  ZERO_HOST_DEVICE static void update(const constants& c, float& p, float g, state_ref s) noexcept {
+  template <class F, class State>
+  ZERO_HOST_DEVICE static void update(const constants& c, F& p, F g, State s) noexcept {
     detail::adam_update(c, p, g, s);
   }
 };
@@ -305,11 +302,12 @@ struct sgd {
     return {static_cast<float>(h.lr), static_cast<float>(h.momentum), static_cast<float>(1.0 - h.dampening),
             static_cast<float>(h.weight_decay), h.nesterov, h.maximize, step == 1};
   }
-  ZERO_HOST_DEVICE static void update(const constants& c, float& p, float g, state_ref s) noexcept {
+  template <class F, class State>
+  ZERO_HOST_DEVICE static void update(const constants& c, F& p, F g, State s) noexcept {
     if (c.maximize) g = -g;
     g = g + c.weight_decay * p;
     if (c.momentum != 0) {
-      float& buf = s[0];
+      F& buf = s[0];
       buf = c.first ? g : c.momentum * buf + c.one_minus_dampening * g;
       g = c.nesterov ? g + c.momentum * buf : buf;
     }
@@ -344,11 +342,11 @@ struct lion {
             static_cast<float>(h.beta1),      static_cast<float>(1.0 - h.beta1),
             static_cast<float>(h.beta2),      static_cast<float>(1.0 - h.beta2)};
   }
-  ZERO_HOST_DEVICE static void update(const constants& c, float& p, float g, state_ref s) noexcept {
-    float& m = s[0];
-    const float direction = c.beta1 * m + c.one_minus_beta1 * g;
-    const float sign = direction > 0 ? 1.0f : (direction < 0 ? -1.0f : 0.0f);
-    p = p * c.decay - c.lr * sign;
+  template <class F, class State>
+  ZERO_HOST_DEVICE static void update(const constants& c, F& p, F g, State s) noexcept {
+    F& m = s[0];
+    const F direction = c.beta1 * m + c.one_minus_beta1 * g;
+    p = p * c.decay - c.lr * sign_of(direction);
     m = c.beta2 * m + c.one_minus_beta2 * g;
   }
 };
@@ -385,12 +383,13 @@ struct adagrad {
     return {static_cast<float>(h.lr / (1.0 + static_cast<double>(step - 1) * h.lr_decay)),
             static_cast<float>(h.weight_decay), static_cast<float>(h.eps), h.maximize};
   }
-  ZERO_HOST_DEVICE static void update(const constants& c, float& p, float g, state_ref s) noexcept {
+  template <class F, class State>
+  ZERO_HOST_DEVICE static void update(const constants& c, F& p, F g, State s) noexcept {
     if (c.maximize) g = -g;
     g = g + c.weight_decay * p;
-    float& sum = s[0];
+    F& sum = s[0];
     sum = sum + g * g;
-    p = p - c.clr * (g / (detail::sqrt_nonnegative(sum) + c.eps));
+    p = p - c.clr * (g / (sqrt_nonnegative(sum) + c.eps));
   }
 };
 
@@ -420,24 +419,30 @@ struct lamb {
             static_cast<float>(1.0 - h.beta1), static_cast<float>(1.0 - h.beta2), static_cast<float>(1.0 / bias1),
             static_cast<float>(1.0 / bias2),  static_cast<float>(h.eps),         static_cast<float>(h.weight_decay)};
   }
-  ZERO_HOST_DEVICE static float direction(const constants& c, float p, state_ref s) noexcept {
-    const float m_hat = s[0] * c.inverse_bias1;
-    const float v_hat = s[1] * c.inverse_bias2;
-    return m_hat / (detail::sqrt_nonnegative(v_hat) + c.eps) + c.weight_decay * p;
+  template <class F, class State>
+  ZERO_HOST_DEVICE static F direction(const constants& c, F p, State s) noexcept {
+    const F m_hat = s[0] * c.inverse_bias1;
+    const F v_hat = s[1] * c.inverse_bias2;
+    return m_hat / (sqrt_nonnegative(v_hat) + c.eps) + c.weight_decay * p;
   }
-  ZERO_HOST_DEVICE static void first_pass(const constants& c, float& p, float g, state_ref s, tensor_sums& sums) noexcept {
+  //! (The sums add squares of floats in double: exact products, so a fused multiply-add gives
+  //! the same sum.)
+  template <class F, class State>
+  ZERO_HOST_DEVICE static void first_pass(const constants& c, F& p, F g, State s, tensor_sums& sums) noexcept {
     s[0] = c.beta1 * s[0] + c.one_minus_beta1 * g;
     s[1] = c.beta2 * s[1] + c.one_minus_beta2 * (g * g);
-    const float u = direction(c, p, s);
-    sums.a += static_cast<double>(p) * static_cast<double>(p);
-    sums.b += static_cast<double>(u) * static_cast<double>(u);
+    const F u = direction(c, p, s);
+    const double pd = to_float(p), ud = to_float(u);
+    sums.a += pd * pd;
+    sums.b += ud * ud;
   }
   static float tensor_factor(const constants&, const tensor_sums& totals) noexcept {
     const double p_norm = std::sqrt(totals.a), u_norm = std::sqrt(totals.b);
     return p_norm > 0 && u_norm > 0 ? static_cast<float>(p_norm / u_norm) : 1.0f;
   }
-  ZERO_HOST_DEVICE static void second_pass(const constants& c, float& p, state_ref s, float trust) noexcept {
-    p = p - c.lr * trust * direction(c, p, s);
+  template <class F, class State>
+  ZERO_HOST_DEVICE static void second_pass(const constants& c, F& p, State s, float trust) noexcept {
+    p = p - F(c.lr) * trust * direction(c, p, s);  // F: lr times trust rounded as F rounds
   }
 };
 

@@ -22,6 +22,7 @@
 //! | plan.hpp                      | constexpr memory planner (zero-plan)                       |
 
 #include "zero/activation_checkpointer.hpp"
+#include "zero/arithmetic.hpp"
 #include "zero/checkpoint.hpp"
 #include "zero/communicator.hpp"
 #include "zero/config.hpp"

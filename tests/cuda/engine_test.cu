@@ -8,7 +8,7 @@
 //    1, 2, both partitioners, fp32 and bf16 with fp32 master, buckets of a prime and larger than
 //    the model, blocking and pipelined: after 10 steps every rank's parameters are bitwise equal
 //    to the host engine's. Bitwise, because the device runs the host's per-element functions
-//    (--fmad=false) and sums ranks in the same order; the norm may differ in its last bits.
+//    (zero::exact_float: explicitly rounded operations) and sums ranks in the same order; the norm may differ in its last bits.
 //  * Every other element-wise rule (Adam with AMSGrad, SGD with Nesterov momentum, Lion,
 //    Adagrad) in fp32, bf16 and fp16 (fixed loss scale), stages 0 and 2, with unreported
 //    gradients: bitwise; bf16 without master weights, rounded stochastically: bitwise.

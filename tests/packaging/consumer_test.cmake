@@ -35,7 +35,7 @@ set(build_dir "${WORK_DIR}/build")
 
 set(configure_args
   -S "${CONSUMER_DIR}" -B "${build_dir}" -G "${GENERATOR}"
-  "-DCMAKE_CXX_COMPILER=${CXX_COMPILER}" "-DCMAKE_BUILD_TYPE=${BUILD_TYPE}"
+  "-DCMAKE_CXX_COMPILER=${CXX_COMPILER}" "-DCMAKE_BUILD_TYPE=${BUILD_TYPE}" -DCMAKE_EXPORT_COMPILE_COMMANDS=ON
   # Never pick zero up from a user or system package registry.
   -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF -DCMAKE_FIND_USE_SYSTEM_PACKAGE_REGISTRY=OFF)
 if(GENERATOR_PLATFORM)
@@ -94,6 +94,18 @@ foreach(candidate "${build_dir}/zero_consumer" "${build_dir}/${BUILD_TYPE}/zero_
 endforeach()
 if(NOT exe)
   message(FATAL_ERROR "[${MODE}] the consumer executable was not built in ${build_dir}")
+endif()
+# The consumer's own compile command holds none of the flags that change the meaning or speed of
+# its code (zero's targets add none: no_flags.cmake checks their properties at configure time).
+if(EXISTS "${build_dir}/compile_commands.json")
+  file(READ "${build_dir}/compile_commands.json" commands)
+  foreach(flag -fno-math-errno -ffast-math -ffp-contract --fmad -funsafe-math-optimizations -march)
+    string(FIND "${commands}" "${flag}" at)
+    if(NOT at EQUAL -1)
+      message(FATAL_ERROR "[${MODE}] the consumer's compile commands contain ${flag}, which it did not ask for:\n${commands}")
+    endif()
+  endforeach()
+  message(STATUS "[${MODE}] the consumer's compile commands carry no arithmetic flags")
 endif()
 run_step("run" "${exe}")
 message(STATUS "[${MODE}] passed")

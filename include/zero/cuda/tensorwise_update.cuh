@@ -39,6 +39,32 @@
 namespace zero::cuda {
 namespace detail {
 
+//! Rule's first pass over one element, in exact_float where the rule is written over its number
+//! type (no contraction whatever the user's --fmad; arithmetic.hpp), else in float.
+template <class Rule>
+__device__ __forceinline__ void first_pass_of(const typename Rule::constants& c, float value, float grad, float factor, state_ref s,
+                                              zero::tensor_sums& sums) {
+  if constexpr (requires(exact_float& v, zero::detail::exact_state_ref e) { Rule::first_pass(c, v, exact_float(grad), e, sums); }) {
+    exact_float v = value;
+    Rule::first_pass(c, v, exact_float(grad) * factor, zero::detail::exact_state_ref{s}, sums);
+  } else {
+    Rule::first_pass(c, value, grad * factor, s, sums);
+  }
+}
+
+//! Rule's second pass over one element (as `first_pass_of`); returns the new value.
+template <class Rule>
+__device__ __forceinline__ float second_pass_of(const typename Rule::constants& c, float value, state_ref s, float trust) {
+  if constexpr (requires(exact_float& v, zero::detail::exact_state_ref e) { Rule::second_pass(c, v, e, trust); }) {
+    exact_float v = value;
+    Rule::second_pass(c, v, zero::detail::exact_state_ref{s}, trust);
+    return to_float(v);
+  } else {
+    Rule::second_pass(c, value, s, trust);
+    return value;
+  }
+}
+
 template <class Rule, class Value, class Accum, class Param>
 struct tensor_arguments {
   const device_segment<Value, Accum, Param>* segments;
@@ -65,10 +91,9 @@ __global__ void __launch_bounds__(block_threads) tensor_first_pass_kernel(const 
     std::size_t begin = 0, end = 0;
     chunk_range(seg, chunk, begin, end);
     zero::tensor_sums sums;
-    for (std::size_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
-      float value = static_cast<float>(seg.values[i]);
-      Rule::first_pass(a.constants.of[seg.group], value, static_cast<float>(seg.grads[i]) * a.factor, state_ref{slots, i}, sums);
-    }
+    for (std::size_t i = begin + threadIdx.x; i < end; i += blockDim.x)
+      first_pass_of<Rule>(a.constants.of[seg.group], static_cast<float>(seg.values[i]), static_cast<float>(seg.grads[i]), a.factor,
+                          state_ref{slots, i}, sums);
     const double first = block_reduce(storage).Sum(sums.a);
     __syncthreads();  // the storage is reused
     const double second = block_reduce(storage).Sum(sums.b);
@@ -110,8 +135,7 @@ __global__ void __launch_bounds__(block_threads) tensor_second_pass_kernel(const
     std::size_t begin = 0, end = 0;
     chunk_range(seg, chunk, begin, end);
     for (std::size_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
-      float value = static_cast<float>(seg.values[i]);
-      Rule::second_pass(a.constants.of[seg.group], value, state_ref{slots, i}, trust);
+      const float value = second_pass_of<Rule>(a.constants.of[seg.group], static_cast<float>(seg.values[i]), state_ref{slots, i}, trust);
       seg.values[i] = a.rounding(value, a.first_id + seg.state_offset + i);
       if (seg.out != nullptr) seg.out[i] = convert<Param>(value);
     }

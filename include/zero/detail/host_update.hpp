@@ -5,13 +5,17 @@
 // The fused host update: one pass over a run of a rank's shard that scales the gradient by the
 // step's one factor (average, unscale, clip), applies the rule in fp32, stores the new value
 // and writes the model-precision copy the all-gather sends. Written so that GCC and Clang
-// vectorize it for whatever instruction set the translation unit targets: constants copied into
-// a local, state slots hoisted into locals, no branch on whether there is an output, and a sqrt
-// that cannot set errno (zero::zero compiles with -fno-math-errno; see docs/performance.md).
+// vectorize it for whatever instruction set the translation unit targets: the shipped rules run
+// on host vectors (zero::float_lanes, whose square root is the vector instruction: a scalar sqrtf
+// may set errno, which stops GCC vectorizing), constants copied into a local, no branch on
+// whether there is an output (see docs/performance.md).
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 
+#include "zero/arithmetic.hpp"
 #include "zero/detail/update_element.hpp"
 #include "zero/types.hpp"
 #include "zero/update_rule.hpp"
@@ -36,45 +40,99 @@ double sum_of_squares(const Accum* grads, std::size_t n) noexcept {
   return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
 }
 
+#if defined(ZERO_HOST_LANES)
+//! The state slots of `lanes` consecutive elements, as vectors (loaded before the rule, stored
+//! after it).
+struct lane_state {
+  float_lanes* slots;
+  float_lanes& operator[](std::size_t k) const noexcept { return slots[k]; }
+};
+
+//! Whether Rule's update is written over its number type and takes `float_lanes`.
+template <class Rule>
+concept lane_rule = requires(const typename Rule::constants& c, float_lanes& value, float_lanes grad, lane_state s) {
+  Rule::update(c, value, grad, s);
+};
+
+template <class T>
+inline float_lanes load_lanes(const T* from) noexcept {
+  float_lanes v;
+  if constexpr (std::is_same_v<T, float>) std::memcpy(&v, from, sizeof v);
+  else {
+    float converted[lanes];
+    for (std::size_t l = 0; l < lanes; ++l) converted[l] = static_cast<float>(from[l]);
+    std::memcpy(&v, converted, sizeof v);
+  }
+  return v;
+}
+
+template <class T>
+inline void store_lanes(T* to, float_lanes v) noexcept {
+  if constexpr (std::is_same_v<T, float>) std::memcpy(to, &v, sizeof v);
+  else
+    for (std::size_t l = 0; l < lanes; ++l) to[l] = convert<T>(v[l]);
+}
+#endif
+
 //! values[i], state[i] = Rule(values[i], factor * grads[i], state[i]) for i in [0, n); when
 //! `out` is not null, out[i] = Param(new value). Returns the sum of squares of grads[0, n) when
-//! `with_norm` (computed block by block while the block is in L1), else 0.
+//! `with_norm` (computed block by block while the block is in L1), else 0. A rule written over
+//! its number type runs on whole host vectors (`float_lanes`), the rest of a run element by
+//! element: the same operations in the same order, so the same bits.
 template <elementwise_rule Rule, class Value, class Accum, class Param>
 double update_elements(const typename Rule::constants& constants, Value* __restrict values, const Accum* __restrict grads,
                        float* const* state, std::size_t state_count, Param* __restrict out, std::size_t n, float factor,
                        const value_rounding<Value>& round, std::uint64_t first_id, bool with_norm = false) {
   double norm = 0;
-  float* slots[8] = {};
-  for (std::size_t k = 0; k < state_count && k < 8; ++k) slots[k] = state[k];
+  float* slots[max_update_slots] = {};
+  if (state_count > max_update_slots) state_count = max_update_slots;
+  for (std::size_t k = 0; k < state_count; ++k) slots[k] = state[k];
   const bool exact_store = std::is_same_v<Value, float> || !round.stochastic;
+  constexpr std::size_t block = 1024;
   auto loop = [&](const typename Rule::constants& fixed) {
     const typename Rule::constants c = fixed;  // a local copy: invariant for the optimizer
-    auto update = [&](std::size_t begin, std::size_t end) {
-      for (std::size_t i = begin; i < end; ++i) {
-        values[i] = convert<Value>(updated_value<Rule>(c, values[i], grads[i], factor, state_ref{slots, i}));
-      }
-    };
-    if (out != nullptr || with_norm) {
-      // update a block, then write its model-precision copy (and sum its squares) while the
-      // block is still in L1: simple loops vectorize where one fused loop does not
-      constexpr std::size_t block = 1024;
-      for (std::size_t b = 0; b < n; b += block) {
-        const std::size_t e = b + block < n ? b + block : n;
-        if (with_norm) norm += sum_of_squares(grads + b, e - b);
-        if (exact_store) update(b, e);
-        else
-          for (std::size_t i = b; i < e; ++i) {
-            values[i] = round(updated_value<Rule>(c, values[i], grads[i], factor, state_ref{slots, i}), first_id + i);
+    // the new values of elements [b, e) into to[0, e - b): the stored values, or floats that
+    // the stochastic rounding stores after
+    auto update = [&](std::size_t b, std::size_t e, auto* __restrict to) {
+      using To = std::remove_cvref_t<decltype(*to)>;
+      std::size_t i = b;
+#if defined(ZERO_HOST_LANES)
+      if constexpr (lane_rule<Rule>) {
+        // the state count as a constant where it is small, so that the slots stay in registers
+        auto lanes_loop = [&]<std::size_t Slots>(std::integral_constant<std::size_t, Slots>) {
+          const std::size_t count = Slots < max_update_slots ? Slots : state_count;
+          float_lanes lane_slots[max_update_slots] = {};  // (slots past `count` are never read)
+          for (; i + lanes <= e; i += lanes) {
+            for (std::size_t k = 0; k < count; ++k) lane_slots[k] = load_lanes(slots[k] + i);
+            float_lanes v = load_lanes(values + i);
+            Rule::update(c, v, load_lanes(grads + i) * factor, lane_state{lane_slots});
+            for (std::size_t k = 0; k < count; ++k) store_lanes(slots[k] + i, lane_slots[k]);
+            store_lanes(to + (i - b), v);
           }
-        if (out != nullptr)
-          for (std::size_t i = b; i < e; ++i) out[i] = convert<Param>(static_cast<float>(values[i]));
+        };
+        switch (state_count) {
+          case 1: lanes_loop(std::integral_constant<std::size_t, 1>{}); break;
+          case 2: lanes_loop(std::integral_constant<std::size_t, 2>{}); break;
+          case 3: lanes_loop(std::integral_constant<std::size_t, 3>{}); break;
+          default: lanes_loop(std::integral_constant<std::size_t, max_update_slots>{}); break;
+        }
       }
-    } else if (exact_store) {
-      update(0, n);
-    } else {
-      for (std::size_t i = 0; i < n; ++i) {
-        values[i] = round(updated_value<Rule>(c, values[i], grads[i], factor, state_ref{slots, i}), first_id + i);
+#endif
+      for (; i < e; ++i) to[i - b] = convert<To>(updated_value<Rule>(c, values[i], grads[i], factor, state_ref{slots, i}));
+    };
+    float fresh[block];  // (stochastic rounding only)
+    // update a block, then write its model-precision copy (and sum its squares) while the
+    // block is still in L1: simple loops vectorize where one fused loop does not
+    for (std::size_t b = 0; b < n; b += block) {
+      const std::size_t e = b + block < n ? b + block : n;
+      if (with_norm) norm += sum_of_squares(grads + b, e - b);
+      if (exact_store) update(b, e, values + b);
+      else {
+        update(b, e, fresh);
+        for (std::size_t i = b; i < e; ++i) values[i] = round(fresh[i - b], first_id + i);
       }
+      if (out != nullptr)
+        for (std::size_t i = b; i < e; ++i) out[i] = convert<Param>(static_cast<float>(values[i]));
     }
   };
   if constexpr (requires { Rule::specialize(constants, loop); }) Rule::specialize(constants, loop);
