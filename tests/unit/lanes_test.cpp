@@ -147,28 +147,29 @@ void check_every_rule() {
                                                   "adagrad");
 }
 
+//! Exits 77 (CTest: skipped) with the reason where this build's vectors need AVX and the CPU has
+//! none.
+void skip_without_avx() {
+#if defined(ZERO_LANES_NEED_AVX)
+  if (!__builtin_cpu_supports("avx")) {
+    std::puts("skipped: this CPU has no AVX (the 8-lane build needs it)");
+    std::exit(77);
+  }
+#endif
+}
+
 }  // namespace
 
 TEST_SUITE("unit") {
   TEST_CASE("host vectors (" ZERO_LANES_NAME ") give the element loop's bits: fp32 values") {
-#if defined(ZERO_LANES_NEED_AVX)
-    if (!__builtin_cpu_supports("avx")) {
-      std::puts("skipped: this CPU has no AVX (the 8-lane build needs it)");
-      std::exit(77);
-    }
-#endif
+    skip_without_avx();
     MESSAGE(ZERO_LANES_NAME ": " << zero::lanes << " lanes");
     check_every_rule<float, float, float>();
     check_every_rule<float, float, zero::bf16>();
     check_every_rule<float, float, zero::fp16>();
   }
   TEST_CASE("host vectors (" ZERO_LANES_NAME ") give the element loop's bits: bf16 values and gradients") {
-#if defined(ZERO_LANES_NEED_AVX)
-    if (!__builtin_cpu_supports("avx")) {
-      std::puts("skipped: this CPU has no AVX (the 8-lane build needs it)");
-      std::exit(77);
-    }
-#endif
+    skip_without_avx();
     check_every_rule<zero::bf16, float, zero::bf16>();
     check_every_rule<float, zero::bf16, zero::bf16>();
   }
