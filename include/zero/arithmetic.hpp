@@ -27,7 +27,7 @@
 
 namespace zero {
 
-// ---- host vectors ------------------------------------------------------------------------
+// ---- host vectors ----------------------------------------------------------------------
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDA_ARCH__) && \
     defined(__SSE2__)
@@ -63,6 +63,42 @@ inline float_lanes sign_of(float_lanes x) noexcept {
   return (float_lanes)((x > 0.0f) & ones) - (float_lanes)((x < 0.0f) & ones);
 }
 inline float_lanes to_float(float_lanes x) noexcept { return x; }
+
+// AVX2 chosen at run time (GCC, optimized builds whose target has no AVX): the update has a
+// second instantiation on 8-lane vectors inside a function compiled for AVX2 (without FMA, so
+// that nothing is contracted), which every call inside it is inlined into (`flatten`), and
+// which the host update calls where the CPU has AVX2 (detail/host_update.hpp). Unoptimized
+// builds do not inline, and a vector passed between functions compiled for different targets
+// changes its calling convention: they, and Clang (which refuses such a call outright) and
+// nvcc's host pass, keep the translation unit's own vectors.
+#if defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__) && defined(__OPTIMIZE__) && !defined(__AVX__)
+#define ZERO_HOST_AVX2_DISPATCH 1
+//! 8 floats, in the functions compiled for AVX2 that the host update picks at run time.
+typedef float float_lanes_avx2 __attribute__((vector_size(32)));
+typedef std::int32_t mask_lanes_avx2 __attribute__((vector_size(32)));
+[[gnu::target("avx")]] inline float_lanes_avx2 sqrt_nonnegative(float_lanes_avx2 x) noexcept {
+  return __builtin_ia32_sqrtps256((float_lanes_avx2)((mask_lanes_avx2)x & 0x7fffffff));
+}
+[[gnu::target("avx")]] inline float_lanes_avx2 max_of(float_lanes_avx2 a, float_lanes_avx2 b) noexcept {
+  const mask_lanes_avx2 greater = a > b;
+  return (float_lanes_avx2)((greater & (mask_lanes_avx2)a) | (~greater & (mask_lanes_avx2)b));
+}
+[[gnu::target("avx")]] inline float_lanes_avx2 sign_of(float_lanes_avx2 x) noexcept {
+  const mask_lanes_avx2 ones = (mask_lanes_avx2)(float_lanes_avx2{} + 1.0f);
+  return (float_lanes_avx2)((x > 0.0f) & ones) - (float_lanes_avx2)((x < 0.0f) & ones);
+}
+#endif
+#endif
+
+// A rule's body on 8-lane vectors is compiled outside the AVX2 function it is inlined into, so
+// GCC would note that such vectors change the calling convention; none ever crosses a call
+// (rules take them by reference), so headers that hold rules silence -Wpsabi between these.
+#if defined(ZERO_HOST_AVX2_DISPATCH)
+#define ZERO_VECTOR_ABI_QUIET_BEGIN _Pragma("GCC diagnostic push") _Pragma("GCC diagnostic ignored \"-Wpsabi\"")
+#define ZERO_VECTOR_ABI_QUIET_END _Pragma("GCC diagnostic pop")
+#else
+#define ZERO_VECTOR_ABI_QUIET_BEGIN
+#define ZERO_VECTOR_ABI_QUIET_END
 #endif
 
 // ---- scalars ---------------------------------------------------------------------------

@@ -23,6 +23,7 @@
 #include "zero/config.hpp"
 #include "zero/error.hpp"
 
+ZERO_VECTOR_ABI_QUIET_BEGIN
 namespace zero {
 
 //! One element's optimizer state: slot k of element `index`, state stored slot by slot.
@@ -202,8 +203,8 @@ void specialize_adam(const adam_constants& c, F& loop) {
 //! The element update shared by Adam (L2 decay folded into g) and AdamW (decoupled decay), for
 //! any number type of arithmetic.hpp.
 template <class F, class State>
-ZERO_HOST_DEVICE inline void adam_update(const adam_constants& c, F& p, F g, State s) noexcept {
-  if (c.maximize) g = -g;
+ZERO_HOST_DEVICE inline void adam_update(const adam_constants& c, F& p, const F& gradient, State s) noexcept {
+  F g = c.maximize ? -gradient : gradient;
   g = g + c.weight_decay * p;  // Adam's L2 term; 0 for AdamW
   p = p * c.decay;             // AdamW's decoupled decay; 1 for Adam
   F& m = s[0];
@@ -241,7 +242,7 @@ struct adamw {
   template <class F>
   static void specialize(const constants& c, F&& loop) { detail::specialize_adam(c, loop); }
   template <class F, class State>
-  ZERO_HOST_DEVICE static void update(const constants& c, F& p, F g, State s) noexcept {
+  ZERO_HOST_DEVICE static void update(const constants& c, F& p, const F& g, State s) noexcept {
     detail::adam_update(c, p, g, s);
   }
 };
@@ -266,7 +267,7 @@ struct adam {
   template <class F>
   static void specialize(const constants& c, F&& loop) { detail::specialize_adam(c, loop); }
   template <class F, class State>
-  ZERO_HOST_DEVICE static void update(const constants& c, F& p, F g, State s) noexcept {
+  ZERO_HOST_DEVICE static void update(const constants& c, F& p, const F& g, State s) noexcept {
     detail::adam_update(c, p, g, s);
   }
 };
@@ -303,8 +304,8 @@ struct sgd {
             static_cast<float>(h.weight_decay), h.nesterov, h.maximize, step == 1};
   }
   template <class F, class State>
-  ZERO_HOST_DEVICE static void update(const constants& c, F& p, F g, State s) noexcept {
-    if (c.maximize) g = -g;
+  ZERO_HOST_DEVICE static void update(const constants& c, F& p, const F& gradient, State s) noexcept {
+    F g = c.maximize ? -gradient : gradient;
     g = g + c.weight_decay * p;
     if (c.momentum != 0) {
       F& buf = s[0];
@@ -343,7 +344,7 @@ struct lion {
             static_cast<float>(h.beta2),      static_cast<float>(1.0 - h.beta2)};
   }
   template <class F, class State>
-  ZERO_HOST_DEVICE static void update(const constants& c, F& p, F g, State s) noexcept {
+  ZERO_HOST_DEVICE static void update(const constants& c, F& p, const F& g, State s) noexcept {
     F& m = s[0];
     const F direction = c.beta1 * m + c.one_minus_beta1 * g;
     p = p * c.decay - c.lr * sign_of(direction);
@@ -384,8 +385,8 @@ struct adagrad {
             static_cast<float>(h.weight_decay), static_cast<float>(h.eps), h.maximize};
   }
   template <class F, class State>
-  ZERO_HOST_DEVICE static void update(const constants& c, F& p, F g, State s) noexcept {
-    if (c.maximize) g = -g;
+  ZERO_HOST_DEVICE static void update(const constants& c, F& p, const F& gradient, State s) noexcept {
+    F g = c.maximize ? -gradient : gradient;
     g = g + c.weight_decay * p;
     F& sum = s[0];
     sum = sum + g * g;
@@ -428,7 +429,7 @@ struct lamb {
   //! (The sums add squares of floats in double: exact products, so a fused multiply-add gives
   //! the same sum.)
   template <class F, class State>
-  ZERO_HOST_DEVICE static void first_pass(const constants& c, F& p, F g, State s, tensor_sums& sums) noexcept {
+  ZERO_HOST_DEVICE static void first_pass(const constants& c, F& p, const F& g, State s, tensor_sums& sums) noexcept {
     s[0] = c.beta1 * s[0] + c.one_minus_beta1 * g;
     s[1] = c.beta2 * s[1] + c.one_minus_beta2 * (g * g);
     const F u = direction(c, p, s);
@@ -456,3 +457,4 @@ static_assert(lists_fields<adamw> && lists_fields<adam> && lists_fields<sgd> && 
               lists_fields<lamb>);
 
 }  // namespace zero
+ZERO_VECTOR_ABI_QUIET_END

@@ -2,7 +2,8 @@
 // the element-by-element loop (NaNs as NaN): every shipped element-wise rule and its variants, fp32 and bf16
 // values, fp32 and bf16 gradients, with and without a model-precision copy, rounded to nearest
 // and stochastically, over runs of several blocks with a tail, on inputs that include NaN,
-// infinities, signed zeros, subnormals and negative second moments. Compiled twice: for the
+// infinities, signed zeros, subnormals and negative second moments, on the translation unit's
+// own vectors and on the AVX2 ones chosen at run time. Compiled twice: for the
 // default target (SSE2, 4 lanes) and with -mavx (8 lanes; skipped, exit 77, where the CPU has no
 // AVX). ZERO_LANES_NAME names the build in the test names.
 
@@ -158,20 +159,48 @@ void skip_without_avx() {
 #endif
 }
 
+//! Runs the host update on `isa` for the rest of the test case, or exits 77 (skipped) saying why
+//! it cannot.
+void use_isa(zero::detail::host_isa isa) {
+  skip_without_avx();
+  if (!zero::detail::set_host_isa(isa)) {
+#if defined(ZERO_HOST_AVX2_DISPATCH)
+    std::puts("skipped: this CPU has no AVX2");
+#else
+    std::puts("skipped: this build does not choose AVX2 at run time (GCC, optimized, a target without AVX)");
+#endif
+    std::exit(77);
+  }
+  REQUIRE(zero::detail::current_host_isa() == isa);
+}
+
+void check_fp32_values() {
+  check_every_rule<float, float, float>();
+  check_every_rule<float, float, zero::bf16>();
+  check_every_rule<float, float, zero::fp16>();
+}
+
+void check_bf16_values() {
+  check_every_rule<zero::bf16, float, zero::bf16>();
+  check_every_rule<float, zero::bf16, zero::bf16>();
+}
+
 }  // namespace
 
 TEST_SUITE("unit") {
   TEST_CASE("host vectors (" ZERO_LANES_NAME ") give the element loop's bits: fp32 values") {
-    skip_without_avx();
+    use_isa(zero::detail::host_isa::baseline);
     MESSAGE(ZERO_LANES_NAME ": " << zero::lanes << " lanes");
-    check_every_rule<float, float, float>();
-    check_every_rule<float, float, zero::bf16>();
-    check_every_rule<float, float, zero::fp16>();
+    check_fp32_values();
   }
   TEST_CASE("host vectors (" ZERO_LANES_NAME ") give the element loop's bits: bf16 values and gradients") {
-    skip_without_avx();
-    check_every_rule<zero::bf16, float, zero::bf16>();
-    check_every_rule<float, zero::bf16, zero::bf16>();
+    use_isa(zero::detail::host_isa::baseline);
+    check_bf16_values();
+  }
+  TEST_CASE("host vectors (" ZERO_LANES_NAME ") chosen at run time: AVX2 gives the element loop's bits") {
+    use_isa(zero::detail::host_isa::avx2);
+    check_fp32_values();
+    check_bf16_values();
   }
 }
 

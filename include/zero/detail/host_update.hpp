@@ -10,8 +10,10 @@
 // may set errno, which stops GCC vectorizing), constants copied into a local, no branch on
 // whether there is an output (see docs/performance.md).
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 
@@ -20,6 +22,7 @@
 #include "zero/types.hpp"
 #include "zero/update_rule.hpp"
 
+ZERO_VECTOR_ABI_QUIET_BEGIN
 namespace zero::detail {
 
 //! Sum of squares of grads[0, n) in double (each square is exact in double), over eight fixed
@@ -40,49 +43,84 @@ double sum_of_squares(const Accum* grads, std::size_t n) noexcept {
   return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
 }
 
-#if defined(ZERO_HOST_LANES)
-//! The state slots of `lanes` consecutive elements, as vectors (loaded before the rule, stored
-//! after it).
-struct lane_state {
-  float_lanes* slots;
-  float_lanes& operator[](std::size_t k) const noexcept { return slots[k]; }
+//! The instruction sets the host update runs on.
+enum class host_isa : std::uint8_t {
+  baseline,  //!< the translation unit's own target (SSE2 on x86-64 unless the build says more)
+  avx2,      //!< AVX2 (8-lane vectors, no FMA), chosen at run time (ZERO_HOST_AVX2_DISPATCH)
 };
 
-//! Whether Rule's update is written over its number type and takes `float_lanes`.
-template <class Rule>
-concept lane_rule = requires(const typename Rule::constants& c, float_lanes& value, float_lanes grad, lane_state s) {
+//! Whether this build has the AVX2 update and this CPU can run it.
+inline bool host_isa_available(host_isa isa) noexcept {
+  if (isa == host_isa::baseline) return true;
+#if defined(ZERO_HOST_AVX2_DISPATCH)
+  return __builtin_cpu_supports("avx2");
+#else
+  return false;
+#endif
+}
+
+//! The choice, made once: AVX2 where available, unless the environment says
+//! ZERO_HOST_ISA=baseline.
+inline std::atomic<host_isa>& host_isa_choice() noexcept {
+  static std::atomic<host_isa> choice = [] {
+    const char* forced = std::getenv("ZERO_HOST_ISA");
+    if (forced != nullptr && std::strcmp(forced, "baseline") == 0) return host_isa::baseline;
+    return host_isa_available(host_isa::avx2) ? host_isa::avx2 : host_isa::baseline;
+  }();
+  return choice;
+}
+
+//! The instruction set the host update runs on now.
+inline host_isa current_host_isa() noexcept { return host_isa_choice().load(std::memory_order_relaxed); }
+
+//! Makes the host update run on `isa` (tests run every path the machine has); false, and no
+//! change, where this build or CPU has no such path.
+inline bool set_host_isa(host_isa isa) noexcept {
+  if (!host_isa_available(isa)) return false;
+  host_isa_choice().store(isa, std::memory_order_relaxed);
+  return true;
+}
+
+#if defined(ZERO_HOST_LANES)
+//! The state slots of consecutive elements, as vectors V (loaded before the rule, stored after
+//! it).
+template <class V>
+struct lane_state {
+  V* slots;
+  V& operator[](std::size_t k) const noexcept { return slots[k]; }
+};
+
+//! Whether Rule's update is written over its number type and takes vectors V.
+template <class Rule, class V>
+concept lane_rule = requires(const typename Rule::constants& c, V& value, const V& grad, lane_state<V> s) {
   Rule::update(c, value, grad, s);
 };
 
-template <class T>
-inline float_lanes load_lanes(const T* from) noexcept {
-  float_lanes v;
+// (vectors by reference only: no vector crosses a call whose ends may be compiled for
+// different targets)
+template <class V, class T>
+inline void load_lanes(V& v, const T* from) noexcept {
   if constexpr (std::is_same_v<T, float>) std::memcpy(&v, from, sizeof v);
   else {
-    float converted[lanes];
-    for (std::size_t l = 0; l < lanes; ++l) converted[l] = static_cast<float>(from[l]);
+    float converted[sizeof(V) / sizeof(float)];
+    for (std::size_t l = 0; l < sizeof(V) / sizeof(float); ++l) converted[l] = static_cast<float>(from[l]);
     std::memcpy(&v, converted, sizeof v);
   }
-  return v;
 }
 
-template <class T>
-inline void store_lanes(T* to, float_lanes v) noexcept {
+template <class V, class T>
+inline void store_lanes(T* to, const V& v) noexcept {
   if constexpr (std::is_same_v<T, float>) std::memcpy(to, &v, sizeof v);
   else
-    for (std::size_t l = 0; l < lanes; ++l) to[l] = convert<T>(v[l]);
+    for (std::size_t l = 0; l < sizeof(V) / sizeof(float); ++l) to[l] = convert<T>(v[l]);
 }
 #endif
 
-//! values[i], state[i] = Rule(values[i], factor * grads[i], state[i]) for i in [0, n); when
-//! `out` is not null, out[i] = Param(new value). Returns the sum of squares of grads[0, n) when
-//! `with_norm` (computed block by block while the block is in L1), else 0. A rule written over
-//! its number type runs on whole host vectors (`float_lanes`), the rest of a run element by
-//! element: the same operations in the same order, so the same bits.
-template <elementwise_rule Rule, class Value, class Accum, class Param>
-double update_elements(const typename Rule::constants& constants, Value* __restrict values, const Accum* __restrict grads,
-                       float* const* state, std::size_t state_count, Param* __restrict out, std::size_t n, float factor,
-                       const value_rounding<Value>& round, std::uint64_t first_id, bool with_norm = false) {
+//! `update_elements` with vectors V (a `float_lanes` type; `float`: element by element only).
+template <class V, elementwise_rule Rule, class Value, class Accum, class Param>
+double update_elements_on(const typename Rule::constants& constants, Value* __restrict values, const Accum* __restrict grads,
+                          float* const* state, std::size_t state_count, Param* __restrict out, std::size_t n, float factor,
+                          const value_rounding<Value>& round, std::uint64_t first_id, bool with_norm) {
   double norm = 0;
   float* slots[max_update_slots] = {};
   if (state_count > max_update_slots) state_count = max_update_slots;
@@ -97,15 +135,19 @@ double update_elements(const typename Rule::constants& constants, Value* __restr
       using To = std::remove_cvref_t<decltype(*to)>;
       std::size_t i = b;
 #if defined(ZERO_HOST_LANES)
-      if constexpr (lane_rule<Rule>) {
+      if constexpr (lane_rule<Rule, V>) {
+        constexpr std::size_t width = sizeof(V) / sizeof(float);
         // the state count as a constant where it is small, so that the slots stay in registers
         auto lanes_loop = [&]<std::size_t Slots>(std::integral_constant<std::size_t, Slots>) {
-          const std::size_t count = Slots < max_update_slots ? Slots : state_count;
-          float_lanes lane_slots[max_update_slots] = {};  // (slots past `count` are never read)
-          for (; i + lanes <= e; i += lanes) {
-            for (std::size_t k = 0; k < count; ++k) lane_slots[k] = load_lanes(slots[k] + i);
-            float_lanes v = load_lanes(values + i);
-            Rule::update(c, v, load_lanes(grads + i) * factor, lane_state{lane_slots});
+          const std::size_t count = Slots < max_update_slots ? Slots : (state_count < Slots ? state_count : Slots);
+          V lane_slots[max_update_slots] = {};  // (slots past `count` are never read)
+          V v, g;
+          for (; i + width <= e; i += width) {
+            for (std::size_t k = 0; k < count; ++k) load_lanes(lane_slots[k], slots[k] + i);
+            load_lanes(v, values + i);
+            load_lanes(g, grads + i);
+            g = g * factor;
+            Rule::update(c, v, g, lane_state<V>{lane_slots});
             for (std::size_t k = 0; k < count; ++k) store_lanes(slots[k] + i, lane_slots[k]);
             store_lanes(to + (i - b), v);
           }
@@ -140,6 +182,43 @@ double update_elements(const typename Rule::constants& constants, Value* __restr
   return norm;
 }
 
+#if defined(ZERO_HOST_AVX2_DISPATCH)
+//! `update_elements_on` with 8-lane vectors, compiled for AVX2 (no FMA: nothing is contracted),
+//! everything it calls inlined into it.
+template <elementwise_rule Rule, class Value, class Accum, class Param>
+[[gnu::target("avx2"), gnu::flatten]] double update_elements_avx2(const typename Rule::constants& constants, Value* __restrict values,
+                                                                  const Accum* __restrict grads, float* const* state,
+                                                                  std::size_t state_count, Param* __restrict out, std::size_t n,
+                                                                  float factor, const value_rounding<Value>& round,
+                                                                  std::uint64_t first_id, bool with_norm) {
+  return update_elements_on<float_lanes_avx2, Rule>(constants, values, grads, state, state_count, out, n, factor, round, first_id,
+                                                    with_norm);
+}
+#endif
+
+//! values[i], state[i] = Rule(values[i], factor * grads[i], state[i]) for i in [0, n); when
+//! `out` is not null, out[i] = Param(new value). Returns the sum of squares of grads[0, n) when
+//! `with_norm` (computed block by block while the block is in L1), else 0. A rule written over
+//! its number type runs on whole host vectors (`float_lanes`, or 8-lane AVX2 vectors where the
+//! CPU has them and the build dispatches: `current_host_isa()`), the rest of a run element by
+//! element: the same operations in the same order, so the same bits on every path.
+template <elementwise_rule Rule, class Value, class Accum, class Param>
+double update_elements(const typename Rule::constants& constants, Value* __restrict values, const Accum* __restrict grads,
+                       float* const* state, std::size_t state_count, Param* __restrict out, std::size_t n, float factor,
+                       const value_rounding<Value>& round, std::uint64_t first_id, bool with_norm = false) {
+#if defined(ZERO_HOST_AVX2_DISPATCH)
+  if constexpr (lane_rule<Rule, float_lanes_avx2>)
+    if (current_host_isa() == host_isa::avx2)
+      return update_elements_avx2<Rule>(constants, values, grads, state, state_count, out, n, factor, round, first_id, with_norm);
+#endif
+#if defined(ZERO_HOST_LANES)
+  using V = float_lanes;
+#else
+  using V = float;
+#endif
+  return update_elements_on<V, Rule>(constants, values, grads, state, state_count, out, n, factor, round, first_id, with_norm);
+}
+
 //! Whether data[0, n) holds an infinity or a NaN (one vectorizable pass over the exponent bits).
 template <class T>
 bool any_nonfinite(const T* data, std::size_t n) noexcept {
@@ -150,3 +229,4 @@ bool any_nonfinite(const T* data, std::size_t n) noexcept {
 }
 
 }  // namespace zero::detail
+ZERO_VECTOR_ABI_QUIET_END
