@@ -811,14 +811,13 @@ class optimizer {
     }
     records_ = engine::gradient_records<grad_type>(expected_reports_);
     released_.reserve(params.size());
-    constants_.reserve(options_.group_count() + (skip_unreported_ ? params.size() : 0));
+    constants_.reserve(options_.group_count());
     if (skip_unreported_) {
       const std::size_t words = (params.size() + 63) / 64;
       param_steps_.assign(params.size(), 0);
       reported_mine_.assign(words, 0);
       reported_union_.assign(words, 0);
       reported_all_.assign(words * static_cast<std::size_t>(world_), 0);
-      keys_.reserve(params.size());
     }
   }
 
@@ -911,6 +910,14 @@ class optimizer {
     } else {
       for (std::size_t p = 0; p < sizes_.size(); ++p)
         owned_.push_back({p, 0, rank_, 0, plan_.param_offset[p], plan_.param_offset[p], sizes_[p]});
+    }
+    if (skip_unreported_) {  // what plan_skip_update fills every step, at most one entry per owned piece
+      keys_.reserve(owned_.size());
+      active_.reserve(owned_.size());
+      reported_runs_.reserve(owned_.size());
+      reported_pieces_.reserve(owned_.size());
+      batches_.reserve(owned_.size());
+      constants_.reserve(options_.group_count() + owned_.size());
     }
     if constexpr (tensorwise_rule<Rule>) {
       tensor_sums_.assign(2 * sizes_.size(), 0.0);

@@ -17,8 +17,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <atomic>
 #include <mutex>
 #include <numeric>
+#include <optional>
+#include <stdexcept>
 #include <random>
 #include <string>
 #include <vector>
@@ -131,7 +134,14 @@ outcome run(const pattern& o, const typename O::hyperparameters_type& h, zero::u
   std::mutex lock;
   auto relative = [](double a, double b) { return std::fabs(a - b) / std::max(std::fabs(b), 1e-30); };
   zero::thread_group group(o.world, {std::chrono::seconds(60)});
-  group.run([&](zero::thread_communicator& comm) {
+  group.run([&](zero::thread_communicator& base) {
+    // an engine over another communicator type (another backend) gets an endpoint of its own
+    using Comm = typename O::communicator_type;
+    std::optional<Comm> separate;
+    Comm* endpoint;
+    if constexpr (std::is_same_v<Comm, zero::thread_communicator>) endpoint = &base;
+    else endpoint = &separate.emplace(group, base.rank());
+    Comm& comm = *endpoint;
     const int rank = comm.rank();
     std::vector<std::vector<P>> storage(n);
     std::vector<zero::parameter<P>> params;
@@ -262,6 +272,66 @@ typename Rule::hyperparameters hyperparameters() {
 
 constexpr auto skip = zero::unreported_gradients::skip;
 
+// The host backend taking at most two constants per update call, as a device backend takes
+// `max_groups`: it refuses more, and counts its calls.
+std::atomic<int> limited_calls{0};
+struct two_constants_backend : zero::host_backend {
+  static constexpr std::size_t max_groups = 2;
+  using host_backend::host_backend;
+  template <class C, class Run>
+  static void check(const C& c, const Run& runs) {
+    if (c.size() > max_groups) throw std::logic_error("update given " + std::to_string(c.size()) + " constants");
+    for (const auto& r : runs)
+      if (r.group >= c.size()) throw std::logic_error("a run names constants " + std::to_string(r.group) + " of " + std::to_string(c.size()));
+    ++limited_calls;
+  }
+  template <zero::elementwise_rule Rule, class V, class A, class P>
+  double update(std::span<const typename Rule::constants> c, std::span<const zero::update_run<V, A, P>> runs, float factor,
+                const zero::detail::value_rounding<V>& round, std::uint64_t id_base, bool with_norm) {
+    check(c, runs);
+    return host_backend::update<Rule>(c, runs, factor, round, id_base, with_norm);
+  }
+  template <zero::tensorwise_rule Rule, class V, class A, class P>
+  void tensor_sums(std::span<const typename Rule::constants> c, std::span<const zero::update_run<V, A, P>> pieces, float factor,
+                   double* sums) {
+    check(c, pieces);
+    host_backend::tensor_sums<Rule>(c, pieces, factor, sums);
+  }
+  template <zero::tensorwise_rule Rule, class V, class A, class P>
+  void tensor_update(std::span<const typename Rule::constants> c, std::span<const zero::update_run<V, A, P>> pieces,
+                     const float* trust, const zero::detail::value_rounding<V>& round, std::uint64_t id_base) {
+    check(c, pieces);
+    host_backend::tensor_update<Rule>(c, pieces, trust, round, id_base);
+  }
+};
+struct two_constants_communicator : zero::thread_communicator {
+  using thread_communicator::thread_communicator;
+  using backend_type = two_constants_backend;
+};
+
+// More distinct (group, own step) constants than the backend takes: several update calls a step,
+// each within the limit, equal to the reference and bitwise equal to one call.
+template <class Rule, zero::stage S>
+void check_split_updates() {
+  using Limited = zero::optimizer<S, zero::fp32_precision, Rule, zero::bucketed_partitioner, two_constants_communicator>;
+  using Unlimited = zero::optimizer<S, zero::fp32_precision, Rule, zero::bucketed_partitioner>;
+  static_assert(Limited::max_groups == 2);
+  for (int world : {1, 3}) {
+    CAPTURE(world);
+    pattern o;
+    o.world = world;
+    const auto h = hyperparameters<Rule>();
+    limited_calls = 0;
+    const outcome limited = run<Limited>(o, h, skip);
+    CHECK(limited.max_value_error < fp32_bound);
+    CHECK(limited.rank_disagreements == 0);
+    CHECK(limited.step_count_errors == 0);
+    CHECK(limited_calls > world * o.steps * (zero::tensorwise_rule<Rule> ? 2 : 1));  // more than one call a step on some rank
+    const outcome unlimited = run<Unlimited>(o, h, skip);
+    CHECK(limited.params == unlimited.params);
+  }
+}
+
 }  // namespace
 
 TEST_SUITE("equivalence") {
@@ -288,6 +358,13 @@ TEST_SUITE("equivalence") {
   }
   TEST_CASE("unreported gradients: skip equals torch.optim's grad None semantics / LAMB") {
     check_every_stage<zero::lamb>(hyperparameters<zero::lamb>(), skip);
+  }
+
+  TEST_CASE("unreported gradients: more constants than the backend takes are split across update calls") {
+    check_split_updates<zero::adamw, zero::stage2>();
+    check_split_updates<zero::adagrad, zero::stage1>();
+    check_split_updates<zero::lamb, zero::stage2>();
+    check_split_updates<zero::lamb, zero::stage0>();
   }
 
   TEST_CASE("unreported gradients: zero (the default) equals the zero-gradient reference / every rule") {
