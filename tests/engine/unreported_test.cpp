@@ -390,3 +390,49 @@ TEST_SUITE("equivalence") {
     some.template operator()<zero::lamb>(hyperparameters<zero::lamb>());
   }
 }
+
+TEST_SUITE("reliability") {
+  TEST_CASE("unreported gradients: a step skipped for a non-finite gradient advances no parameter's count under skip") {
+    using O = zero::optimizer<zero::stage2, zero::fp32_precision, zero::adamw, zero::bucketed_partitioner>;
+    zero::thread_group group(2, {std::chrono::seconds(30)});
+    group.run([&](zero::thread_communicator& comm) {
+      std::vector<std::vector<float>> storage{std::vector<float>(5, 1.0f), std::vector<float>(7, 1.0f), std::vector<float>(3, 1.0f)};
+      std::vector<zero::parameter<float>> params;
+      for (std::size_t p = 0; p < storage.size(); ++p) params.push_back({"w" + std::to_string(p), {storage[p].data(), storage[p].size()}});
+      O::options_type options;
+      options.unreported = skip;
+      options.on_nonfinite = zero::nonfinite_policy::skip_step;
+      O opt(comm, params, options);
+      CHECK(opt.unreported() == skip);
+      std::vector<float> g(7, 0.5f);
+      auto report = [&](std::size_t p, float v) {
+        std::fill(g.begin(), g.end(), v);
+        opt.gradient_ready(p, {g.data(), storage[p].size()});
+      };
+      report(0, 0.5f);  // step 1: parameters 0 and 1 (2 on rank 1 only)
+      report(1, 0.5f);
+      if (comm.rank() == 1) report(2, 0.5f);
+      CHECK(!opt.step().skipped);
+      CHECK(opt.step_of(0) == 1);
+      CHECK(opt.step_of(2) == 1);
+      const auto before = storage;
+      report(0, 0.5f);  // step 2: a NaN on rank 0: every rank skips, nothing advances
+      if (comm.rank() == 0) report(1, std::numeric_limits<float>::quiet_NaN());
+      const auto skipped = opt.step();
+      CHECK(skipped.skipped);
+      CHECK(opt.step_count() == 1);
+      for (std::size_t p = 0; p < 3; ++p) CHECK(opt.step_of(p) == 1);
+      CHECK(storage == before);
+      report(0, 0.5f);  // step 3: parameter 0 only
+      CHECK(!opt.step().skipped);
+      CHECK(opt.step_of(0) == 2);
+      CHECK(opt.step_of(1) == 1);
+      CHECK(storage[1] == before[1]);  // untouched: no weight decay either
+      CHECK(storage[0] != before[0]);
+      CHECK_THROWS_WITH_AS(opt.step_of(3), doctest::Contains("step_of: parameter index 3 on rank"), zero::usage_error);
+      CHECK_THROWS_WITH_AS(opt.restore_parameter_steps(std::vector<std::uint64_t>{1, 2, 9}),
+                           doctest::Contains("parameter 'w2' (#2) has 9 updates, more than the optimizer's 2 steps"), zero::usage_error);
+    });
+  }
+}
+
