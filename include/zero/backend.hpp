@@ -37,8 +37,10 @@ namespace zero {
 
 //! A contiguous run of elements the update walks: values, their gradients, their offset in
 //! every state slot (also their element id for stochastic rounding, plus a rank offset), where
-//! their model-precision copy goes (null: nowhere), how many there are, and the parameter group
-//! whose constants update them (an index into the constants the update is given).
+//! their model-precision copy goes (null: nowhere), how many there are, and the index of the
+//! constants that update them in the span the update is given (`group`: the parameter group's
+//! index; under `unreported_gradients::skip`, where each parameter has its own step count, the
+//! index of its (group, own step) constants in that call's span).
 template <class Value, class Accum, class Param>
 struct update_run {
   Value* values;

@@ -4,7 +4,8 @@
 //! (docs/checkpoint.md has the format byte by byte and how resharding works).
 //!
 //! * `save_checkpoint(opt, dir)`: every rank writes its shard (values, each state slot, the
-//!   step, the loss scaler's state, the options and the whole partition plan) to
+//!   step, each parameter's own update count (`optimizer::step_of`), the loss scaler's state,
+//!   the options and the whole partition plan) to
 //!   `dir/step-<n>/rank-<r>-of-<N>.zck` through a temporary name, fsync and rename; only when
 //!   every rank succeeded does rank 0 write `dir/step-<n>/COMMITTED` the same way, then the
 //!   advisory `dir/latest`. A failure on any rank makes every rank throw the same error naming
@@ -333,6 +334,7 @@ std::uint64_t write_rank_file(Opt& opt, file_writer& w, const std::filesystem::p
   h.on_nonfinite = static_cast<std::uint8_t>(o.on_nonfinite);
   h.value_rounding = static_cast<std::uint8_t>(o.value_rounding);
   h.seed = o.seed;
+  h.unreported = static_cast<std::uint8_t>(o.unreported);
   h.scaler = opt.scaler().current();
   for (std::size_t g = 0; g < opt.group_count(); ++g) {
     auto& saved = h.groups.emplace_back();
@@ -342,6 +344,7 @@ std::uint64_t write_rank_file(Opt& opt, file_writer& w, const std::filesystem::p
   for (std::size_t p = 0; p < plan.param_size.size(); ++p) {
     h.param_names.push_back(opt.parameter_name(p));
     h.param_groups.push_back(opt.group_of(p));
+    h.param_steps.push_back(opt.step_of(p));
   }
   h.layout_hash = layout_hash(plan.param_size, h.param_names);
 
@@ -410,7 +413,8 @@ inline bool same_save_layout(const checkpoint_header& h, const checkpoint_header
   return h.plan.param_size == h0.plan.param_size && h.plan.param_offset == h0.plan.param_offset &&
          h.plan.padded_size == h0.plan.padded_size && h.plan.units == h0.plan.units && h.param_names == h0.param_names &&
          h.value_type == h0.value_type && h.state_type == h0.state_type && h.state_count == h0.state_count &&
-         h.rule == h0.rule && h.stage == h0.stage && h.groups == h0.groups && h.param_groups == h0.param_groups;
+         h.rule == h0.rule && h.stage == h0.stage && h.groups == h0.groups && h.param_groups == h0.param_groups &&
+         h.param_steps == h0.param_steps;
 }
 
 //! Whether `name` is `step-<n>` with n in decimal (as `step_directory_name` writes it) and
@@ -791,6 +795,7 @@ checkpoint_info load_saved(Opt& opt, OpenSet&& open_set, const std::string& what
   const bool adopt_order = opt.order_pending();
   std::vector<std::size_t> saved_order;
   std::vector<typename Opt::hyperparameters_type> hyperparameters;
+  std::vector<std::uint64_t> param_steps;  // version 4: each parameter's own update count
   const auto outcome = detail::exchange_outcomes(opt, detail::run_local([&]() -> std::uint64_t {
     const detail::checkpoint_set set = open_set();
     const checkpoint_header& h0 = set.headers[set.first];
@@ -798,6 +803,7 @@ checkpoint_info load_saved(Opt& opt, OpenSet&& open_set, const std::string& what
     if (load.restore_hyperparameters) hyperparameters = detail::saved_hyperparameters(opt, h0, set.name(set.first));
     info = {set.directory, h0.step, h0.world_size, h0.stage};
     saved_scaler = h0.scaler;
+    param_steps = h0.param_steps;
     saved_dynamic = h0.loss_scale_kind == static_cast<std::uint8_t>(loss_scale_options::mode::dynamic);
 
     // what this rank will update: under its plan, or under the plan of the saved order
@@ -876,6 +882,8 @@ checkpoint_info load_saved(Opt& opt, OpenSet&& open_set, const std::string& what
   for (std::size_t k = 0; k < state_count; ++k) opt.copy_from_host(opt.mutable_state(k).data(), state.data() + k * updated, updated);
   // the dynamic scaler's progress carries over; a fixed or absent scale is configuration
   opt.restore_progress(info.step, saved_dynamic && opt.scaler().dynamic() ? saved_scaler : opt.scaler().current());
+  // each parameter's own count (older files: every count is the step, as restore_progress set)
+  if (!param_steps.empty()) opt.restore_parameter_steps(param_steps);
   opt.synchronize_parameters();
   return info;
 }
@@ -885,8 +893,9 @@ checkpoint_info load_saved(Opt& opt, OpenSet&& open_set, const std::string& what
 //! Loads a checkpoint into `opt`: `path` is a checkpoint directory (its newest committed step)
 //! or a `step-<n>` directory. Any saved world size, partitioner, stage (0, 1, 2), bucket size
 //! and alignment load; the model (parameter names and sizes), the parameter, master and state
-//! types and the update rule must match. Restores the values, the state slots, the step count
-//! and (when both are dynamic) the loss scaler's state, then makes every rank's parameters
+//! types and the update rule must match. Restores the values, the state slots, the step count,
+//! each parameter's own update count (format 3 and older saved none: every count is the step;
+//! an optimizer under `unreported_gradients::zero` drops them) and (when both are dynamic) the loss scaler's state, then makes every rank's parameters
 //! agree (`synchronize_parameters`). Collective; call it between steps. On failure every rank
 //! throws the same `checkpoint_error` (naming the file, the section and what is wrong) and the
 //! optimizer is unchanged. Holds one extra copy of the rank's values and state while loading.

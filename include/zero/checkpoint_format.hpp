@@ -97,7 +97,9 @@ inline constexpr std::array<char, 8> magic = {'Z', 'E', 'R', 'O', 'C', 'K', 'P',
 //! (units owned whole by one rank); version 1 files load as units shared by every rank.
 //! Version 3 added the parameter groups: each group's hyperparameters and each parameter's
 //! group; older files load as one group whose hyperparameters were not saved.
-inline constexpr std::uint32_t version = 3;
+//! Version 4 added what the optimizer does with unreported gradients and each parameter's own
+//! update count (`optimizer::step_of`); older files load with every count equal to the step.
+inline constexpr std::uint32_t version = 4;
 inline constexpr std::uint32_t byte_order_mark = 0x01020304u;  //!< stored little-endian: bytes 04 03 02 01
 inline constexpr std::size_t preamble_bytes = 32;
 inline constexpr std::size_t section_alignment = 64;  //!< sections start at multiples of this
@@ -168,11 +170,16 @@ struct checkpoint_header {
   double min_scale = 1;
   std::uint8_t on_nonfinite = 0, value_rounding = 0;
   std::uint64_t seed = 0;
+  //! Version 4: `unreported_gradients` (0 zero, 1 skip); older versions: 0.
+  std::uint8_t unreported = 0;
   loss_scaler::state scaler{};
   //! Version 3: each parameter group's hyperparameters, by name, and each parameter's group
   //! (`param_groups`, indexed like `param_names`). Older versions: both empty.
   std::vector<std::vector<checkpoint_field>> groups;
   std::vector<std::uint32_t> param_groups;
+  //! Version 4: each parameter's own update count (`optimizer::step_of`), indexed like
+  //! `param_names`, at most `step`. Older versions: empty (every count is `step`).
+  std::vector<std::uint64_t> param_steps;
   // the global parameter layout and the saved plan
   std::vector<std::string> param_names;
   partition_plan plan;
@@ -330,6 +337,7 @@ inline std::vector<std::byte> encode_header_body(const checkpoint_header& h) {
   w.u8(h.on_nonfinite);
   w.u8(h.value_rounding);
   w.u64(h.seed);
+  if (h.version >= 4) w.u8(h.unreported);
   w.f64(h.scaler.scale);
   w.u32(h.scaler.hysteresis_left);
   w.u64(h.scaler.iteration);
@@ -351,6 +359,7 @@ inline std::vector<std::byte> encode_header_body(const checkpoint_header& h) {
     w.u64(p.param_size[i]);
     w.u64(p.param_offset[i]);
     if (h.version >= 3) w.u32(i < h.param_groups.size() ? h.param_groups[i] : 0u);
+    if (h.version >= 4) w.u64(i < h.param_steps.size() ? h.param_steps[i] : h.step);
   }
   w.u64(p.element_count);
   w.u64(p.padded_size);
@@ -473,6 +482,10 @@ inline checkpoint_header parse_header(std::span<const std::byte> bytes, const st
   h.on_nonfinite = r.u8("on_nonfinite");
   h.value_rounding = r.u8("value_rounding");
   h.seed = r.u64("seed");
+  if (h.version >= 4) {
+    h.unreported = r.u8("unreported");
+    if (h.unreported > 1) r.fail("unreported " + std::to_string(h.unreported) + " is not 0 (zero) or 1 (skip)");
+  }
   h.scaler.scale = r.f64("scaler.scale");
   h.scaler.hysteresis_left = r.u32("scaler.hysteresis_left");
   h.scaler.iteration = r.u64("scaler.iteration");
@@ -496,7 +509,7 @@ inline checkpoint_header parse_header(std::span<const std::byte> bytes, const st
 
   auto& p = h.plan;
   p.world_size = static_cast<int>(h.world_size);
-  const std::uint64_t params = r.count("parameter count", 4 + 8 + 8 + (h.version >= 3 ? 4 : 0));
+  const std::uint64_t params = r.count("parameter count", 4 + 8 + 8 + (h.version >= 3 ? 4 : 0) + (h.version >= 4 ? 8 : 0));
   if (params == 0) r.fail("no parameters");
   h.param_names.reserve(params);
   p.param_size.reserve(params);
@@ -510,6 +523,12 @@ inline checkpoint_header parse_header(std::span<const std::byte> bytes, const st
       if (h.param_groups.back() >= h.groups.size())
         r.fail("parameter #" + std::to_string(i) + " is in group " + std::to_string(h.param_groups.back()) + " of " +
                std::to_string(h.groups.size()));
+    }
+    if (h.version >= 4) {
+      h.param_steps.push_back(r.u64("parameter step"));
+      if (h.param_steps.back() > h.step)
+        r.fail("parameter #" + std::to_string(i) + " has " + std::to_string(h.param_steps.back()) + " updates, more than the " +
+               std::to_string(h.step) + " steps taken");
     }
   }
   p.element_count = r.u64("element_count");

@@ -8,7 +8,9 @@
 //!     full accumulation buffer at once. Stage 2 reduces the gradients unit by unit (constant
 //!     size, in unit order on every rank) as soon as every gradient of the next unit is in, keeps
 //!     only its own shard, and tells the framework which gradients it will not read again.
-//!  2. `step()` reduces what is left (a parameter never reported counts as zero), exchanges
+//!  2. `step()` reduces what is left (a parameter never reported counts as zero; under
+//!     `unreported_gradients::skip` the ranks first agree which parameters anyone reported,
+//!     and the others are left untouched, as torch.optim leaves a parameter whose grad is None), exchanges
 //!     each rank's sum of squares and overflow findings (one small all-gather), skips the step
 //!     on every rank together if any gradient was not finite, or else updates this rank's shard
 //!     of master weights and optimizer state with the averaged, unscaled and clipped gradients
@@ -93,6 +95,22 @@ enum class rounding : std::uint8_t {
   stochastic,    //!< bf16 without master weights: round up with probability of the remainder
 };
 
+//! What a step does with a parameter no rank reported a gradient for in any of its micro-steps
+//! (`gradient_unused` is not a report).
+enum class unreported_gradients : std::uint8_t {
+  //! DeepSpeed's behaviour: it counts as a zero gradient. The update runs on it (weight decay,
+  //! momentum and moment decay), and every parameter's step count is the optimizer's.
+  zero,
+  //! torch.optim's behaviour for a parameter whose `grad` is None: its values, master weights and
+  //! optimizer state are untouched by the step (no weight decay either), and it keeps its own
+  //! count of the updates it received (torch's per-parameter `state['step']`), which its bias
+  //! corrections, Adagrad's lr_decay and SGD's first momentum step (buf = g) use. A parameter
+  //! counts as reported when any rank reported it in any micro-step of the step: the ranks
+  //! exchange a bitmap of their reports at `step()` (one all-gather of a word per 64
+  //! parameters), so every rank skips the same parameters.
+  skip,
+};
+
 //! Run-time options of the engine.
 template <update_rule Rule>
 struct optimizer_options {
@@ -112,6 +130,9 @@ struct optimizer_options {
   //! the reduction sums them, and the sum by world size / factor after it, so that 16-bit
   //! reductions do not overflow where the average fits (> 0; 1: the whole average after).
   double gradient_predivide_factor = 1;
+  //! What a parameter no rank reported in a step gets: a zero gradient (DeepSpeed, the default)
+  //! or no update at all (torch.optim's `grad is None`). Every rank sets the same.
+  unreported_gradients unreported = unreported_gradients::zero;
   //! Called on the rank's thread, from inside `gradient_ready`, `end_micro_step` or `step`, with
   //! the indices of the parameters whose reported gradients the engine will not read again this
   //! micro-step (see `optimizer::gradient_released`); the framework may then free or reuse that
@@ -268,6 +289,7 @@ class optimizer {
       throw usage_error("zero: gradient_ready(" + name_of(param) + ") without a gradient on rank " +
                         std::to_string(rank_) + ": gradient slots are off; pass the gradient span");
     count_report(param);
+    note_reported(param);
     if (!local_accumulation_ && schedule_.reports(param) == 0) records_.add(param, slots_.data() + slot_offset_[param]);
     schedule_.note_report(param);
     if (streaming()) guarded([&] { advance(); });
@@ -294,6 +316,7 @@ class optimizer {
       throw usage_error("zero: gradient of parameter " + name_of(param) + " on rank " + std::to_string(rank_) + " has " +
                         std::to_string(grad.size) + " elements; the parameter has " + std::to_string(sizes_[param]));
     count_report(param);
+    note_reported(param);
     if (local_accumulation_ && !learning_) {
       accumulate(param, grad.data);  // read now: released at once
       schedule_.note_report(param);
@@ -312,7 +335,8 @@ class optimizer {
   //! Declares that `param` gets no (further) gradient this micro-step: an unused parameter, as
   //! DDP's `find_unused_parameters` finds them. Its reductions need not wait for it (stage 2
   //! reduces a unit as soon as its other gradients are in); it counts as zero, as a parameter
-  //! never reported does. A shared parameter reported j < k times gets no more reports.
+  //! never reported does (and is not a report: under `unreported_gradients::skip` a parameter
+  //! no rank reported is left untouched). A shared parameter reported j < k times gets no more reports.
   //! @throws usage_error when every report of `param` is in already this micro-step
   void gradient_unused(std::size_t param) {
     check_usable();
@@ -372,6 +396,12 @@ class optimizer {
       auto t0 = clock::now();
       finish_micro_step();
       if (local_accumulation_) reduce_remaining_units();
+      if (skip_unreported_) {
+        // the non-finite finding first: a device backend's prepare (plan_skip_update) clears it
+        noted_nonfinite_ = check_nonfinite_ ? backend_.first_nonfinite() : none;
+        agree_on_reports();
+        plan_skip_update();
+      }
       auto t1 = clock::now();
       if (norm_needed_before_update()) {
         report = exchange_statistics(local_sum_of_squares());
@@ -399,6 +429,9 @@ class optimizer {
     } else {
       scaler_.update(false);
       report.step = ++step_;
+      if (skip_unreported_)
+        for (std::size_t p = 0; p < param_steps_.size(); ++p)
+          if (reported_anywhere(p)) ++param_steps_[p];
     }
     if (report.skipped) report.step = step_;
     return report;
@@ -444,7 +477,16 @@ class optimizer {
     options_.group(group) = h;
   }
 
+  //! Optimizer steps taken (a skipped step does not count).
   std::uint64_t step_count() const noexcept { return step_; }
+  //! The updates parameter `param` received: torch.optim's per-parameter `state['step']`. Under
+  //! `unreported_gradients::zero` every parameter is updated at every step: `step_count()`.
+  std::uint64_t step_of(std::size_t param) const {
+    check_index(param, "step_of");
+    return skip_unreported_ ? param_steps_[param] : step_;
+  }
+  //! What a parameter no rank reported in a step gets (`optimizer_options::unreported`).
+  unreported_gradients unreported() const noexcept { return options_.unreported; }
   int rank() const noexcept { return rank_; }
   int world_size() const noexcept { return world_; }
   //! The partition in use: the parameters in flat-buffer order (`plan().order()`), the units.
@@ -543,10 +585,28 @@ class optimizer {
     check_index(p, "parameter_values");
     return params_[p];
   }
-  //! Sets the step count and the loss scaler's state (as saved by a checkpoint).
+  //! Sets the step count and the loss scaler's state (as saved by a checkpoint), and every
+  //! parameter's own update count (`step_of`) to `step` (`restore_parameter_steps` sets them
+  //! one by one).
   void restore_progress(std::uint64_t step, const loss_scaler::state& scaler) noexcept {
     step_ = step;
     scaler_.restore(scaler);
+    std::fill(param_steps_.begin(), param_steps_.end(), step);
+  }
+  //! Sets each parameter's own update count (`step_of`, registration order), as saved by a
+  //! checkpoint; after `restore_progress`. Under `unreported_gradients::zero` every parameter
+  //! steps with the optimizer, and the counts are not kept (checked, then dropped).
+  //! @throws usage_error for another number of counts, or a count above `step_count()`
+  void restore_parameter_steps(std::span<const std::uint64_t> steps) {
+    if (steps.size() != sizes_.size())
+      throw usage_error("zero: restore_parameter_steps on rank " + std::to_string(rank_) + ": " + std::to_string(steps.size()) +
+                        " counts for " + std::to_string(sizes_.size()) + " parameters");
+    for (std::size_t p = 0; p < steps.size(); ++p)
+      if (steps[p] > step_)
+        throw usage_error("zero: restore_parameter_steps on rank " + std::to_string(rank_) + ": parameter " + name_of(p) +
+                          " has " + std::to_string(steps[p]) + " updates, more than the optimizer's " +
+                          std::to_string(step_) + " steps");
+    if (skip_unreported_) std::copy(steps.begin(), steps.end(), param_steps_.begin());
   }
   //! Writes the model-precision value of every element this rank updates and, in stages 1 and
   //! 2, all-gathers them into every rank's parameters. Collective. Clears pending gradients.
@@ -598,6 +658,15 @@ class optimizer {
   // A contiguous run of elements the update walks (`update_run`): values, gradients, state and
   // output (null when the values are the parameters themselves).
   using segment = update_run<value_type, accum_type, param_type>;
+  // unreported_gradients::skip: a reported parameter's owned piece and the index of its constants,
+  // and a batch of the update (at most max_groups constants, the runs and pieces that use them)
+  struct active_piece {
+    std::size_t key;    // index into keys_ (and constants_)
+    std::size_t owned;  // index into owned_
+  };
+  struct update_batch {
+    std::size_t first_key, runs_begin, runs_end, pieces_begin, pieces_end;
+  };
 
   // ---- construction ------------------------------------------------------------------------
 
@@ -672,6 +741,10 @@ class optimizer {
     engine::check_layout(options_.layout, names_, rank_, pipelined, typeid(Comm).name());
     if (options_.value_rounding == rounding::stochastic && !(std::is_same_v<value_type, bf16> && !Precision::has_master))
       throw usage_error("zero: stochastic rounding needs bf16 parameters without master weights (e.g. zero::bf16_pure)" + where);
+    if (options_.unreported != unreported_gradients::zero && options_.unreported != unreported_gradients::skip)
+      throw usage_error("zero: options.unreported is " + std::to_string(static_cast<unsigned>(options_.unreported)) + where +
+                        "; use unreported_gradients::zero or unreported_gradients::skip");
+    skip_unreported_ = options_.unreported == unreported_gradients::skip;
     scaler_ = loss_scaler(options_.loss_scale, std::is_same_v<param_type, fp16>);
     local_accumulation_ = Stage != stage::stage2 || options_.layout.defer_reduction;
     learning_ = options_.layout.order == gradient_order::learned;
@@ -708,6 +781,7 @@ class optimizer {
     d.word(static_cast<std::uint64_t>(options_.on_nonfinite));
     d.word(static_cast<std::uint64_t>(options_.value_rounding));
     d.word(options_.seed);
+    d.word(static_cast<std::uint64_t>(options_.unreported));
     d.word(params.size());
     for (const auto& p : params) {
       d.word(p.values.size);
@@ -738,6 +812,13 @@ class optimizer {
     records_ = engine::gradient_records<grad_type>(expected_reports_);
     released_.reserve(params.size());
     constants_.reserve(options_.group_count());
+    if (skip_unreported_) {
+      const std::size_t words = (params.size() + 63) / 64;
+      param_steps_.assign(params.size(), 0);
+      reported_mine_.assign(words, 0);
+      reported_union_.assign(words, 0);
+      reported_all_.assign(words * static_cast<std::size_t>(world_), 0);
+    }
   }
 
   // ---- hyperparameters agreed by every rank ------------------------------------------------
@@ -830,6 +911,14 @@ class optimizer {
       for (std::size_t p = 0; p < sizes_.size(); ++p)
         owned_.push_back({p, 0, rank_, 0, plan_.param_offset[p], plan_.param_offset[p], sizes_[p]});
     }
+    if (skip_unreported_) {  // what plan_skip_update fills every step, at most one entry per owned piece
+      keys_.reserve(owned_.size());
+      active_.reserve(owned_.size());
+      reported_runs_.reserve(owned_.size());
+      reported_pieces_.reserve(owned_.size());
+      batches_.reserve(owned_.size());
+      constants_.reserve(options_.group_count() + owned_.size());
+    }
     if constexpr (tensorwise_rule<Rule>) {
       tensor_sums_.assign(2 * sizes_.size(), 0.0);
       piece_sums_.assign(2 * owned_.size(), 0.0);
@@ -853,8 +942,17 @@ class optimizer {
       if constexpr (Precision::has_master) b.convert(master_.data() + at, from, piece.count);
       if constexpr (sharded) b.convert(param_shard_.data() + at, from, piece.count);
     }
-    b.template prepare<Rule>(sizes_.size(), std::span<const segment>(segments_), std::span<const segment>(piece_segments_),
-                             state_.data(), updated, state_count_);
+    prepare_backend(segments_, piece_segments_);
+  }
+
+  //! Prepares the backend's update for these runs (element-wise passes and norm) and pieces
+  //! (tensor-wise passes); under `skip`, remembers them (`ensure_prepared`).
+  void prepare_backend(std::span<const segment> runs, std::span<const segment> pieces) {
+    backend_.template prepare<Rule>(sizes_.size(), runs, pieces, state_.data(), updated_count(), state_count_);
+    if (skip_unreported_) {
+      prepared_runs_.assign(runs.begin(), runs.end());
+      prepared_pieces_.assign(pieces.begin(), pieces.end());
+    }
   }
 
   //! Lays the parameters out in `order`: the partitioner's plan for it, which must have the
@@ -1043,6 +1141,165 @@ class optimizer {
       }
     }
     released_.clear();
+  }
+
+  // ---- unreported_gradients::skip -----------------------------------------------------------
+
+  //! Notes that this rank reported `param` this step (under `skip`).
+  void note_reported(std::size_t param) noexcept {
+    if (skip_unreported_) reported_mine_[param / 64] |= std::uint64_t{1} << (param % 64);
+  }
+
+  //! Whether any rank reported `param` this step (after `agree_on_reports`).
+  bool reported_anywhere(std::size_t param) const noexcept {
+    return ((reported_union_[param / 64] >> (param % 64)) & 1u) != 0;
+  }
+
+  //! Every rank's report bitmap (one all-gather of a word per 64 parameters), and their union:
+  //! the parameters this step updates, the same on every rank. Collective.
+  void agree_on_reports() {
+    const std::size_t words = reported_mine_.size();
+    backend_.all_gather_words(*comm_, reported_mine_.data(), reported_all_.data(), words);
+    std::fill(reported_union_.begin(), reported_union_.end(), std::uint64_t{0});
+    for (int r = 0; r < world_; ++r)
+      for (std::size_t i = 0; i < words; ++i) reported_union_[i] |= reported_all_[static_cast<std::size_t>(r) * words + i];
+  }
+
+  //! The update of this step under `skip`: the constants of each (group, own step) pair among
+  //! the reported parameters this rank holds pieces of; and the runs. When every parameter this
+  //! rank holds was reported and each group's parameters have one own step, the layout's runs
+  //! with one constants object per group (`layout_runs_`); else the runs of the reported
+  //! parameters' pieces only, cut where the constants change, in batches of at most
+  //! `max_groups` constants. Prepares the backend for the norm (the runs of the only batch, or
+  //! the layout's when there are several).
+  void plan_skip_update() {
+    keys_.clear();
+    bool every_one = true;
+    for (const auto& piece : owned_) {
+      if (!reported_anywhere(piece.param)) {
+        every_one = false;
+        continue;
+      }
+      keys_.emplace_back(group_of_[piece.param], param_steps_[piece.param] + 1);
+    }
+    std::sort(keys_.begin(), keys_.end());
+    keys_.erase(std::unique(keys_.begin(), keys_.end()), keys_.end());
+    bool one_step_per_group = true;
+    for (std::size_t i = 1; i < keys_.size(); ++i)
+      if (keys_[i].first == keys_[i - 1].first) one_step_per_group = false;
+    constants_.clear();
+    layout_runs_ = every_one && one_step_per_group;
+    if (layout_runs_) {
+      std::size_t k = 0;
+      for (std::size_t g = 0; g < group_count(); ++g) {
+        const bool held = k < keys_.size() && keys_[k].first == g;
+        constants_.push_back(Rule::prepare(options_.group(g), held ? keys_[k].second : step_ + 1));
+        if (held) ++k;
+      }
+      ensure_prepared(segments_, piece_segments_);
+      return;
+    }
+    for (const auto& key : keys_) constants_.push_back(Rule::prepare(options_.group(key.first), key.second));
+    // the reported pieces, by key (then by where they are)
+    active_.clear();
+    for (std::size_t q = 0; q < owned_.size(); ++q) {
+      const std::size_t p = owned_[q].param;
+      if (!reported_anywhere(p)) continue;
+      const std::pair<std::uint32_t, std::uint64_t> key{group_of_[p], param_steps_[p] + 1};
+      active_.push_back({static_cast<std::size_t>(std::lower_bound(keys_.begin(), keys_.end(), key) - keys_.begin()), q});
+    }
+    std::sort(active_.begin(), active_.end(), [&](const active_piece& a, const active_piece& b) {
+      return a.key != b.key ? a.key < b.key : piece_segments_[a.owned].state_offset < piece_segments_[b.owned].state_offset;
+    });
+    reported_runs_.clear();
+    reported_pieces_.clear();
+    batches_.clear();
+    const std::size_t per_batch = max_groups;  // constants one backend update takes
+    for (const auto& a : active_) {
+      if (batches_.empty() || a.key >= batches_.back().first_key + per_batch)
+        batches_.push_back({a.key / per_batch * per_batch, reported_runs_.size(), reported_runs_.size(), reported_pieces_.size(),
+                            reported_pieces_.size()});
+      update_batch& b = batches_.back();
+      segment s = piece_segments_[a.owned];
+      s.group = static_cast<std::uint32_t>(a.key - b.first_key);  // an index into the batch's constants
+      reported_pieces_.push_back(s);
+      ++b.pieces_end;
+      if (b.runs_end > b.runs_begin) {  // continues the last run with the same constants: one run
+        segment& last = reported_runs_.back();
+        if (last.group == s.group && last.values + last.count == s.values && last.grads + last.count == s.grads &&
+            ((last.out == nullptr && s.out == nullptr) || (last.out != nullptr && last.out + last.count == s.out))) {
+          last.count += s.count;
+          continue;
+        }
+      }
+      reported_runs_.push_back(s);
+      ++b.runs_end;
+    }
+    if (batches_.size() == 1) prepare_batch(batches_[0]);
+    else if (batches_.size() > 1) ensure_prepared(segments_, piece_segments_);  // the norm: unreported gradients are zero
+    // no batch: nothing of this rank is updated; whatever is prepared holds only zero gradients
+  }
+
+  std::span<const segment> batch_runs(const update_batch& b) const noexcept {
+    return std::span<const segment>(reported_runs_).subspan(b.runs_begin, b.runs_end - b.runs_begin);
+  }
+  std::span<const segment> batch_pieces(const update_batch& b) const noexcept {
+    return std::span<const segment>(reported_pieces_).subspan(b.pieces_begin, b.pieces_end - b.pieces_begin);
+  }
+  std::span<const typename Rule::constants> batch_constants(const update_batch& b) const noexcept {
+    return std::span<const typename Rule::constants>(constants_).subspan(b.first_key, std::min<std::size_t>(max_groups, constants_.size() - b.first_key));
+  }
+  void prepare_batch(const update_batch& b) { ensure_prepared(batch_runs(b), batch_pieces(b)); }
+
+  //! Prepares the backend for these runs and pieces unless it is prepared for them already (a
+  //! device backend builds its tables anew: only when the reported set or the counts change).
+  void ensure_prepared(std::span<const segment> runs, std::span<const segment> pieces) {
+    auto same = [](std::span<const segment> a, std::span<const segment> b) {
+      if (a.size() != b.size()) return false;
+      for (std::size_t i = 0; i < a.size(); ++i)
+        if (a[i].values != b[i].values || a[i].grads != b[i].grads || a[i].state_offset != b[i].state_offset ||
+            a[i].out != b[i].out || a[i].count != b[i].count || a[i].group != b[i].group)
+          return false;
+      return true;
+    };
+    if (same(runs, prepared_runs_) && same(pieces, prepared_pieces_)) return;
+    prepare_backend(runs, pieces);
+  }
+
+  //! The update of the reported parameters' pieces only (`plan_skip_update`), batch by batch.
+  void update_reported(float factor, double* sum_of_squares) {
+    const std::size_t id_base = sharded ? static_cast<std::size_t>(rank_) * plan_.shard_size : 0;
+    const auto round = step_rounding();
+    const bool several = batches_.size() > 1;
+    if constexpr (elementwise_rule<Rule>) {
+      double sum = 0;
+      for (const auto& b : batches_) {
+        if (several) prepare_batch(b);
+        sum += backend_.template update<Rule>(batch_constants(b), batch_runs(b), factor, round, id_base, sum_of_squares != nullptr);
+      }
+      if (sum_of_squares != nullptr) *sum_of_squares = sum;
+    } else {
+      std::fill(tensor_sums_.begin(), tensor_sums_.end(), 0.0);
+      for (const auto& b : batches_) {
+        if (several) prepare_batch(b);
+        backend_.template tensor_sums<Rule>(batch_constants(b), batch_pieces(b), factor, piece_sums_.data() + 2 * b.pieces_begin);
+      }
+      for (std::size_t q = 0; q < active_.size(); ++q) {
+        const std::size_t param = owned_[active_[q].owned].param;
+        tensor_sums_[2 * param] += piece_sums_[2 * q];
+        tensor_sums_[2 * param + 1] += piece_sums_[2 * q + 1];
+      }
+      // collective: every rank takes part, whatever it holds (an unreported tensor's sums are 0 everywhere)
+      if constexpr (sharded) backend_.all_reduce_sums(*comm_, tensor_sums_.data(), tensor_sums_.size());
+      for (std::size_t q = 0; q < active_.size(); ++q) {
+        const std::size_t param = owned_[active_[q].owned].param;
+        trust_[q] = Rule::tensor_factor(constants_[active_[q].key], {tensor_sums_[2 * param], tensor_sums_[2 * param + 1]});
+      }
+      for (const auto& b : batches_) {
+        if (several) prepare_batch(b);
+        backend_.template tensor_update<Rule>(batch_constants(b), batch_pieces(b), trust_.data() + b.pieces_begin, round, id_base);
+      }
+    }
   }
 
   // ---- reduction units: packing, launching, taking out ---------------------------------------
@@ -1242,8 +1499,13 @@ class optimizer {
     return check_nonfinite_ || options_.max_grad_norm > 0 || tensorwise_rule<Rule>;
   }
 
-  //! This rank's sum of squares of its (summed, scaled) gradients: one pass.
-  double local_sum_of_squares() { return backend_.sum_of_squares(std::span<const segment>(segments_)); }
+  //! This rank's sum of squares of its (summed, scaled) gradients: one pass over the runs the
+  //! backend was prepared with (under `skip`, those of this step's update when they are not the
+  //! layout's: an unreported parameter's gradient is zero, so the sum is the same).
+  double local_sum_of_squares() {
+    if (skip_unreported_) return backend_.sum_of_squares(std::span<const segment>(prepared_runs_));
+    return backend_.sum_of_squares(std::span<const segment>(segments_));
+  }
 
   engine::statistics_inputs statistics_inputs() const noexcept {
     engine::statistics_inputs in;
@@ -1263,7 +1525,7 @@ class optimizer {
   step_report exchange_statistics(double sum_of_squares) {
     engine::local_statistics mine;
     mine.sum_of_squares = sum_of_squares;
-    mine.first_nonfinite = check_nonfinite_ ? backend_.first_nonfinite() : none;
+    mine.first_nonfinite = !check_nonfinite_ ? none : skip_unreported_ ? noted_nonfinite_ : backend_.first_nonfinite();
     mine.micro_steps = micro_steps_;
     mine.hyperparameters = hyperparameter_digest();
     std::uint64_t words[statistics_words];
@@ -1297,8 +1559,12 @@ class optimizer {
   //! @param sum_of_squares when not null, receives this rank's sum of squares of the gradients,
   //!        computed by the update pass itself
   void update_shard(float factor, double* sum_of_squares) {
-    constants_.clear();  // one per group (capacity reserved at construction: no allocation)
-    for (std::size_t g = 0; g < group_count(); ++g) constants_.push_back(Rule::prepare(options_.group(g), step_ + 1));
+    if (skip_unreported_) {
+      if (!layout_runs_) return update_reported(factor, sum_of_squares);  // constants_ from plan_skip_update
+    } else {
+      constants_.clear();  // one per group (capacity reserved at construction: no allocation)
+      for (std::size_t g = 0; g < group_count(); ++g) constants_.push_back(Rule::prepare(options_.group(g), step_ + 1));
+    }
     const std::span<const typename Rule::constants> c(constants_);
     const std::size_t id_base = sharded ? static_cast<std::size_t>(rank_) * plan_.shard_size : 0;
     const auto round = step_rounding();
@@ -1357,6 +1623,7 @@ class optimizer {
 
   //! Clears what one step accumulated (after an update, and when a step is skipped).
   void reset_step() {
+    std::fill(reported_mine_.begin(), reported_mine_.end(), std::uint64_t{0});
     gradients_.zero();
     micro_steps_ = 1;
     backend_.clear_nonfinite();
@@ -1400,6 +1667,22 @@ class optimizer {
   std::vector<double> tensor_sums_;  // tensor-wise rules: two sums per parameter,
   std::vector<double> piece_sums_;   // two per owned piece,
   std::vector<float> trust_;         // and each owned piece's factor
+
+  // unreported_gradients::skip (all empty otherwise)
+  bool skip_unreported_ = false;
+  std::size_t noted_nonfinite_ = none;          // this step's first non-finite gradient, read before planning
+  std::vector<std::uint64_t> param_steps_;      // each parameter's own update count
+  std::vector<std::uint64_t> reported_mine_;    // this rank's reports this step, a bit per parameter
+  std::vector<std::uint64_t> reported_all_;     // every rank's bitmaps, then
+  std::vector<std::uint64_t> reported_union_;   // their union: the parameters reported this step
+  bool layout_runs_ = true;                     // this step updates with the layout's runs (segments_)
+  std::vector<std::pair<std::uint32_t, std::uint64_t>> keys_;  // (group, own step) of this step's constants
+  std::vector<active_piece> active_;     // the owned pieces of reported parameters, by key
+  std::vector<segment> reported_runs_;   // their element-wise runs (merged), by key
+  std::vector<segment> reported_pieces_; // one run per active piece (tensor-wise rules), by key
+  std::vector<update_batch> batches_;    // at most max_groups constants each
+  std::vector<segment> prepared_runs_;   // what the backend was last prepared with
+  std::vector<segment> prepared_pieces_;
 
   typename backend_type::template buffer<value_type> master_;
   typename backend_type::template buffer<float> state_;

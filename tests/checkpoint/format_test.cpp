@@ -22,7 +22,7 @@ TEST_SUITE("checkpoint") {
     REQUIRE(bytes.size() > 64);
     CHECK(std::string(bytes.data(), 8) == "ZEROCKPT");
     auto u32 = [&](std::size_t at) { return zero::detail::read_u32_le(reinterpret_cast<const std::byte*>(bytes.data()) + at); };
-    CHECK(u32(8) == 3u);            // format version
+    CHECK(u32(8) == 4u);            // format version
     CHECK(u32(12) == 0x01020304u);  // byte order mark
     const zero::detail::read_file f(file);
     const zero::checkpoint_header h = f.header();
@@ -42,6 +42,9 @@ TEST_SUITE("checkpoint") {
     CHECK(h.groups[0][0] == zero::checkpoint_field{"lr", zero::adamw::hyperparameters{}.lr});
     CHECK(h.groups[0][4] == zero::checkpoint_field{"weight_decay", zero::adamw::hyperparameters{}.weight_decay});
     CHECK(h.param_groups == std::vector<std::uint32_t>(ckpt::model_sizes.size(), 0u));
+    // version 4: the default mode (a zero gradient for an unreported parameter), every parameter's count the step
+    CHECK(h.unreported == 0);
+    CHECK(h.param_steps == std::vector<std::uint64_t>(ckpt::model_sizes.size(), 2));
     CHECK(h.bucket_elements == 64);
     CHECK(h.alignment == 4);
     REQUIRE(h.param_names.size() == ckpt::model_sizes.size());
@@ -95,7 +98,12 @@ TEST_SUITE("checkpoint") {
       group_bytes += 4;
       for (const auto& f : g) group_bytes += 4 + f.name.size() + 8;
     }
-    CHECK(zero::encode_header_body(v1).size() == v2_bytes + group_bytes + 4 * v1.plan.param_size.size());
+    const std::size_t v3_bytes = zero::encode_header_body(v1).size();
+    CHECK(v3_bytes == v2_bytes + group_bytes + 4 * v1.plan.param_size.size());
+    // version 4: the unreported mode (u8) and each parameter's own update count (u64)
+    v1.version = 4;
+    CHECK(zero::encode_header_body(v1).size() == v3_bytes + 1 + 8 * v1.plan.param_size.size());
+    v1.param_steps.clear();
     v1.groups.clear();
     v1.param_groups.clear();
     v1.version = 1;
