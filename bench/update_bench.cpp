@@ -2,8 +2,10 @@
 //
 //   limit/<params>/<threads>/<bytes per element>: a kernel with the update's access pattern
 //       (the gradient read; master, m and v read and written in place; the model-precision copy
-//       written) and trivial arithmetic. Its bandwidth is the limit of this machine for this
-//       pattern, measured in the same run.
+//       written) and trivial arithmetic, compiled for the best instruction set the CPU has
+//       (AVX-512 or AVX2 with FMA, chosen at run time; the build's target otherwise, or with
+//       Clang): its bandwidth is the limit of this machine for this pattern, measured in the
+//       same run; its label names what it ran on.
 //   fused_adamw_<precision>/<params>/<threads>: zero's fused AdamW update over a shard (the
 //       kernel step() runs), reporting bytes_per_second, params_per_second and limit_ratio
 //       (achieved bandwidth / the limit measured above with the same bytes per element).
@@ -21,6 +23,8 @@
 #include <array>
 #include <chrono>
 #include <mutex>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "zero/zero.hpp"
@@ -50,19 +54,50 @@ struct limit_kernel {
       : n(count), g(filled<float>(n, 1e-3f)), p(filled<float>(n, 1.0f)), m(filled<float>(n, 0.0f)),
         v(filled<float>(n, 0.0f)), out(std::is_void_v<Out> ? 0 : n) {}
 
-  void operator()(unsigned t, unsigned k) {
-    const auto [b, e] = zero::detail::share(n, t, k);
-    float* __restrict pp = p.data();
-    float* __restrict mm = m.data();
-    float* __restrict vv = v.data();
-    const float* __restrict gg = g.data();
+  using out_type = std::conditional_t<std::is_void_v<Out>, float, Out>;
+
+  static void pass(float* __restrict pp, float* __restrict mm, float* __restrict vv, const float* __restrict gg,
+                   out_type* __restrict oo, std::size_t b, std::size_t e) {
     for (std::size_t i = b; i < e; ++i) {
       const float x = gg[i];
       pp[i] = pp[i] - x;
       mm[i] = mm[i] + x;
       vv[i] = vv[i] + x;
-      if constexpr (!std::is_void_v<Out>) out[i] = Out(pp[i]);
+      if constexpr (!std::is_void_v<Out>) oo[i] = Out(pp[i]);
     }
+  }
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+  // The limit is the best this machine can do for the pattern, whatever the build's target: the
+  // same loop compiled for AVX-512 or AVX2 where the CPU has them, chosen at run time.
+  [[gnu::target("avx512f,avx512bw,avx512vl,avx2,fma"), gnu::flatten]] static void pass_avx512(
+      float* __restrict pp, float* __restrict mm, float* __restrict vv, const float* __restrict gg, out_type* __restrict oo,
+      std::size_t b, std::size_t e) {
+    pass(pp, mm, vv, gg, oo, b, e);
+  }
+  [[gnu::target("avx2,fma"), gnu::flatten]] static void pass_avx2(float* __restrict pp, float* __restrict mm, float* __restrict vv,
+                                                                  const float* __restrict gg, out_type* __restrict oo,
+                                                                  std::size_t b, std::size_t e) {
+    pass(pp, mm, vv, gg, oo, b, e);
+  }
+#endif
+  //! The instruction set the limit runs on ("avx512", "avx2" or "build target").
+  static const char* isa() {
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
+      return "avx512";
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "avx2";
+#endif
+    return "build target";
+  }
+
+  void operator()(unsigned t, unsigned k) {
+    const auto [b, e] = zero::detail::share(n, t, k);
+    static const std::string_view chosen = isa();
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+    if (chosen == "avx512") return pass_avx512(p.data(), m.data(), v.data(), g.data(), out.data(), b, e);
+    if (chosen == "avx2") return pass_avx2(p.data(), m.data(), v.data(), g.data(), out.data(), b, e);
+#endif
+    pass(p.data(), m.data(), v.data(), g.data(), out.data(), b, e);
   }
 
   // mean bandwidth (bytes/s) over `runs` runs after one warm-up: measured as the update is
@@ -86,6 +121,7 @@ void limit(benchmark::State& state) {
   }
   state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(n) * limit_kernel<Out>::bytes_per_element);
   state.counters["bytes_per_element"] = static_cast<double>(limit_kernel<Out>::bytes_per_element);
+  state.SetLabel(std::string("limit on ") + limit_kernel<Out>::isa());
 }
 
 // zero's fused AdamW update over one shard, as step() runs it, split across the pool's threads.
@@ -130,6 +166,9 @@ void fused_adamw(benchmark::State& state) {
   state.counters["params_per_second"] = static_cast<double>(n) * iterations / seconds;
   state.counters["limit_bytes_per_second"] = limit_bandwidth;
   state.counters["limit_ratio"] = static_cast<double>(n) * bytes * iterations / seconds / limit_bandwidth;
+  state.SetLabel(std::string("update on ") +
+                 (zero::detail::current_host_isa() == zero::detail::host_isa::avx2 ? "avx2" : "the build target") +
+                 ", limit on " + limit_kernel<std::conditional_t<Precision::has_master, param, void>>::isa());
 }
 
 // A whole stage-2 step with `ranks` thread ranks over a model of `params` parameters in 16

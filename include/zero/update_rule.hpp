@@ -204,7 +204,8 @@ void specialize_adam(const adam_constants& c, F& loop) {
 //! any number type of arithmetic.hpp.
 template <class F, class State>
 ZERO_HOST_DEVICE inline void adam_update(const adam_constants& c, F& p, const F& gradient, State s) noexcept {
-  F g = c.maximize ? -gradient : gradient;
+  F g = gradient;
+  if (c.maximize) g = -g;
   g = g + c.weight_decay * p;  // Adam's L2 term; 0 for AdamW
   p = p * c.decay;             // AdamW's decoupled decay; 1 for Adam
   F& m = s[0];
@@ -305,7 +306,8 @@ struct sgd {
   }
   template <class F, class State>
   ZERO_HOST_DEVICE static void update(const constants& c, F& p, const F& gradient, State s) noexcept {
-    F g = c.maximize ? -gradient : gradient;
+    F g = gradient;
+  if (c.maximize) g = -g;
     g = g + c.weight_decay * p;
     if (c.momentum != 0) {
       F& buf = s[0];
@@ -386,7 +388,8 @@ struct adagrad {
   }
   template <class F, class State>
   ZERO_HOST_DEVICE static void update(const constants& c, F& p, const F& gradient, State s) noexcept {
-    F g = c.maximize ? -gradient : gradient;
+    F g = gradient;
+  if (c.maximize) g = -g;
     g = g + c.weight_decay * p;
     F& sum = s[0];
     sum = sum + g * g;

@@ -141,13 +141,14 @@ double update_elements_on(const typename Rule::constants& constants, Value* __re
         auto lanes_loop = [&]<std::size_t Slots>(std::integral_constant<std::size_t, Slots>) {
           const std::size_t count = Slots < max_update_slots ? Slots : (state_count < Slots ? state_count : Slots);
           V lane_slots[max_update_slots] = {};  // (slots past `count` are never read)
-          V v, g;
+          const typename Rule::constants k_c = c;  // a copy the stores cannot alias: it stays in registers
           for (; i + width <= e; i += width) {
             for (std::size_t k = 0; k < count; ++k) load_lanes(lane_slots[k], slots[k] + i);
+            V v, g;
             load_lanes(v, values + i);
             load_lanes(g, grads + i);
-            g = g * factor;
-            Rule::update(c, v, g, lane_state<V>{lane_slots});
+            const V scaled = g * factor;
+            Rule::update(k_c, v, scaled, lane_state<V>{lane_slots});
             for (std::size_t k = 0; k < count; ++k) store_lanes(slots[k] + i, lane_slots[k]);
             store_lanes(to + (i - b), v);
           }
