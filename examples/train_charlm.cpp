@@ -32,6 +32,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "word_data.hpp"
 #include "zero/zero.hpp"
 
 namespace {
@@ -41,8 +42,8 @@ using bf16 = zero::bf16;
 
 // ---- the model's shape and the training recipe ------------------------------------------------
 
-constexpr int symbols = 27;    // '.' (the word boundary) and a..z
-constexpr int context = 4;     // letters of context
+using zero_examples::context;
+using zero_examples::symbols;
 constexpr int embedding = 16;  // per letter
 constexpr int hidden = 192;    // width of each hidden layer
 constexpr int layers = 3;      // hidden tanh layers
@@ -50,7 +51,12 @@ constexpr int batch = 256;     // examples per step, all ranks together
 constexpr double peak_lr = 1e-2, final_lr = 1e-3, weight_decay = 0.01, max_grad_norm = 1.0;
 constexpr int warmup_steps = 100;
 constexpr std::size_t bucket_elements = 32768;  // a few buckets, so that stage 2 reduces during backward
-constexpr const char* default_words = "/usr/share/dict/words";
+using zero_examples::default_words;
+using zero_examples::dataset;
+using zero_examples::example;
+using zero_examples::progress;
+using zero_examples::batch_index;
+using zero_examples::slice_of;
 
 struct settings {
   int world = 4;
@@ -61,65 +67,6 @@ struct settings {
   std::string words = default_words;
   std::string summary_json;
 };
-
-// ---- data ---------------------------------------------------------------------------------
-
-// One training example: `context` symbols, and the symbol that follows them.
-struct example {
-  std::uint8_t before[context];
-  std::uint8_t next;
-};
-
-struct dataset {
-  std::vector<std::string> words;  // every lowercase a-z word of the list
-  std::vector<example> train, validation;
-};
-
-void add_examples(const std::string& word, std::vector<example>& out) {
-  example e{};  // the context starts as word boundaries
-  for (std::size_t i = 0; i <= word.size(); ++i) {
-    e.next = i < word.size() ? static_cast<std::uint8_t>(word[i] - 'a' + 1) : 0;
-    out.push_back(e);
-    std::copy(e.before + 1, e.before + context, e.before);
-    e.before[context - 1] = e.next;
-  }
-}
-
-// The words of `path` made only of a-z, shuffled by `seed`; 90% train, 10% validation.
-dataset load(const std::string& path, unsigned seed) {
-  std::ifstream in(path);
-  if (!in) {
-    std::fprintf(stderr,
-                 "zero_example_train: cannot read the word list %s.\n"
-                 "It comes with Debian's `wamerican` package: sudo apt-get install wamerican "
-                 "(scripts/deps.sh installs it), or pass --words PATH to another list, one word a line.\n",
-                 path.c_str());
-    std::exit(1);
-  }
-  dataset d;
-  for (std::string w; std::getline(in, w);)
-    if (!w.empty() && std::all_of(w.begin(), w.end(), [](char c) { return c >= 'a' && c <= 'z'; })) d.words.push_back(w);
-  if (d.words.size() < 100) {
-    std::fprintf(stderr, "zero_example_train: %s has %zu lowercase a-z words; the example needs at least 100\n", path.c_str(),
-                 d.words.size());
-    std::exit(1);
-  }
-  std::vector<std::string> order = d.words;
-  std::mt19937_64 rng(seed);
-  std::shuffle(order.begin(), order.end(), rng);
-  const std::size_t split = order.size() * 9 / 10;
-  for (std::size_t i = 0; i < order.size(); ++i) add_examples(order[i], i < split ? d.train : d.validation);
-  return d;
-}
-
-// The training example at position i of step `step`'s batch: the same on every rank and for
-// every stage, so that the runs of different stages see the same data.
-std::size_t batch_index(unsigned seed, int step, int i, std::size_t n) {
-  std::uint64_t z = (static_cast<std::uint64_t>(seed) << 40) ^ (static_cast<std::uint64_t>(step) << 16) ^ static_cast<std::uint64_t>(i);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return static_cast<std::size_t>((z ^ (z >> 31)) % n);
-}
 
 // ---- the model ------------------------------------------------------------------------------
 
@@ -238,49 +185,6 @@ zero::raw_span<std::byte> bytes_of(matrix& x) {
   return {reinterpret_cast<std::byte*>(x.data()), static_cast<std::size_t>(x.size()) * sizeof(float)};
 }
 
-// ---- progress ------------------------------------------------------------------------------
-
-// A single line redrawn in place on a terminal; a line every 10% of the steps otherwise.
-class progress {
- public:
-  explicit progress(int steps) : steps_(steps), terminal_(isatty(fileno(stdout)) != 0), start_(clock::now()) {}
-
-  //! Starts the clock (at the first step).
-  void start() { start_ = clock::now(); }
-
-  void update(int done, double loss) {
-    smoothed_ = done == 1 ? loss : 0.95 * smoothed_ + 0.05 * loss;
-    const auto now = clock::now();
-    const double elapsed = std::chrono::duration<double>(now - start_).count();
-    const double rate = done / std::max(elapsed, 1e-9);
-    const int left = static_cast<int>((steps_ - done) / rate + 0.5);
-    if (terminal_) {
-      if (done != steps_ && now - last_ < std::chrono::milliseconds(100)) return;
-      last_ = now;
-      constexpr int width = 30;
-      const int filled = static_cast<int>(static_cast<long>(width) * done / steps_);
-      std::printf("\r[%s%s] %5d/%d  loss %.3f  %5.1f steps/s  %d:%02d left ", std::string(static_cast<std::size_t>(filled), '#').c_str(),
-                  std::string(static_cast<std::size_t>(width - filled), '.').c_str(), done, steps_, smoothed_, rate, left / 60,
-                  left % 60);
-      if (done == steps_) std::printf("\n");
-      std::fflush(stdout);
-    } else if (done == 1) {
-      std::printf("step %5d/%d  loss %.3f\n", done, steps_, smoothed_);
-      std::fflush(stdout);
-    } else if (done == steps_ || done % std::max(1, steps_ / 10) == 0) {
-      std::printf("step %5d/%d  loss %.3f  %5.1f steps/s  %d:%02d left\n", done, steps_, smoothed_, rate, left / 60, left % 60);
-      std::fflush(stdout);
-    }
-  }
-
- private:
-  using clock = std::chrono::steady_clock;
-  int steps_;
-  bool terminal_;
-  clock::time_point start_, last_{};
-  double smoothed_ = 0;
-};
-
 // ---- training -------------------------------------------------------------------------------
 
 // The engine's optimizer type for stage S: bf16 parameters and gradients, fp32 master weights,
@@ -310,11 +214,6 @@ double learning_rate(int step, int steps) {
   return final_lr + 0.5 * (peak_lr - final_lr) * (1 + std::cos(std::numbers::pi * progress));
 }
 
-// The examples [first, first + count) of a contiguous slice split over `world` ranks.
-std::pair<std::size_t, std::size_t> slice_of(std::size_t total, int world, int rank) {
-  const std::size_t n = static_cast<std::size_t>(world), r = static_cast<std::size_t>(rank);
-  return {r * (total / n) + std::min(r, total % n), total / n + (r < total % n ? 1 : 0)};
-}
 
 struct run_result {
   model trained;
@@ -569,7 +468,7 @@ void write_summary(const settings& s, const run_result& r, const std::size_t par
 
 template <zero::stage S>
 int run(const settings& s) {
-  const dataset data = load(s.words, s.seed);
+  const dataset data = zero_examples::load(s.words, s.seed, "zero_example_train");
   const std::size_t params = model::make(s.seed).parameter_count();
   std::printf("character-level language model on %zu words of %s (%zu training and %zu validation examples)\n",
               data.words.size(), s.words.c_str(), data.train.size(), data.validation.size());

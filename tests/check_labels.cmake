@@ -1,6 +1,6 @@
 # Fails when a CTest test of this build has no label (the README promises that every test runs
 # under one of: unit, equivalence, framework, reliability, mpi, cuda, packaging, checkpoint, activation,
-# example). Run as: cmake -DBUILD_DIR=<build> -DCTEST=<ctest> -P check_labels.cmake
+# example, libtorch). Run as: cmake -DBUILD_DIR=<build> -DCTEST=<ctest> -P check_labels.cmake
 execute_process(COMMAND ${CTEST} --test-dir ${BUILD_DIR} -N --show-only=json-v1
                 OUTPUT_VARIABLE json RESULT_VARIABLE status)
 if(NOT status EQUAL 0)
