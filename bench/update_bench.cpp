@@ -27,149 +27,15 @@
 #include <string_view>
 #include <vector>
 
+#include "update_harness.hpp"
 #include "zero/zero.hpp"
 
-#define ZERO_DETAIL_INCLUDE_ALLOWED
-#include "zero/detail/host_update.hpp"
-#include "zero/detail/worker_pool.hpp"
-#undef ZERO_DETAIL_INCLUDE_ALLOWED
+using zero_bench::filled;
+using zero_bench::fused_adamw;
+using zero_bench::limit;
+using zero_bench::limit_kernel;
 
 namespace {
-
-template <class T>
-std::vector<T> filled(std::size_t n, float value) {
-  return std::vector<T>(n, T(value));
-}
-
-// The access pattern of the update with trivial arithmetic: g read; p, m, v read and written;
-// out written (Out = void: no output, as in fp32 where the parameters are the master weights).
-template <class Out>
-struct limit_kernel {
-  std::size_t n;
-  std::vector<float> g, p, m, v;
-  std::vector<std::conditional_t<std::is_void_v<Out>, float, Out>> out;
-  static constexpr std::int64_t bytes_per_element = 4 + 3 * 8 + (std::is_void_v<Out> ? 0 : 2);
-
-  explicit limit_kernel(std::size_t count)
-      : n(count), g(filled<float>(n, 1e-3f)), p(filled<float>(n, 1.0f)), m(filled<float>(n, 0.0f)),
-        v(filled<float>(n, 0.0f)), out(std::is_void_v<Out> ? 0 : n) {}
-
-  using out_type = std::conditional_t<std::is_void_v<Out>, float, Out>;
-
-  static void pass(float* __restrict pp, float* __restrict mm, float* __restrict vv, const float* __restrict gg,
-                   out_type* __restrict oo, std::size_t b, std::size_t e) {
-    for (std::size_t i = b; i < e; ++i) {
-      const float x = gg[i];
-      pp[i] = pp[i] - x;
-      mm[i] = mm[i] + x;
-      vv[i] = vv[i] + x;
-      if constexpr (!std::is_void_v<Out>) oo[i] = Out(pp[i]);
-    }
-  }
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-  // The limit is the best this machine can do for the pattern, whatever the build's target: the
-  // same loop compiled for AVX-512 or AVX2 where the CPU has them, chosen at run time.
-  [[gnu::target("avx512f,avx512bw,avx512vl,avx2,fma"), gnu::flatten]] static void pass_avx512(
-      float* __restrict pp, float* __restrict mm, float* __restrict vv, const float* __restrict gg, out_type* __restrict oo,
-      std::size_t b, std::size_t e) {
-    pass(pp, mm, vv, gg, oo, b, e);
-  }
-  [[gnu::target("avx2,fma"), gnu::flatten]] static void pass_avx2(float* __restrict pp, float* __restrict mm, float* __restrict vv,
-                                                                  const float* __restrict gg, out_type* __restrict oo,
-                                                                  std::size_t b, std::size_t e) {
-    pass(pp, mm, vv, gg, oo, b, e);
-  }
-#endif
-  //! The instruction set the limit runs on ("avx512", "avx2" or "build target").
-  static const char* isa() {
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
-      return "avx512";
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "avx2";
-#endif
-    return "build target";
-  }
-
-  void operator()(unsigned t, unsigned k) {
-    const auto [b, e] = zero::detail::share(n, t, k);
-    static const std::string_view chosen = isa();
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-    if (chosen == "avx512") return pass_avx512(p.data(), m.data(), v.data(), g.data(), out.data(), b, e);
-    if (chosen == "avx2") return pass_avx2(p.data(), m.data(), v.data(), g.data(), out.data(), b, e);
-#endif
-    pass(p.data(), m.data(), v.data(), g.data(), out.data(), b, e);
-  }
-
-  // mean bandwidth (bytes/s) over `runs` runs after one warm-up: measured as the update is
-  double bandwidth(zero::detail::worker_pool& pool, int runs = 10) {
-    pool.run(*this);
-    const auto t0 = std::chrono::steady_clock::now();
-    for (int r = 0; r < runs; ++r) pool.run(*this);
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    return static_cast<double>(n) * bytes_per_element * runs / s;
-  }
-};
-
-template <class Out>
-void limit(benchmark::State& state) {
-  const std::size_t n = static_cast<std::size_t>(state.range(0));
-  zero::detail::worker_pool pool(static_cast<unsigned>(state.range(1)));
-  limit_kernel<Out> kernel(n);
-  for (auto _ : state) {
-    pool.run(kernel);
-    benchmark::ClobberMemory();
-  }
-  state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(n) * limit_kernel<Out>::bytes_per_element);
-  state.counters["bytes_per_element"] = static_cast<double>(limit_kernel<Out>::bytes_per_element);
-  state.SetLabel(std::string("limit on ") + limit_kernel<Out>::isa());
-}
-
-// zero's fused AdamW update over one shard, as step() runs it, split across the pool's threads.
-// limit_ratio: its bandwidth over the limit kernel's, measured just before on the same sizes.
-template <class Precision>
-void fused_adamw(benchmark::State& state) {
-  using value = typename Precision::value_type;
-  using param = typename Precision::param_type;
-  using accum = typename Precision::accum_type;
-  const std::size_t n = static_cast<std::size_t>(state.range(0));
-  zero::detail::worker_pool pool(static_cast<unsigned>(state.range(1)));
-  double limit_bandwidth;
-  {
-    limit_kernel<std::conditional_t<Precision::has_master, param, void>> kernel(n);
-    limit_bandwidth = kernel.bandwidth(pool);
-  }
-  auto values = filled<value>(n, 1.0f);
-  auto grads = filled<accum>(n, 1e-3f);
-  auto m = filled<float>(n, 0.0f), v = filled<float>(n, 0.0f);
-  std::vector<param> out(Precision::has_master ? n : 0);
-  zero::adamw::hyperparameters h;
-  std::uint64_t step = 0;
-  const zero::detail::value_rounding<value> round{};
-  double seconds = 0;
-  for (auto _ : state) {
-    const auto c = zero::adamw::prepare(h, ++step);
-    auto job = [&](unsigned t, unsigned k) {
-      const auto [b, e] = zero::detail::share(n, t, k);
-      float* state_slots[2] = {m.data() + b, v.data() + b};
-      zero::detail::update_elements<zero::adamw>(c, values.data() + b, grads.data() + b, state_slots, 2,
-                                                  Precision::has_master ? out.data() + b : nullptr, e - b, 0.5f, round, b);
-    };
-    const auto t0 = std::chrono::steady_clock::now();
-    pool.run(job);
-    seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    benchmark::ClobberMemory();
-  }
-  const double bytes = static_cast<double>(sizeof(accum) + 2 * sizeof(value) + 2 * 8 + (Precision::has_master ? sizeof(param) : 0));
-  const double iterations = static_cast<double>(state.iterations());
-  state.counters["bytes_per_element"] = bytes;
-  state.counters["bytes_per_second"] = static_cast<double>(n) * bytes * iterations / seconds;
-  state.counters["params_per_second"] = static_cast<double>(n) * iterations / seconds;
-  state.counters["limit_bytes_per_second"] = limit_bandwidth;
-  state.counters["limit_ratio"] = static_cast<double>(n) * bytes * iterations / seconds / limit_bandwidth;
-  state.SetLabel(std::string("update on ") +
-                 (zero::detail::current_host_isa() == zero::detail::host_isa::avx2 ? "avx2" : "the build target") +
-                 ", limit on " + limit_kernel<std::conditional_t<Precision::has_master, param, void>>::isa());
-}
 
 // A whole stage-2 step with `ranks` thread ranks over a model of `params` parameters in 16
 // tensors (bf16 parameters and gradients, fp32 master, AdamW), one update thread per rank.
