@@ -46,13 +46,7 @@ void torch_fused_adamw(benchmark::State& state) {
     seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     benchmark::ClobberMemory();
   }
-  constexpr double bytes = 4 + 3 * 8;
-  const double iterations = static_cast<double>(state.iterations());
-  state.counters["bytes_per_element"] = bytes;
-  state.counters["bytes_per_second"] = static_cast<double>(n) * bytes * iterations / seconds;
-  state.counters["params_per_second"] = static_cast<double>(n) * iterations / seconds;
-  state.counters["limit_bytes_per_second"] = limit_bandwidth;
-  state.counters["limit_ratio"] = static_cast<double>(n) * bytes * iterations / seconds / limit_bandwidth;
+  zero_bench::report_update(state, static_cast<std::size_t>(n), 4 + 3 * 8, seconds, limit_bandwidth);
   state.SetLabel("torch " TORCH_VERSION ", " + std::string(at::get_cpu_capability()) + ", limit on " +
                  zero_bench::limit_kernel<void>::isa());
 }

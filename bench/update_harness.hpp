@@ -127,6 +127,17 @@ void limit(benchmark::State& state) {
   state.SetLabel(std::string("limit on ") + limit_kernel<Out>::isa());
 }
 
+// An update's counters: `n` elements of `bytes` each per iteration, `seconds` in all, and its
+// ratio to the limit's bandwidth measured in the same run.
+inline void report_update(benchmark::State& state, std::size_t n, std::size_t bytes, double seconds, double limit_bandwidth) {
+  const double per_second = static_cast<double>(n) * static_cast<double>(state.iterations()) / seconds;
+  state.counters["bytes_per_element"] = static_cast<double>(bytes);
+  state.counters["bytes_per_second"] = per_second * static_cast<double>(bytes);
+  state.counters["params_per_second"] = per_second;
+  state.counters["limit_bytes_per_second"] = limit_bandwidth;
+  state.counters["limit_ratio"] = per_second * static_cast<double>(bytes) / limit_bandwidth;
+}
+
 // zero's fused AdamW update over one shard, as step() runs it, split across the pool's threads.
 // limit_ratio: its bandwidth over the limit kernel's, measured just before on the same sizes.
 template <class Precision>
@@ -162,13 +173,8 @@ void fused_adamw(benchmark::State& state) {
     seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     benchmark::ClobberMemory();
   }
-  const double bytes = static_cast<double>(sizeof(accum) + 2 * sizeof(value) + 2 * 8 + (Precision::has_master ? sizeof(param) : 0));
-  const double iterations = static_cast<double>(state.iterations());
-  state.counters["bytes_per_element"] = bytes;
-  state.counters["bytes_per_second"] = static_cast<double>(n) * bytes * iterations / seconds;
-  state.counters["params_per_second"] = static_cast<double>(n) * iterations / seconds;
-  state.counters["limit_bytes_per_second"] = limit_bandwidth;
-  state.counters["limit_ratio"] = static_cast<double>(n) * bytes * iterations / seconds / limit_bandwidth;
+  report_update(state, n, sizeof(accum) + 2 * sizeof(value) + 2 * 8 + (Precision::has_master ? sizeof(param) : 0), seconds,
+                limit_bandwidth);
   state.SetLabel(std::string("update on ") +
                  (zero::detail::current_host_isa() == zero::detail::host_isa::avx2 ? "avx2" : "the build target") +
                  ", limit on " + limit_kernel<std::conditional_t<Precision::has_master, param, void>>::isa());

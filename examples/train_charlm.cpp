@@ -208,11 +208,7 @@ std::vector<zero::parameter<bf16>> registration(model& m) {
   return params;
 }
 
-double learning_rate(int step, int steps) {
-  if (step < warmup_steps) return peak_lr * (step + 1) / warmup_steps;
-  const double progress = static_cast<double>(step - warmup_steps) / std::max(1, steps - warmup_steps);
-  return final_lr + 0.5 * (peak_lr - final_lr) * (1 + std::cos(std::numbers::pi * progress));
-}
+double learning_rate(int step, int steps) { return zero_examples::warmup_cosine(step, steps, warmup_steps, peak_lr, final_lr); }
 
 
 struct run_result {
@@ -355,8 +351,7 @@ std::string sample_word(const model& m, std::mt19937& rng) {
     const int next = pick(rng);
     if (next == 0) break;
     word += static_cast<char>('a' + next - 1);
-    std::copy(e.before + 1, e.before + context, e.before);
-    e.before[context - 1] = static_cast<std::uint8_t>(next);
+    zero_examples::push_symbol(e, next);
   }
   return word;
 }

@@ -8,10 +8,12 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <numbers>
 #include <random>
 #include <string>
 #include <utility>
@@ -31,6 +33,12 @@ struct example {
   std::uint8_t next;
 };
 
+// The context after `next` (a symbol the model predicted or the data gave) is appended.
+inline void push_symbol(example& e, int next) {
+  std::copy(e.before + 1, e.before + context, e.before);
+  e.before[context - 1] = static_cast<std::uint8_t>(next);
+}
+
 struct dataset {
   std::vector<std::string> words;  // every lowercase a-z word of the list
   std::vector<example> train, validation;
@@ -41,8 +49,7 @@ inline void add_examples(const std::string& word, std::vector<example>& out) {
   for (std::size_t i = 0; i <= word.size(); ++i) {
     e.next = i < word.size() ? static_cast<std::uint8_t>(word[i] - 'a' + 1) : 0;
     out.push_back(e);
-    std::copy(e.before + 1, e.before + context, e.before);
-    e.before[context - 1] = e.next;
+    push_symbol(e, e.next);
   }
 }
 
@@ -84,6 +91,13 @@ inline std::size_t batch_index(unsigned seed, int step, int i, std::size_t n) {
 }
 
 // The examples [first, first + count) of a contiguous slice split over `world` ranks.
+// Linear warmup to `peak` over `warmup` steps, then cosine decay to `final` at `steps`.
+inline double warmup_cosine(int step, int steps, int warmup, double peak, double final) {
+  if (step < warmup) return peak * (step + 1) / warmup;
+  const double progress = static_cast<double>(step - warmup) / std::max(1, steps - warmup);
+  return final + 0.5 * (peak - final) * (1 + std::cos(std::numbers::pi * progress));
+}
+
 inline std::pair<std::size_t, std::size_t> slice_of(std::size_t total, int world, int rank) {
   const std::size_t n = static_cast<std::size_t>(world), r = static_cast<std::size_t>(rank);
   return {r * (total / n) + std::min(r, total % n), total / n + (r < total % n ? 1 : 0)};

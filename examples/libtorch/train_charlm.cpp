@@ -100,11 +100,7 @@ double summed_loss(CharMLP& model, const example* ex, std::size_t n) {
   return total;
 }
 
-double learning_rate(int step, int steps) {
-  if (step < warmup_steps) return peak_lr * (step + 1) / warmup_steps;
-  const double progress = static_cast<double>(step - warmup_steps) / std::max(1, steps - warmup_steps);
-  return final_lr + 0.5 * (peak_lr - final_lr) * (1 + std::cos(std::numbers::pi * progress));
-}
+double learning_rate(int step, int steps) { return zero_examples::warmup_cosine(step, steps, warmup_steps, peak_lr, final_lr); }
 
 std::string sample_word(CharMLP& model, std::mt19937& rng) {
   torch::NoGradGuard no_grad;
@@ -118,8 +114,7 @@ std::string sample_word(CharMLP& model, std::mt19937& rng) {
     const int next = pick(rng);
     if (next == 0) break;
     word += static_cast<char>('a' + next - 1);
-    std::copy(e.before + 1, e.before + context, e.before);
-    e.before[context - 1] = static_cast<std::uint8_t>(next);
+    zero_examples::push_symbol(e, next);
   }
   return word;
 }

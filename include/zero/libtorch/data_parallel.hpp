@@ -130,7 +130,6 @@ class data_parallel {
         engine_(comm, registration(tensors_, groups), with_release(std::move(options))) {
     for (std::size_t i = 0; i < tensors_.size(); ++i)
       torch::autograd::impl::set_post_acc_grad_hooks(tensors_[i].tensor, std::make_unique<report_hook>(this, i));
-    hooks_installed_ = true;
   }
 
   data_parallel(const data_parallel&) = delete;
@@ -138,7 +137,6 @@ class data_parallel {
 
   //! Removes the hooks; the module and its gradients stay as they are.
   ~data_parallel() {
-    if (!hooks_installed_) return;
     for (auto& t : tensors_) torch::autograd::impl::set_post_acc_grad_hooks(t.tensor, nullptr);
   }
 
@@ -274,7 +272,6 @@ class data_parallel {
   std::vector<registered> tensors_;
   std::function<void(std::span<const std::size_t>)> user_released_;
   std::size_t held_ = 0, held_bytes_ = 0, peak_held_ = 0, peak_held_bytes_ = 0;
-  bool hooks_installed_ = false;
   Engine engine_;  // last: built over tensors_, destroyed first
 };
 
