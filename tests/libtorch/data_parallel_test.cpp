@@ -11,141 +11,11 @@
 // training: zero must be no farther from it than twice torch's own fp32 run is (over 200 steps
 // both are about 1.3e-6 from it, which is why 1e-6 against torch is as tight as is meaningful).
 
-// torch first: c10's logging defines CHECK, CHECK_EQ, ... (fatal checks), which doctest's
-// assertions must replace
-#include <torch/torch.h>
-#undef CHECK
-#undef CHECK_EQ
-#undef CHECK_NE
-#undef CHECK_LT
-#undef CHECK_LE
-#undef CHECK_GT
-#undef CHECK_GE
-#include <doctest/doctest.h>
-
-#include <algorithm>
-#include <cmath>
-#include <cstdint>
-#include <cstdio>
-#include <cstring>
-#include <filesystem>
-#include <random>
-#include <string>
-#include <vector>
-
-#include <unistd.h>
-
-#include "zero/libtorch/data_parallel.hpp"
-#include "zero/zero.hpp"
+#include "torch_training.hpp"
 
 namespace {
 
-constexpr int symbols = 27, context = 4, embedding = 8, hidden = 45;
-constexpr int batch = 24;  // global batch: 12 per rank on 2 ranks, 8 on 3
-constexpr int steps = 200;
-constexpr double peak_lr = 3e-3, weight_decay = 0.1, max_grad_norm = 1.0;
-
-// A small MLP language model with odd tensor sizes (3,033 parameters), a LayerNorm, and an
-// auxiliary head used only where `aux` is on.
-struct NetImpl : torch::nn::Module {
-  torch::nn::Embedding embed{nullptr};
-  torch::nn::Linear fc1{nullptr}, fc2{nullptr}, aux{nullptr};
-  torch::nn::LayerNorm norm{nullptr};
-
-  explicit NetImpl(bool with_aux) {
-    embed = register_module("embed", torch::nn::Embedding(symbols, embedding));
-    fc1 = register_module("fc1", torch::nn::Linear(context * embedding, hidden));
-    norm = register_module("norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({hidden})));
-    fc2 = register_module("fc2", torch::nn::Linear(hidden, symbols));
-    if (with_aux) aux = register_module("aux", torch::nn::Linear(hidden, symbols));
-  }
-
-  torch::Tensor forward(const torch::Tensor& x, bool use_aux) {
-    auto h = torch::tanh(norm(fc1(embed(x).view({x.size(0), context * embedding}))));
-    auto logits = fc2(h);
-    if (use_aux) logits = logits + aux(h);
-    return logits;
-  }
-};
-TORCH_MODULE(Net);
-
-struct recipe {
-  bool with_aux = false;  // the auxiliary head exists, and is used on even steps only
-  int micro_steps = 1;    // gradient accumulation: the batch in this many micro-batches
-  zero::gradient_order order = zero::gradient_order::reverse;  // the engine's layout order
-  // zero only: train steps [first_step, last_step), after loading the checkpoint `load` (when
-  // set), then save one under `save` (when set)
-  int first_step = 0, last_step = steps;
-  std::string load = {}, save = {};
-};
-
-double learning_rate(int step) { return peak_lr * (step < 5 ? (step + 1) / 5.0 : 1.0 - 0.5 * (step - 5) / steps); }
-bool aux_used(const recipe& r, int step) { return r.with_aux && step % 2 == 0; }
-
-// The batch of a step: contexts and the symbol that follows them (a function of the context
-// the model can learn).
-struct batch_data {
-  torch::Tensor x, y;
-};
-batch_data batch_of(int step) {
-  std::mt19937 rng(1000u + static_cast<unsigned>(step));
-  std::uniform_int_distribution<int> pick(0, symbols - 1);
-  std::vector<std::int64_t> x(batch * context), y(batch);
-  for (int i = 0; i < batch; ++i) {
-    for (int t = 0; t < context; ++t) x[static_cast<std::size_t>(i * context + t)] = pick(rng);
-    y[static_cast<std::size_t>(i)] = (x[static_cast<std::size_t>(i * context)] + 2 * x[static_cast<std::size_t>(i * context + 3)]) % symbols;
-  }
-  return {torch::tensor(x).view({batch, context}), torch::tensor(y)};
-}
-
-// The initial values every run starts from (torch's default initialization, seeded).
-std::vector<torch::Tensor> initial_values(bool with_aux) {
-  torch::manual_seed(7);
-  Net net(with_aux);
-  std::vector<torch::Tensor> out;
-  for (const auto& p : net->parameters()) out.push_back(p.detach().clone());
-  return out;
-}
-
-Net make_net(const recipe& r, const std::vector<torch::Tensor>& init, torch::Dtype dtype) {
-  Net net(r.with_aux);
-  net->to(dtype);
-  torch::NoGradGuard no_grad;
-  auto params = net->parameters();
-  for (std::size_t i = 0; i < params.size(); ++i) params[i].copy_(init[i]);
-  return net;
-}
-
-std::vector<torch::Tensor> snapshot(Net& net) {
-  std::vector<torch::Tensor> out;
-  for (const auto& p : net->parameters()) out.push_back(p.detach().to(torch::kDouble).clone());
-  return out;
-}
-
-// torch::optim::AdamW on the whole batch, in `dtype`: the reference.
-std::vector<torch::Tensor> train_with_torch(const recipe& r, torch::Dtype dtype) {
-  Net net = make_net(r, initial_values(r.with_aux), dtype);
-  std::vector<torch::Tensor> decay, no_decay;
-  for (const auto& p : net->parameters()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
-  std::vector<torch::optim::OptimizerParamGroup> groups;
-  groups.emplace_back(decay, std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(peak_lr).weight_decay(weight_decay)));
-  groups.emplace_back(no_decay, std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(peak_lr).weight_decay(0)));
-  torch::optim::AdamW opt(std::move(groups), torch::optim::AdamWOptions(peak_lr));
-  for (int step = 0; step < steps; ++step) {
-    for (auto& g : opt.param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(learning_rate(step));
-    opt.zero_grad();  // grads to None: a parameter without a gradient is skipped
-    const auto data = batch_of(step);
-    const int micro = batch / r.micro_steps;
-    for (int m = 0; m < r.micro_steps; ++m) {
-      auto logits = net->forward(data.x.narrow(0, m * micro, micro), aux_used(r, step));
-      auto loss = torch::nn::functional::cross_entropy(logits, data.y.narrow(0, m * micro, micro)) / r.micro_steps;
-      loss.backward();
-    }
-    torch::nn::utils::clip_grad_norm_(net->parameters(), max_grad_norm);
-    opt.step();
-  }
-  return snapshot(net);
-}
+using namespace libtorch_test;
 
 // zero on `world` thread ranks: every rank's final values.
 template <class Engine>
@@ -157,74 +27,14 @@ std::vector<std::vector<torch::Tensor>> train_with_zero(const recipe& r, int wor
   std::vector<std::size_t> peaks(static_cast<std::size_t>(world));
   zero::thread_group group(world, {std::chrono::seconds(60)});
   group.run([&](zero::thread_communicator& comm) {
-    const int rank = comm.rank();
-    Net net = make_net(r, init, torch::kFloat);
-    typename Engine::options_type o;
-    o.hyperparameters = {.lr = peak_lr, .weight_decay = weight_decay};
-    const auto groups = zero::libtorch::no_weight_decay_for_vectors(o);
-    o.max_grad_norm = max_grad_norm;
-    o.unreported = unreported;
-    o.layout.bucket_elements = 512;  // several units: stage 2 reduces while backward runs
-    o.layout.order = r.order;
-    zero::libtorch::data_parallel<Engine> dp(*net, comm, o, groups, {.release = release});
-    REQUIRE(dp.size() == net->parameters().size());
-
-    if (!r.load.empty()) zero::load_checkpoint(dp.engine(), r.load);
-    const int local = batch / world, micro = local / r.micro_steps;
-    for (int step = r.first_step; step < r.last_step; ++step) {
-      for (std::size_t g = 0; g < dp.engine().group_count(); ++g) {
-        auto h = dp.engine().hyperparameters(g);
-        h.lr = learning_rate(step);
-        dp.engine().set_hyperparameters(g, h);
-      }
-      const auto data = batch_of(step);
-      for (int m = 0; m < r.micro_steps; ++m) {
-        const int first = rank * local + m * micro;
-        auto logits = net->forward(data.x.narrow(0, first, micro), aux_used(r, step));
-        torch::nn::functional::cross_entropy(logits, data.y.narrow(0, first, micro)).backward();
-        if (m + 1 < r.micro_steps) dp.end_micro_step();
-      }
-      dp.step();
-      REQUIRE(dp.gradients_held() == 0);
-      for (const auto& p : net->parameters()) {
-        if (release == zero::libtorch::gradient_release::free) {
-          REQUIRE_FALSE(p.grad().defined());
-        } else if (p.grad().defined()) {
-          REQUIRE(p.grad().abs().max().item<float>() == 0.0f);
-        }
-      }
-    }
-    if (!r.save.empty()) zero::save_checkpoint(dp.engine(), r.save);
-    peaks[static_cast<std::size_t>(rank)] = dp.peak_gradients_held();
-    finals[static_cast<std::size_t>(rank)] = snapshot(net);
+    auto [values, peak] = train_rank<Engine>(comm, r, init, release, unreported);
+    finals[static_cast<std::size_t>(comm.rank())] = std::move(values);
+    peaks[static_cast<std::size_t>(comm.rank())] = peak;
   });
   if (peak_held) *peak_held = peaks[0];
   return finals;
 }
 
-// Each tensor's largest difference over its largest magnitude.
-double worst_relative_error(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b) {
-  double worst = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    const double diff = (a[i] - b[i]).abs().max().item<double>();
-    const double scale = b[i].abs().max().item<double>();
-    worst = std::max(worst, scale > 0 ? diff / scale : diff);
-  }
-  return worst;
-}
-
-bool bitwise_equal(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b) {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i)
-    if (!torch::equal(a[i], b[i])) return false;
-  return true;
-}
-
-std::size_t equal_tensors(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b) {
-  std::size_t n = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) n += torch::equal(a[i], b[i]) ? 1 : 0;
-  return n;
-}
 
 template <class Engine>
 void check_against_torch(const char* what, const recipe& r = {},
