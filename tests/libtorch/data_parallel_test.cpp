@@ -92,6 +92,23 @@ TEST_SUITE("libtorch") {
                                                                                  zero::unreported_gradients::skip);
   }
 
+  // The same head under the default (unreported_gradients::zero): updated with a zero gradient
+  // (weight decay and the moments' decay apply), as torch does when zero_grad keeps zeros.
+  TEST_CASE("libtorch.unused_parameters_zero_as_deepspeed_does") {
+    check_against_torch<fp32_engine<zero::stage2, zero::bucketed_partitioner>>("stage 2, head used every other step, zero gradients",
+                                                                              {.with_aux = true, .grads_to_none = false});
+  }
+
+  // A parameter that is not one dense contiguous span is refused with its name.
+  TEST_CASE("libtorch.non_contiguous_parameter_refused") {
+    Net net(false);
+    net->register_parameter("transposed", torch::zeros({3, 5}).t());
+    zero::single_rank_communicator comm;
+    using engine = zero::optimizer<zero::stage2, zero::fp32_precision, zero::adamw, zero::contiguous_partitioner, zero::single_rank_communicator>;
+    CHECK_THROWS_WITH_AS((zero::libtorch::data_parallel<engine>(*net, comm)),
+                         doctest::Contains("parameter 'transposed' (rank 0) is not a dense contiguous tensor"), zero::usage_error);
+  }
+
   // Stage 2 with small units frees gradients while backward still runs: at no point does the
   // framework hold every gradient.
   TEST_CASE("libtorch.stage2_frees_gradients_during_backward") {

@@ -69,6 +69,9 @@ struct recipe {
   // set), then save one under `save` (when set)
   int first_step = 0, last_step = steps;
   std::string load = {}, save = {};
+  // torch only: zero_grad() sets gradients to None (a parameter without one is skipped) or to
+  // zeros (it is updated with a zero gradient, as DeepSpeed and zero's default treat it)
+  bool grads_to_none = true;
 };
 
 inline double learning_rate(int step) { return peak_lr * (step < 5 ? (step + 1) / 5.0 : 1.0 - 0.5 * (step - 5) / steps); }
@@ -125,7 +128,7 @@ inline std::vector<torch::Tensor> train_with_torch(const recipe& r, torch::Dtype
   torch::optim::AdamW opt(std::move(groups), torch::optim::AdamWOptions(peak_lr));
   for (int step = 0; step < steps; ++step) {
     for (auto& g : opt.param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(learning_rate(step));
-    opt.zero_grad();  // grads to None: a parameter without a gradient is skipped
+    opt.zero_grad(r.grads_to_none);
     const auto data = batch_of(step);
     const int micro = batch / r.micro_steps;
     for (int m = 0; m < r.micro_steps; ++m) {
