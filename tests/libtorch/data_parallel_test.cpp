@@ -99,6 +99,34 @@ TEST_SUITE("libtorch") {
                                                                               {.with_aux = true, .grads_to_none = false});
   }
 
+  // Replicas that do not start alike are refused on every rank, naming the parameter and the
+  // rank, before any hook is installed.
+  TEST_CASE("libtorch.replicas_that_differ_refused") {
+    torch::set_num_threads(1);
+    const auto init = initial_values(false);
+    std::vector<std::string> messages(3);
+    zero::thread_group group(3, {std::chrono::seconds(60)});
+    group.run([&](zero::thread_communicator& comm) {
+      Net net = make_net({}, init, torch::kFloat);
+      if (comm.rank() == 2) {
+        torch::NoGradGuard no_grad;
+        net->norm->bias[17] += 1e-6f;  // one value, barely
+      }
+      using engine = fp32_engine<zero::stage2, zero::bucketed_partitioner>;
+      try {
+        zero::libtorch::data_parallel<engine> dp(*net, comm);
+      } catch (const zero::mismatch_error& e) {
+        messages[static_cast<std::size_t>(comm.rank())] = e.what();
+      }
+      torch::nn::functional::cross_entropy(net->forward(batch_of(0).x, false), batch_of(0).y).backward();  // no hook left
+      CHECK(net->norm->bias.grad().defined());
+    });
+    for (const auto& m : messages) {
+      CAPTURE(m);
+      CHECK(m.find("parameter 'norm.bias' holds other values on rank 2 than on rank 0") != std::string::npos);
+    }
+  }
+
   // A parameter that is not one dense contiguous span is refused with its name.
   TEST_CASE("libtorch.non_contiguous_parameter_refused") {
     Net net(false);

@@ -42,6 +42,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <span>
@@ -95,6 +96,10 @@ enum class gradient_release {
 //! Options of the adapter itself (the engine's are `Engine::options_type`).
 struct adapter_options {
   gradient_release release = gradient_release::free;
+  //! At construction, compare a digest of every parameter's values across the ranks (one
+  //! all-gather of a word per parameter) and refuse replicas that do not start alike, which
+  //! would otherwise train apart without a word (DDP broadcasts rank 0's values instead).
+  bool check_replicas = true;
 };
 
 //! A libtorch module trained by a `zero` engine: registers the module's parameters, builds the
@@ -128,6 +133,7 @@ class data_parallel {
         tensors_(collect(model, comm.rank())),
         user_released_(std::move(options.on_gradients_released)),
         engine_(comm, registration(tensors_, groups), with_release(std::move(options))) {
+    if (adapter_.check_replicas) check_replicas();
     for (std::size_t i = 0; i < tensors_.size(); ++i)
       torch::autograd::impl::set_post_acc_grad_hooks(tensors_[i].tensor, std::make_unique<report_hook>(this, i));
   }
@@ -224,6 +230,38 @@ class data_parallel {
       params.push_back(std::move(p));
     }
     return params;
+  }
+
+  // The bits of a tensor's values, folded into one word.
+  static std::uint64_t digest(const at::Tensor& t) {
+    const auto* bytes = static_cast<const unsigned char*>(t.const_data_ptr());
+    const std::size_t n = static_cast<std::size_t>(t.numel()) * static_cast<std::size_t>(t.element_size());
+    std::uint64_t h = 0x9e3779b97f4a7c15ull ^ n;
+    std::size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+      std::uint64_t w;
+      std::memcpy(&w, bytes + i, 8);
+      h = (h ^ w) * 0xff51afd7ed558ccdull;
+      h ^= h >> 29;
+    }
+    for (; i < n; ++i) h = (h ^ bytes[i]) * 0x100000001b3ull;
+    return h;
+  }
+
+  // Collective: every rank gathers every rank's digests and throws the same error where they
+  // differ, naming the first parameter and the lowest rank that differs from rank 0.
+  void check_replicas() {
+    const std::size_t n = tensors_.size();
+    const auto world = static_cast<std::size_t>(engine_.world_size());
+    std::vector<std::uint64_t> mine(n), all(n * world);
+    for (std::size_t i = 0; i < n; ++i) mine[i] = digest(tensors_[i].tensor);
+    engine_.all_gather_words(mine.data(), all.data(), n);
+    for (std::size_t i = 0; i < n; ++i)
+      for (std::size_t r = 1; r < world; ++r)
+        if (all[r * n + i] != all[i])
+          throw mismatch_error("zero::libtorch: parameter '" + tensors_[i].name + "' holds other values on rank " + std::to_string(r) +
+                               " than on rank 0: every rank's module must start from the same values (build the values once "
+                               "and copy them into each replica; thread ranks share torch's default generator)");
   }
 
   options_type with_release(options_type o) {
