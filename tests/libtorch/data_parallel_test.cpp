@@ -99,8 +99,8 @@ TEST_SUITE("libtorch") {
                                                                               {.with_aux = true, .grads_to_none = false});
   }
 
-  // Replicas that do not start alike are refused on every rank, naming the parameter and the
-  // rank, before any hook is installed.
+  // With replica_start::check, replicas that do not start alike are refused on every rank, naming
+  // the parameter and the rank, before any hook is installed.
   TEST_CASE("libtorch.replicas_that_differ_refused") {
     torch::set_num_threads(1);
     const auto init = initial_values(false);
@@ -114,7 +114,7 @@ TEST_SUITE("libtorch") {
       }
       using engine = fp32_engine<zero::stage2, zero::bucketed_partitioner>;
       try {
-        zero::libtorch::data_parallel<engine> dp(*net, comm);
+        zero::libtorch::data_parallel<engine> dp(*net, comm, {}, {}, {.start = zero::libtorch::replica_start::check});
       } catch (const zero::mismatch_error& e) {
         messages[static_cast<std::size_t>(comm.rank())] = e.what();
       }
@@ -125,6 +125,47 @@ TEST_SUITE("libtorch") {
       CAPTURE(m);
       CHECK(m.find("parameter 'norm.bias' holds other values on rank 2 than on rank 0") != std::string::npos);
     }
+  }
+
+  // By default every rank starts from rank 0's values (DDP's broadcast), whatever its own were.
+  TEST_CASE("libtorch.replicas_start_from_rank0") {
+    torch::set_num_threads(1);
+    const auto init = initial_values(false);
+    std::vector<std::vector<torch::Tensor>> started(3);
+    zero::thread_group group(3, {std::chrono::seconds(60)});
+    group.run([&](zero::thread_communicator& comm) {
+      Net net = make_net({}, init, torch::kFloat);
+      {
+        torch::NoGradGuard no_grad;
+        for (auto& p : net->parameters()) p.add_(0.5f * static_cast<float>(comm.rank()));  // every rank its own values
+      }
+      zero::libtorch::data_parallel<fp32_engine<zero::stage2, zero::bucketed_partitioner>> dp(*net, comm);
+      started[static_cast<std::size_t>(comm.rank())] = snapshot(net);
+    });
+    Net rank0 = make_net({}, init, torch::kFloat);  // rank 0 added 0.5 x 0
+    CHECK(bitwise_equal(started[0], snapshot(rank0)));
+    CHECK(bitwise_equal(started[1], started[0]));
+    CHECK(bitwise_equal(started[2], started[0]));
+  }
+
+  // A module refused on one rank only is an error on every rank (the others name that rank),
+  // not a hang in a collective the refusing rank never joins.
+  TEST_CASE("libtorch.refusal_on_one_rank_fails_every_rank") {
+    torch::set_num_threads(1);
+    std::vector<std::string> messages(3);
+    zero::thread_group group(3, {std::chrono::seconds(60)});
+    group.run([&](zero::thread_communicator& comm) {
+      Net net(false);
+      if (comm.rank() == 1) net->to(torch::kDouble);
+      try {
+        zero::libtorch::data_parallel<fp32_engine<zero::stage2, zero::bucketed_partitioner>> dp(*net, comm);
+      } catch (const zero::usage_error& e) {
+        messages[static_cast<std::size_t>(comm.rank())] = e.what();
+      }
+    });
+    CHECK(messages[1].find("parameter 'embed.weight' (rank 1) is Double") != std::string::npos);
+    CHECK(messages[0].find("rank 1 refused its module") != std::string::npos);
+    CHECK(messages[2].find("rank 1 refused its module") != std::string::npos);
   }
 
   // A parameter that is not one dense contiguous span is refused with its name.

@@ -93,13 +93,20 @@ enum class gradient_release {
   zero_in_place,  //!< `.grad` is zeroed and kept: the next backward accumulates into it, no allocation
 };
 
+//! How the ranks' replicas come to start from the same values (replicas that start apart would
+//! train apart without a word).
+enum class replica_start {
+  broadcast_from_rank0,  //!< every parameter is broadcast from rank 0 at construction, as DDP does
+  check,                 //!< a digest of every parameter is compared across the ranks (one all-gather of
+                         //!< a word per parameter); where a replica differs, every rank throws the same
+                         //!< mismatch_error naming the parameter and the rank
+  as_given,              //!< nothing: the framework guarantees it
+};
+
 //! Options of the adapter itself (the engine's are `Engine::options_type`).
 struct adapter_options {
   gradient_release release = gradient_release::free;
-  //! At construction, compare a digest of every parameter's values across the ranks (one
-  //! all-gather of a word per parameter) and refuse replicas that do not start alike, which
-  //! would otherwise train apart without a word (DDP broadcasts rank 0's values instead).
-  bool check_replicas = true;
+  replica_start start = replica_start::broadcast_from_rank0;
 };
 
 //! A libtorch module trained by a `zero` engine: registers the module's parameters, builds the
@@ -125,15 +132,20 @@ class data_parallel {
   //! Registers `model`'s parameters that require a gradient and builds the engine (collective:
   //! every rank of `comm` constructs its adapter alike). `options.on_gradients_released`, when
   //! set, is called after the adapter released the gradients.
+  //! With `replica_start::broadcast_from_rank0` (the default) every rank's module holds rank 0's
+  //! values when it returns.
   //! @throws usage_error naming the parameter and the rank: a parameter of another dtype than
-  //!   the engine's, not on the CPU, not contiguous, or that already has a post-accumulate-grad hook
+  //!   the engine's, not on the CPU, not contiguous, or that already has a post-accumulate-grad
+  //!   hook; on every other rank a usage_error naming that rank
+  //! @throws mismatch_error: the ranks' modules have other parameters, or (with
+  //!   `replica_start::check`) other values
   data_parallel(torch::nn::Module& model, communicator_type& comm, options_type options = {}, const group_function& groups = {},
                 adapter_options adapter = {})
       : adapter_(adapter),
-        tensors_(collect(model, comm.rank())),
+        tensors_(agreed(model, comm, adapter.start)),
         user_released_(std::move(options.on_gradients_released)),
         engine_(comm, registration(tensors_, groups), with_release(std::move(options))) {
-    if (adapter_.check_replicas) check_replicas();
+    if (adapter_.start == replica_start::check) check_replicas();
     for (std::size_t i = 0; i < tensors_.size(); ++i)
       torch::autograd::impl::set_post_acc_grad_hooks(tensors_[i].tensor, std::make_unique<report_hook>(this, i));
   }
@@ -217,6 +229,45 @@ class data_parallel {
     }
     if (out.empty()) throw usage_error("zero::libtorch: the module has no parameter that requires a gradient (rank " + std::to_string(rank) + ")");
     return out;
+  }
+
+  // collect() on every rank, agreed on by all of them before anything else is collective: one
+  // all-gather of two words per rank (refused or not; a digest of the names, sizes and dtypes),
+  // so that a refusal or another layout on one rank is an error on every rank, never a hang or a
+  // broadcast of mismatched sizes. Then, with broadcast_from_rank0, rank 0's values everywhere.
+  static std::vector<registered> agreed(torch::nn::Module& model, communicator_type& comm, replica_start start) {
+    const int rank = comm.rank();
+    const auto world = static_cast<std::size_t>(comm.world_size());
+    std::vector<registered> tensors;
+    std::string refusal;
+    try {
+      tensors = collect(model, rank);
+    } catch (const usage_error& e) {
+      refusal = e.what();
+    }
+    std::uint64_t layout = 0x9e3779b97f4a7c15ull ^ tensors.size();
+    for (const auto& t : tensors) {
+      for (const char c : t.name) layout = (layout ^ static_cast<unsigned char>(c)) * 0x100000001b3ull;
+      layout = (layout ^ static_cast<std::uint64_t>(t.tensor.numel())) * 0xff51afd7ed558ccdull;
+      layout = (layout ^ static_cast<std::uint64_t>(t.tensor.scalar_type())) * 0xff51afd7ed558ccdull;
+    }
+    const std::uint64_t mine[2] = {refusal.empty() ? 0u : 1u, layout};
+    std::vector<std::uint64_t> all(2 * world);
+    comm.all_gather(mine, all.data(), 2);
+    if (!refusal.empty()) throw usage_error(refusal);
+    for (std::size_t r = 0; r < world; ++r)
+      if (all[2 * r] != 0)
+        throw usage_error("zero::libtorch: rank " + std::to_string(r) +
+                          " refused its module (its error names the parameter), so no rank built an engine (rank " +
+                          std::to_string(rank) + ")");
+    for (std::size_t r = 1; r < world; ++r)
+      if (all[2 * r + 1] != all[1])
+        throw mismatch_error("zero::libtorch: rank " + std::to_string(r) +
+                             "'s module has other parameters than rank 0's (names, sizes or dtypes of the parameters that "
+                             "require a gradient)");
+    if (start == replica_start::broadcast_from_rank0)
+      for (auto& t : tensors) comm.broadcast(reinterpret_cast<param_type*>(t.tensor.data_ptr()), static_cast<std::size_t>(t.tensor.numel()), 0);
+    return tensors;
   }
 
   static std::vector<parameter<param_type>> registration(std::vector<registered>& tensors, const group_function& groups) {
