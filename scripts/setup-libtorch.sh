@@ -4,7 +4,8 @@
 # virtual environment .venv-libtorch (ignored by git). Nothing else in zero needs torch.
 #
 # Only the wheel itself is installed (--no-deps): the C++ side needs none of its Python
-# dependencies, nor its CUDA libraries (the tests link libtorch_cpu and c10 only). About 540 MB
+# dependencies, nor the CUDA libraries of libtorch_cuda (the tests link libtorch_cpu and c10 only;
+# libtorch_cpu needs CUDA's runtime, which the CUDA toolkit provides). About 540 MB
 # to download and 1.2 GB on disk; CMake finds it at the next configure.
 #
 #   scripts/setup-libtorch.sh            # installs when missing
