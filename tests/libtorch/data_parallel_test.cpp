@@ -164,8 +164,28 @@ TEST_SUITE("libtorch") {
       }
     });
     CHECK(messages[1].find("parameter 'embed.weight' (rank 1) is Double") != std::string::npos);
-    CHECK(messages[0].find("rank 1 refused its module") != std::string::npos);
-    CHECK(messages[2].find("rank 1 refused its module") != std::string::npos);
+    CHECK(messages[0].find("rank(s) 1 refused their parameters") != std::string::npos);
+    CHECK(messages[2].find("rank(s) 1 refused their parameters") != std::string::npos);
+  }
+
+  // Modules with other parameters on one rank: every rank throws the same mismatch_error
+  // naming it, before any broadcast of mismatched sizes.
+  TEST_CASE("libtorch.other_module_on_one_rank_refused") {
+    torch::set_num_threads(1);
+    std::vector<std::string> messages(3);
+    zero::thread_group group(3, {std::chrono::seconds(60)});
+    group.run([&](zero::thread_communicator& comm) {
+      Net net(comm.rank() == 2);  // rank 2 has the auxiliary head as well
+      try {
+        zero::libtorch::data_parallel<fp32_engine<zero::stage2, zero::bucketed_partitioner>> dp(*net, comm);
+      } catch (const zero::mismatch_error& e) {
+        messages[static_cast<std::size_t>(comm.rank())] = e.what();
+      }
+    });
+    for (const auto& m : messages) {
+      CAPTURE(m);
+      CHECK(m.find("rank(s) 2 registered a module with other parameters") != std::string::npos);
+    }
   }
 
   // A parameter that is not one dense contiguous span is refused with its name.

@@ -52,6 +52,7 @@
 #include <utility>
 #include <vector>
 
+#include "zero/engine/rank_agreement.hpp"
 #include "zero/error.hpp"
 #include "zero/optimizer.hpp"
 #include "zero/types.hpp"
@@ -231,40 +232,29 @@ class data_parallel {
     return out;
   }
 
-  // collect() on every rank, agreed on by all of them before anything else is collective: one
-  // all-gather of two words per rank (refused or not; a digest of the names, sizes and dtypes),
-  // so that a refusal or another layout on one rank is an error on every rank, never a hang or a
-  // broadcast of mismatched sizes. Then, with broadcast_from_rank0, rank 0's values everywhere.
+  // collect() on every rank, agreed on by all of them before anything else is collective (the
+  // engine's own agreement: one all-gather of two words per rank, whether it refused and a
+  // digest of the names, sizes and dtypes), so that a refusal or another layout on one rank is an
+  // error on every rank, never a hang or a broadcast of mismatched sizes. Then, with
+  // broadcast_from_rank0, rank 0's values everywhere.
   static std::vector<registered> agreed(torch::nn::Module& model, communicator_type& comm, replica_start start) {
-    const int rank = comm.rank();
-    const auto world = static_cast<std::size_t>(comm.world_size());
     std::vector<registered> tensors;
     std::string refusal;
     try {
-      tensors = collect(model, rank);
+      tensors = collect(model, comm.rank());
     } catch (const usage_error& e) {
       refusal = e.what();
     }
-    std::uint64_t layout = 0x9e3779b97f4a7c15ull ^ tensors.size();
+    engine::digest layout;
+    layout.word(tensors.size());
     for (const auto& t : tensors) {
-      for (const char c : t.name) layout = (layout ^ static_cast<unsigned char>(c)) * 0x100000001b3ull;
-      layout = (layout ^ static_cast<std::uint64_t>(t.tensor.numel())) * 0xff51afd7ed558ccdull;
-      layout = (layout ^ static_cast<std::uint64_t>(t.tensor.scalar_type())) * 0xff51afd7ed558ccdull;
+      layout.text(t.name);
+      layout.word(static_cast<std::uint64_t>(t.tensor.numel()));
+      layout.word(static_cast<std::uint64_t>(t.tensor.scalar_type()));
     }
-    const std::uint64_t mine[2] = {refusal.empty() ? 0u : 1u, layout};
-    std::vector<std::uint64_t> all(2 * world);
-    comm.all_gather(mine, all.data(), 2);
-    if (!refusal.empty()) throw usage_error(refusal);
-    for (std::size_t r = 0; r < world; ++r)
-      if (all[2 * r] != 0)
-        throw usage_error("zero::libtorch: rank " + std::to_string(r) +
-                          " refused its module (its error names the parameter), so no rank built an engine (rank " +
-                          std::to_string(rank) + ")");
-    for (std::size_t r = 1; r < world; ++r)
-      if (all[2 * r + 1] != all[1])
-        throw mismatch_error("zero::libtorch: rank " + std::to_string(r) +
-                             "'s module has other parameters than rank 0's (names, sizes or dtypes of the parameters that "
-                             "require a gradient)");
+    auto gather = [&](const std::uint64_t* mine, std::uint64_t* all, std::size_t n) { comm.all_gather(mine, all, n); };
+    engine::agree_on_input(gather, comm.rank(), comm.world_size(), layout.value(), refusal,
+                           "a module with other parameters (names, sizes or dtypes of those that require a gradient)");
     if (start == replica_start::broadcast_from_rank0)
       for (auto& t : tensors) comm.broadcast(reinterpret_cast<param_type*>(t.tensor.data_ptr()), static_cast<std::size_t>(t.tensor.numel()), 0);
     return tensors;
@@ -283,7 +273,8 @@ class data_parallel {
     return params;
   }
 
-  // The bits of a tensor's values, folded into one word.
+  // The bits of a tensor's values, folded into one word, eight bytes at a time (engine::digest
+  // folds byte by byte: fine for layouts, slow for every value of a large model).
   static std::uint64_t digest(const at::Tensor& t) {
     const auto* bytes = static_cast<const unsigned char*>(t.const_data_ptr());
     const std::size_t n = static_cast<std::size_t>(t.numel()) * static_cast<std::size_t>(t.element_size());
