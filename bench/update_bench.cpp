@@ -35,7 +35,6 @@
 using zero_bench::filled;
 using zero_bench::fused_adamw;
 using zero_bench::limit;
-using zero_bench::limit_kernel;
 
 namespace {
 
