@@ -539,7 +539,7 @@ class optimizer {
   //! State slot `k` of the values this rank updates, indexed like `values()`.
   std::span<const float> state(std::size_t k) const {
     if (k >= state_count_) throw usage_error("zero: state slot " + std::to_string(k) + " of " + std::to_string(state_count_));
-    return {state_.data() + k * updated_count(), updated_count()};
+    return {state_.data() + k * state_stride(), updated_count()};
   }
   std::size_t state_count() const noexcept { return state_count_; }
 
@@ -578,7 +578,7 @@ class optimizer {
   //! Writable `state(k)`.
   std::span<float> mutable_state(std::size_t k) {
     if (k >= state_count_) throw usage_error("zero: state slot " + std::to_string(k) + " of " + std::to_string(state_count_));
-    return {state_.data() + k * updated_count(), updated_count()};
+    return {state_.data() + k * state_stride(), updated_count()};
   }
   //! The framework's values of parameter `p`, as registered.
   raw_span<param_type> parameter_values(std::size_t p) const {
@@ -873,6 +873,8 @@ class optimizer {
   }
 
   std::size_t updated_count() const noexcept { return sharded ? plan_.shard_size : plan_.element_count; }
+  //! Elements from one state slot to the next (`zero::state_stride`).
+  std::size_t state_stride() const noexcept { return zero::state_stride(updated_count(), state_count_); }
 
   value_type* value_base() const noexcept {
     if constexpr (Precision::has_master) return master_.data();
@@ -884,7 +886,7 @@ class optimizer {
     auto& b = backend_;
     const std::size_t updated = updated_count();
     if constexpr (Precision::has_master) master_ = b.template allocate<value_type>(updated);
-    state_ = b.template allocate<float>(state_count_ * updated);
+    state_ = b.template allocate<float>(state_count_ * state_stride());
     gradients_ = b.template allocate<accum_type>(local_accumulation_ ? plan_.padded_size : plan_.shard_size);
     if (options_.layout.gradient_slots) slots_ = b.template allocate<grad_type>(plan_.element_count);
     if constexpr (sharded) param_shard_ = b.template allocate<param_type>(plan_.shard_size);
@@ -929,10 +931,10 @@ class optimizer {
     build_segments();
     for (std::size_t k = 0; k < state_count_; ++k) {  // each group's elements start at its value
       const float start = static_cast<float>(initial_state<Rule>(options_.hyperparameters, k));
-      b.fill(state_.data() + k * updated, updated, start);
+      b.fill(state_.data() + k * state_stride(), updated, start);
       for (const auto& s : segments_) {
         const float own = static_cast<float>(initial_state<Rule>(options_.group(s.group), k));
-        if (own != start) b.fill(state_.data() + k * updated + s.state_offset, s.count, own);
+        if (own != start) b.fill(state_.data() + k * state_stride() + s.state_offset, s.count, own);
       }
     }
     // initial values: the parameters this rank updates, widened to the value type
@@ -948,7 +950,7 @@ class optimizer {
   //! Prepares the backend's update for these runs (element-wise passes and norm) and pieces
   //! (tensor-wise passes); under `skip`, remembers them (`ensure_prepared`).
   void prepare_backend(std::span<const segment> runs, std::span<const segment> pieces) {
-    backend_.template prepare<Rule>(sizes_.size(), runs, pieces, state_.data(), updated_count(), state_count_);
+    backend_.template prepare<Rule>(sizes_.size(), runs, pieces, state_.data(), state_stride(), state_count_);
     if (skip_unreported_) {
       prepared_runs_.assign(runs.begin(), runs.end());
       prepared_pieces_.assign(pieces.begin(), pieces.end());
