@@ -67,12 +67,14 @@ void state_gap(benchmark::State& state) {
 }
 
 // A whole stage-2 step with `ranks` thread ranks over a model of `params` parameters in 16
-// tensors (bf16 parameters and gradients, fp32 master, AdamW), one update thread per rank.
-// Reports the time split measured by the engine (rank 0) and the ratio of the whole step to
-// the update alone.
+// tensors (bf16 parameters and gradients, fp32 master, AdamW), one update thread per rank,
+// `read_gradients_in_update` off (0) or on (1; it matters at one rank). Reports the time split
+// measured by the engine (rank 0) and the ratio of the whole step (gradients reported, then
+// `step()`) to the engine's update pass.
 void stage2_step(benchmark::State& state) {
   const std::size_t params = static_cast<std::size_t>(state.range(0));
   const int ranks = static_cast<int>(state.range(1));
+  const bool read_in_update = state.range(2) != 0;
   using O = zero::optimizer<zero::stage2, zero::bf16_mixed, zero::adamw, zero::bucketed_partitioner>;
   constexpr std::size_t tensors = 16;
   double reduce = 0, update = 0, gather = 0, total = 0;
@@ -90,6 +92,7 @@ void stage2_step(benchmark::State& state) {
     O::options_type options;
     options.threads = 1;
     options.layout.bucket_elements = 1u << 24;
+    options.layout.read_gradients_in_update = read_in_update;
     O opt(comm, registered, options);
     std::uint64_t more = 1;
     for (;;) {
@@ -204,5 +207,5 @@ BENCHMARK(fused_adamw<zero::bf16_mixed>)->ArgsProduct({{1 << 20, 16 << 20, 64 <<
 BENCHMARK(groups_update<zero::fp32_precision>)->ArgsProduct({{16 << 20, 64 << 20}, {1, 2}})->UseRealTime()->Unit(benchmark::kMillisecond)->Iterations(10)->Name("groups_fp32");
 BENCHMARK(groups_update<zero::bf16_mixed>)->ArgsProduct({{16 << 20, 64 << 20}, {1, 2}})->UseRealTime()->Unit(benchmark::kMillisecond)->Iterations(10)->Name("groups_bf16_master");
 BENCHMARK(state_gap)->ArgsProduct({{1 << 20, 64 << 20}, {0, 16, 1040}})->UseRealTime()->Unit(benchmark::kMillisecond);
-BENCHMARK(stage2_step)->ArgsProduct({{1 << 20, 64 << 20}, {1, 2, 4}})->UseRealTime()->Unit(benchmark::kMillisecond)->Iterations(5);
+BENCHMARK(stage2_step)->ArgsProduct({{1 << 20, 64 << 20}, {1, 2, 4}, {0, 1}})->UseRealTime()->Unit(benchmark::kMillisecond)->Iterations(5);
 BENCHMARK_MAIN();

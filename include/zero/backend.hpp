@@ -155,7 +155,7 @@ class host_backend {
     (void)pieces;
     run_elements_ = 0;
     for (const auto& r : runs) run_elements_ += r.count;
-    block_sums_.assign((run_elements_ + norm_block - 1) / norm_block, 0.0);
+    block_sums_.assign((run_elements_ + norm_block - 1) / norm_block, detail::square_lanes{});
     state_ = state;
     state_stride_ = state_stride;
     state_count_ = state_count;
@@ -168,7 +168,7 @@ class host_backend {
   double sum_of_squares(std::span<const update_run<Value, Accum, Param>> runs) {
     auto job = [&](unsigned t, unsigned n) {
       for_each_block_piece(runs, t, n, [&](const auto& r, std::size_t begin, std::size_t end, std::size_t block) {
-        block_sums_[block] += detail::sum_of_squares(r.grads + begin, end - begin);
+        detail::add_squares(block_sums_[block], r.grads + begin, end - begin, r.state_offset + begin);
       });
     };
     run_split(job);
@@ -186,9 +186,9 @@ class host_backend {
     auto job = [&](unsigned t, unsigned n) {
       for_each_block_piece(runs, t, n, [&](const auto& r, std::size_t begin, std::size_t end, std::size_t block) {
         const auto slots = state_slots(r.state_offset + begin);
-        block_sums_[block] += detail::update_elements<Rule>(c[r.group], r.values + begin, r.grads + begin, slots.data(), state_count_,
-                                                            r.out == nullptr ? nullptr : r.out + begin, end - begin, factor,
-                                                            round, id_base + r.state_offset + begin, with_norm);
+        detail::update_elements<Rule>(c[r.group], r.values + begin, r.grads + begin, slots.data(), state_count_,
+                                      r.out == nullptr ? nullptr : r.out + begin, end - begin, factor, round,
+                                      id_base + r.state_offset + begin, with_norm ? &block_sums_[block] : nullptr);
       });
     };
     run_split(job);
@@ -268,7 +268,7 @@ class host_backend {
 
   double total_of_blocks() const noexcept {
     double total = 0;
-    for (double b : block_sums_) total += b;
+    for (const auto& b : block_sums_) total += b.total();
     return total;
   }
 
@@ -278,7 +278,7 @@ class host_backend {
   template <class Run, class F>
   void for_each_block_piece(std::span<const Run> runs, unsigned t, unsigned n, F&& f) {
     const auto [first, last] = detail::share(block_sums_.size(), t, n);
-    for (std::size_t b = first; b < last; ++b) block_sums_[b] = 0;
+    for (std::size_t b = first; b < last; ++b) block_sums_[b] = {};
     const std::size_t lo = first * norm_block, hi = std::min(last * norm_block, run_elements_);
     std::size_t at = 0;
     for (const auto& r : runs) {
@@ -297,7 +297,7 @@ class host_backend {
 
   std::pmr::memory_resource* memory_;
   detail::worker_pool pool_;
-  std::vector<double> block_sums_;  // the norm's sum, one per block of norm_block elements
+  std::vector<detail::square_lanes> block_sums_;  // the norm's sum, one per block of norm_block elements
   std::size_t run_elements_ = 0;
   float* state_ = nullptr;
   std::size_t state_stride_ = 0, state_count_ = 0;

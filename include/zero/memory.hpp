@@ -105,6 +105,14 @@ struct layout_options {
   //! released before the call returns; a piece whose unit's buffer is still busy (the unit lies
   //! more than `staging_buffers` units ahead) is read later, as without the option.
   bool copy_on_report = false;
+  //! Stage 2 at one rank on the host: keep each reported gradient until the step and let the
+  //! update read it where it is, instead of copying it into the engine's gradient buffer while
+  //! backward runs. The framework's gradients are then released when `step()` returns (held
+  //! through backward, as in stage 0: `framework_gradients` counts each once), and the step costs
+  //! the update alone. A step of several micro-steps, with a parameter reported more than once,
+  //! with the overflow check, a predivide factor, `unreported_gradients::skip` or a tensor-wise
+  //! rule copies the gradients as without the option. No effect at more than one rank.
+  bool read_gradients_in_update = false;
 };
 
 //! Elements from one state slot to the next in the engine's state buffer (slot k of element i at
@@ -146,10 +154,14 @@ constexpr memory_report expected_memory(std::size_t param_count, int world_size,
   const bool streaming = s == stage::stage2 && !o.defer_reduction;  // reduced while backward runs
   r[memory_kind::gradients] = (streaming ? shard : padded) * sizeof(typename P::accum_type);
   r[memory_kind::gradient_slots] = o.gradient_slots ? param_count * sizeof(typename P::grad_type) : 0;
-  r[memory_kind::parameter_shard] = sharded ? shard * sizeof(param) : 0;
+  // at one rank with master weights the update writes the framework's parameters itself
+  const bool writes_parameters = P::has_master && n == 1;
+  r[memory_kind::parameter_shard] = sharded && !writes_parameters ? shard * sizeof(param) : 0;
   const std::size_t staging_element = sharded ? std::max(sizeof(comm), sizeof(param)) : sizeof(comm);
   r[memory_kind::buckets] = std::max<std::size_t>(o.staging_buffers, 1) * unit * staging_element;
-  if (streaming && !o.gradient_slots && param_count != 0)
+  const bool held = streaming && o.read_gradients_in_update && n == 1;  // read by the update
+  if (held && !o.gradient_slots) r.framework_gradients = param_count * sizeof(typename P::grad_type);
+  else if (streaming && !o.gradient_slots && param_count != 0)
     r.framework_gradients = (unit + largest_parameter) * sizeof(typename P::grad_type);
   return r;
 }

@@ -392,9 +392,11 @@ class optimizer {
     check_usable();
     step_report report;
     using clock = std::chrono::steady_clock;
+    const bool direct = direct_step();
     guarded([&] {
       auto t0 = clock::now();
-      finish_micro_step();
+      if (direct) build_direct_runs();  // nothing to reduce: the update reads the gradients
+      else finish_micro_step();
       if (local_accumulation_) reduce_remaining_units();
       if (skip_unreported_) {
         // the non-finite finding first: a device backend's prepare (plan_skip_update) clears it
@@ -404,15 +406,19 @@ class optimizer {
       }
       auto t1 = clock::now();
       if (norm_needed_before_update()) {
-        report = exchange_statistics(local_sum_of_squares());
-        if (!report.skipped) update_shard(static_cast<float>(inverse_average_ * report.clip_factor), nullptr);
+        report = exchange_statistics(direct ? backend_.sum_of_squares(std::span<const direct_segment>(direct_runs_)) : local_sum_of_squares());
+        if (!report.skipped) update_shard(static_cast<float>(inverse_average_ * report.clip_factor), nullptr, direct);
       } else {
         // no clipping and no overflow check: the norm is only reported, so the update pass
         // computes it on the way (one pass over the gradients fewer)
         double sum_of_squares = 0;
         inverse_average_ = engine::inverse_average(statistics_inputs());
-        update_shard(static_cast<float>(inverse_average_), &sum_of_squares);
+        update_shard(static_cast<float>(inverse_average_), &sum_of_squares, direct);
         report = exchange_statistics(sum_of_squares);
+      }
+      if (direct) {  // the micro-step ends: the gradients were read for the last time
+        schedule_.release_all_reported(released_);
+        forget_reports();
       }
       auto t2 = clock::now();
       if (!report.skipped && Stage != stage::stage0) gather_parameters();
@@ -422,7 +428,7 @@ class optimizer {
       report.gather_seconds = std::chrono::duration<double>(t3 - t2).count();
       reduce_seconds_ = 0;
     });
-    reset_step();
+    reset_step(!direct);  // a direct step left the gradient buffer as it found it: zero
     notify_released();
     if (report.skipped) {
       scaler_.update(true);
@@ -637,7 +643,8 @@ class optimizer {
     r[memory_kind::parameter_shard] = param_shard_.bytes();
     r[memory_kind::buckets] = ring_.memory().bytes();
     if (Stage == stage::stage2 && !local_accumulation_ && !options_.layout.gradient_slots)
-      r.framework_gradients = (plan_.max_unit_elements() + largest_gradient_) * sizeof(grad_type);
+      r.framework_gradients = reads_gradients_in_update() ? plan_.element_count * sizeof(grad_type)  // held until the step
+                                                          : (plan_.max_unit_elements() + largest_gradient_) * sizeof(grad_type);
     if constexpr (measured_checkpointer<Checkpointer>) {
       r.activations = checkpointer_->peak_memory().device();
       r.activations_host = checkpointer_->peak_memory().host;
@@ -658,6 +665,7 @@ class optimizer {
   // A contiguous run of elements the update walks (`update_run`): values, gradients, state and
   // output (null when the values are the parameters themselves).
   using segment = update_run<value_type, accum_type, param_type>;
+  using direct_segment = update_run<value_type, grad_type, param_type>;  // over the framework's gradients
   // unreported_gradients::skip: a reported parameter's owned piece and the index of its constants,
   // and a batch of the update (at most max_groups constants, the runs and pieces that use them)
   struct active_piece {
@@ -739,6 +747,8 @@ class optimizer {
     if (!(f > 0) || !std::isfinite(f))
       throw usage_error("zero: gradient_predivide_factor is " + std::to_string(f) + where + "; use a finite value > 0");
     engine::check_layout(options_.layout, names_, rank_, pipelined, typeid(Comm).name());
+    if (options_.layout.read_gradients_in_update && !backend_type::host_accessible)
+      throw usage_error("zero: layout.read_gradients_in_update" + where + ": the update reads the framework's gradients on the host only");
     if (options_.value_rounding == rounding::stochastic && !(std::is_same_v<value_type, bf16> && !Precision::has_master))
       throw usage_error("zero: stochastic rounding needs bf16 parameters without master weights (e.g. zero::bf16_pure)" + where);
     if (options_.unreported != unreported_gradients::zero && options_.unreported != unreported_gradients::skip)
@@ -767,6 +777,7 @@ class optimizer {
     const auto& l = options_.layout;
     for (std::uint64_t v : {std::uint64_t{l.alignment}, std::uint64_t{l.bucket_elements}, std::uint64_t{l.gradient_slots},
                             std::uint64_t{l.defer_reduction}, std::uint64_t{l.staging_buffers}, std::uint64_t{l.copy_on_report},
+                            std::uint64_t{l.read_gradients_in_update},
                             static_cast<std::uint64_t>(l.order)})
       d.word(v);
     d.real(options_.max_grad_norm);
@@ -873,6 +884,13 @@ class optimizer {
   }
 
   std::size_t updated_count() const noexcept { return sharded ? plan_.shard_size : plan_.element_count; }
+  //! Whether the update writes the new model-precision values straight into the framework's
+  //! parameters rather than into the parameter shard that the all-gather then copies out: at one
+  //! rank (the shard is the whole model), with master weights. No parameter shard is
+  //! allocated then (`expected_memory` says so too).
+  bool writes_parameters_directly() const noexcept {
+    return sharded && Precision::has_master && world_ == 1;
+  }
   //! Elements from one state slot to the next (`zero::state_stride`).
   std::size_t state_stride() const noexcept { return zero::state_stride(updated_count(), state_count_); }
 
@@ -889,7 +907,8 @@ class optimizer {
     state_ = b.template allocate<float>(state_count_ * state_stride());
     gradients_ = b.template allocate<accum_type>(local_accumulation_ ? plan_.padded_size : plan_.shard_size);
     if (options_.layout.gradient_slots) slots_ = b.template allocate<grad_type>(plan_.element_count);
-    if constexpr (sharded) param_shard_ = b.template allocate<param_type>(plan_.shard_size);
+    if constexpr (sharded)
+      if (!writes_parameters_directly()) param_shard_ = b.template allocate<param_type>(plan_.shard_size);
     const std::size_t staging_element = sharded ? std::max(sizeof(comm_type), sizeof(param_type)) : sizeof(comm_type);
     staging_capacity_ = plan_.max_unit_elements();
     const std::size_t bytes = staging_capacity_ * staging_element;
@@ -929,6 +948,7 @@ class optimizer {
     auto& b = backend_;
     const std::size_t updated = updated_count();
     build_segments();
+    prepare_direct_runs();
     for (std::size_t k = 0; k < state_count_; ++k) {  // each group's elements start at its value
       const float start = static_cast<float>(initial_state<Rule>(options_.hyperparameters, k));
       b.fill(state_.data() + k * state_stride(), updated, start);
@@ -942,7 +962,8 @@ class optimizer {
       const param_type* from = params_[piece.param].data + piece.param_offset;
       const std::size_t at = sharded ? piece.shard_offset : piece.flat_offset;
       if constexpr (Precision::has_master) b.convert(master_.data() + at, from, piece.count);
-      if constexpr (sharded) b.convert(param_shard_.data() + at, from, piece.count);
+      if constexpr (sharded)
+        if (!writes_parameters_directly()) b.convert(param_shard_.data() + at, from, piece.count);
     }
     prepare_backend(segments_, piece_segments_);
   }
@@ -978,7 +999,7 @@ class optimizer {
     param_type* out = nullptr;
     if constexpr (Precision::has_master) {
       values = master_.data() + at;
-      out = sharded ? param_shard_.data() + at : params_[piece.param].data + piece.param_offset;
+      out = sharded && !writes_parameters_directly() ? param_shard_.data() + at : params_[piece.param].data + piece.param_offset;
     } else if constexpr (sharded) {
       values = param_shard_.data() + at;
     } else {
@@ -997,6 +1018,8 @@ class optimizer {
     for (const auto& piece : owned_) piece_segments_.push_back(piece_segment(piece));
     if constexpr (!sharded) {
       segments_ = piece_segments_;
+    } else if (writes_parameters_directly()) {
+      build_direct_segments();
     } else {
       std::vector<std::pair<std::size_t, std::uint32_t>> starts;  // where each owned piece starts in the shard, its group
       for (const auto& piece : owned_) starts.emplace_back(piece.shard_offset, group_of_[piece.param]);
@@ -1019,13 +1042,45 @@ class optimizer {
     }
   }
 
+  //! At one rank the update writes the framework's parameters (`writes_parameters_directly`):
+  //! the unit slices in shard order, cut where an owned piece starts or ends, each piece's run
+  //! writing its parameter and the padding between (its group the piece's before) writing nothing.
+  void build_direct_segments() {
+    std::vector<const owned_piece*> by_shard;
+    for (const auto& piece : owned_) by_shard.push_back(&piece);
+    std::sort(by_shard.begin(), by_shard.end(), [](const owned_piece* a, const owned_piece* b) { return a->shard_offset < b->shard_offset; });
+    auto next = by_shard.begin();
+    std::uint32_t group = by_shard.empty() ? 0u : group_of_[by_shard.front()->param];
+    for (const auto& u : plan_.units) {
+      if (!u.held_by(rank_)) continue;
+      const accum_type* grads = gradients_.data() + u.shard_begin;
+      const std::size_t begin = u.shard_begin, end = u.shard_begin + u.slice;
+      for (std::size_t at = begin; at < end;) {
+        while (next != by_shard.end() && (*next)->shard_offset + (*next)->count <= at) ++next;
+        param_type* out = nullptr;
+        std::size_t cut = end;
+        if (next != by_shard.end() && (*next)->shard_offset <= at) {  // inside a piece
+          const owned_piece& piece = **next;
+          group = group_of_[piece.param];
+          out = params_[piece.param].data + piece.param_offset + (at - piece.shard_offset);
+          cut = std::min(end, piece.shard_offset + piece.count);
+        } else if (next != by_shard.end()) {  // padding before the next piece
+          cut = std::min(end, (*next)->shard_offset);
+        }
+        append_segment({value_base() + at, grads + (at - begin), at, out, cut - at, group});
+        at = cut;
+      }
+    }
+  }
+
   //! Appends run s to the element-wise runs, merged into the last one when it continues it in the
-  //! same group.
+  //! same group (its values, gradients and copies).
   void append_segment(const segment& s) {
     if (s.count == 0) return;
     if (!segments_.empty()) {
       segment& last = segments_.back();
-      if (last.group == s.group && last.values + last.count == s.values && last.grads + last.count == s.grads) {
+      const bool copies_continue = last.out == nullptr ? s.out == nullptr : s.out == last.out + last.count;
+      if (last.group == s.group && last.values + last.count == s.values && last.grads + last.count == s.grads && copies_continue) {
         last.count += s.count;
         return;
       }
@@ -1114,7 +1169,78 @@ class optimizer {
 
   //! Whether reported gradients are reduced unit by unit while backward runs (stage 2, the
   //! layout fixed).
-  bool streaming() const noexcept { return !local_accumulation_ && !learning_; }
+  bool streaming() const noexcept { return !local_accumulation_ && !learning_ && !reads_gradients_in_update(); }
+
+  //! Whether the reported gradients wait for the step, where the update may read them
+  //! (`layout.read_gradients_in_update` at one rank on the host).
+  bool reads_gradients_in_update() const noexcept {
+    return Stage == stage::stage2 && backend_type::host_accessible && options_.layout.read_gradients_in_update && world_ == 1 &&
+           !local_accumulation_;
+  }
+
+  //! Whether this step's update reads the framework's gradients where they are
+  //! (`reads_gradients_in_update`, and nothing that needs them summed, checked or scaled first).
+  bool direct_step() const {
+    if constexpr (!elementwise_rule<Rule>) return false;
+    if (!reads_gradients_in_update() || learning_ || micro_steps_ != 1 || check_nonfinite_ || skip_unreported_ ||
+        options_.gradient_predivide_factor != 1)
+      return false;
+    for (std::size_t p = 0; p < params_.size(); ++p) {
+      int records = 0;
+      records_.for_each(p, [&](const grad_type*, bool) { ++records; });
+      if (records > 1) return false;  // summed first
+    }
+    return true;
+  }
+
+  //! The update's runs over the framework's gradients (`direct_step`): the element-wise runs in
+  //! the same order, cut where an owned piece starts or ends; a piece not reported and the padding
+  //! read zeros. The norm's blocks and lanes do not depend on the cuts, so the step is bitwise
+  //! the step through the gradient buffer.
+  void build_direct_runs() {
+    std::fill(direct_grads_.begin(), direct_grads_.end(), nullptr);
+    for (std::size_t i = 0; i < records_.size(); ++i) direct_grads_[records_.param(i)] = records_.data(i);
+    direct_runs_.clear();
+    auto next = by_shard_.begin();
+    for (const auto& s : segments_) {
+      for (std::size_t at = s.state_offset, end = s.state_offset + s.count; at < end;) {
+        while (next != by_shard_.end() && owned_[*next].shard_offset + owned_[*next].count <= at) ++next;
+        std::size_t cut = end;
+        const grad_type* grads = nullptr;
+        if (next != by_shard_.end() && owned_[*next].shard_offset <= at) {
+          const owned_piece& piece = owned_[*next];
+          cut = std::min(end, piece.shard_offset + piece.count);
+          if (const grad_type* g = direct_grads_[piece.param]) grads = g + piece.param_offset + (at - piece.shard_offset);
+        } else if (next != by_shard_.end()) {
+          cut = std::min(end, owned_[*next].shard_offset);
+        }
+        if (grads == nullptr) {  // zeros, a chunk at a time
+          cut = std::min(cut, at + zero_chunk);
+          grads = zero_gradients().data();
+        }
+        const std::size_t d = at - s.state_offset;
+        direct_runs_.push_back({s.values + d, grads, at, s.out == nullptr ? nullptr : s.out + d, cut - at, s.group});
+        at = cut;
+      }
+    }
+  }
+
+  static constexpr std::size_t zero_chunk = 1u << 14;
+  static const std::array<grad_type, zero_chunk>& zero_gradients() noexcept {
+    static const std::array<grad_type, zero_chunk> zeros{};
+    return zeros;
+  }
+
+  //! Sizes what `build_direct_runs` fills, so that a step allocates nothing.
+  void prepare_direct_runs() {
+    if (!reads_gradients_in_update()) return;
+    direct_grads_.assign(params_.size(), nullptr);
+    by_shard_.resize(owned_.size());
+    for (std::size_t q = 0; q < owned_.size(); ++q) by_shard_[q] = q;
+    std::sort(by_shard_.begin(), by_shard_.end(), [&](std::size_t a, std::size_t b) { return owned_[a].shard_offset < owned_[b].shard_offset; });
+    direct_runs_.clear();
+    direct_runs_.reserve(segments_.size() + 2 * owned_.size() + updated_count() / zero_chunk + 1);
+  }
 
   //! Notes the first non-finite gradient this rank saw this step (checked before reduction).
   template <class T>
@@ -1560,7 +1686,7 @@ class optimizer {
 
   //! @param sum_of_squares when not null, receives this rank's sum of squares of the gradients,
   //!        computed by the update pass itself
-  void update_shard(float factor, double* sum_of_squares) {
+  void update_shard(float factor, double* sum_of_squares, bool direct = false) {
     if (skip_unreported_) {
       if (!layout_runs_) return update_reported(factor, sum_of_squares);  // constants_ from plan_skip_update
     } else {
@@ -1571,8 +1697,10 @@ class optimizer {
     const std::size_t id_base = sharded ? static_cast<std::size_t>(rank_) * plan_.shard_size : 0;
     const auto round = step_rounding();
     if constexpr (elementwise_rule<Rule>) {
-      const double sum = backend_.template update<Rule>(c, std::span<const segment>(segments_), factor, round, id_base,
-                                                         sum_of_squares != nullptr);
+      const double sum = direct ? backend_.template update<Rule>(c, std::span<const direct_segment>(direct_runs_), factor, round,
+                                                                  id_base, sum_of_squares != nullptr)
+                                : backend_.template update<Rule>(c, std::span<const segment>(segments_), factor, round, id_base,
+                                                                  sum_of_squares != nullptr);
       if (sum_of_squares != nullptr) *sum_of_squares = sum;
     } else {
       const std::span<const segment> pieces(piece_segments_);
@@ -1597,6 +1725,7 @@ class optimizer {
   //! Sends every unit's updated slices to every rank (unit_collectives.hpp) and copies them into
   //! the framework's parameters.
   void gather_parameters() {
+    if (writes_parameters_directly()) return;  // the update wrote them
     const bool may_start = pipelined && ring_.buffers() > 1;
     for (std::size_t k = 0; k < plan_.units.size(); ++k) {
       const auto& u = plan_.units[k];
@@ -1624,9 +1753,9 @@ class optimizer {
   }
 
   //! Clears what one step accumulated (after an update, and when a step is skipped).
-  void reset_step() {
+  void reset_step(bool clear_gradients = true) {
     std::fill(reported_mine_.begin(), reported_mine_.end(), std::uint64_t{0});
-    gradients_.zero();
+    if (clear_gradients) gradients_.zero();
     micro_steps_ = 1;
     backend_.clear_nonfinite();
   }
@@ -1684,6 +1813,9 @@ class optimizer {
   std::vector<segment> reported_pieces_; // one run per active piece (tensor-wise rules), by key
   std::vector<update_batch> batches_;    // at most max_groups constants each
   std::vector<segment> prepared_runs_;   // what the backend was last prepared with
+  std::vector<direct_segment> direct_runs_;   // a direct step's update (build_direct_runs)
+  std::vector<const grad_type*> direct_grads_;  // each parameter's reported gradient (a direct step)
+  std::vector<std::size_t> by_shard_;          // owned_ indices in shard order
   std::vector<segment> prepared_pieces_;
 
   typename backend_type::template buffer<value_type> master_;

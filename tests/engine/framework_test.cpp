@@ -106,6 +106,59 @@ void check_worlds() {
   }
 }
 
+// Stage 2 at one rank with `layout.read_gradients_in_update`: the update reads the framework's
+// gradients where they are, which are therefore held until the step; bitwise the run that copies
+// them into the gradient buffer during backward, in every case the option covers (backward and
+// random orders, unused and skipped parameters, clipping, slots) and the ones it hands back to
+// the copy (a parameter reported twice, accumulation, a predivide factor, the overflow check).
+template <class Config>
+void check_read_in_update() {
+  struct variant {
+    const char* what;
+    void (*set)(harness::run_options&);
+  };
+  const variant variants[] = {
+      {"backward", [](harness::run_options&) {}},
+      {"random", [](harness::run_options& o) { o.reports = harness::report_order::random; }},
+      {"skipped and declared unused", [](harness::run_options& o) { o.skip_some = o.declare_unused = true; }},
+      {"skipped, never declared", [](harness::run_options& o) { o.skip_some = true; }},
+      {"clipped", [](harness::run_options& o) { o.max_grad_norm = 0.05; }},
+      {"slots", [](harness::run_options& o) { o.slots = true; }},
+      {"one unit per parameter", [](harness::run_options& o) { o.bucket_elements = 8; }},
+      {"a weight reported twice", [](harness::run_options& o) { o.shared_weight = true; }},
+      {"two micro-steps", [](harness::run_options& o) { o.micro_steps = 2; }},
+      {"a predivide factor", [](harness::run_options& o) { o.predivide = 2; }},
+      {"learned order", [](harness::run_options& o) { o.order = zero::gradient_order::learned; }},
+  };
+  for (const auto& v : variants) {
+    const std::string what = v.what;
+    CAPTURE(what);
+    harness::run_options o;
+    o.world = 1;
+    o.bucket_elements = 64;
+    o.alignment = 4;
+    o.reports = harness::report_order::backward;
+    o.loss_scale = Config::loss_scale;
+    v.set(o);
+    const auto copied = harness::run<typename Config::optimizer>(o, harness::adamw_hyperparameters());
+    o.read_in_update = true;
+    const auto read = harness::run<typename Config::optimizer>(o, harness::adamw_hyperparameters());
+    CHECK(read.max_value_error < Config::bound);
+    CHECK(read.params == copied.params);
+    CHECK(read.values == copied.values);
+    CHECK(read.max_norm_error == copied.max_norm_error);
+    CHECK(read.unreleased == 0);
+    CHECK(read.release_mismatches == 0);
+    CHECK(read.memory.bytes == copied.memory.bytes);  // the engine's buffers are the same
+    if (!o.slots && o.micro_steps == 1 && !o.shared_weight) {
+      // held until the step: nothing released early, every gradient counted in the bound
+      CHECK(read.released_early == 0);
+      CHECK(read.framework_peak <= read.memory.framework_gradients);
+      CHECK(read.memory.framework_gradients >= read.gradient_bytes);
+    }
+  }
+}
+
 // The reduce-scatters (or reduces to the owner) done after each report of eight layers of
 // 1024 elements on two ranks, four reduction units, in backward order.
 template <class Partitioner>
@@ -153,6 +206,12 @@ TEST_SUITE("framework") {
                      contiguous<fp16_mixed_run>, bucketed<fp16_mixed_run>, contiguous<bf16_comm_run>, bucketed<bf16_comm_run>,
                      contiguous<bf16_accum_run>, bucketed<bf16_accum_run>, contiguous<bf16_pure_run>, bucketed<bf16_pure_run>) {
     check_worlds<Config>();
+  }
+
+  TEST_CASE_TEMPLATE("framework: at one rank the update may read the gradients where they are / bitwise the copying step",
+                     Config, contiguous<fp32_run>, bucketed<fp32_run>, contiguous<bf16_mixed_run>, bucketed<bf16_mixed_run>,
+                     contiguous<fp16_mixed_run>, bucketed<bf16_accum_run>, contiguous<bf16_pure_run>) {
+    check_read_in_update<Config>();
   }
 
   TEST_CASE_TEMPLATE("framework: a unit is reduced as soon as its last gradient arrives / 0 1 1 2 2 3 3 4", Partitioner,

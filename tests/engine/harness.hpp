@@ -226,6 +226,7 @@ struct run_options {
   zero::gradient_order order = zero::gradient_order::reverse;  // the engine's layout order
   bool copy_on_report = false;                                  // stage 2: copy gradients into staging at once
   double predivide = 1;                                         // gradient_predivide_factor
+  bool read_in_update = false;  // stage 2 at one rank: the update reads the gradients where they are
 };
 
 // The engine options `o` sets: layout, clipping, rounding, a fixed loss scale.
@@ -238,6 +239,7 @@ void apply(const run_options& o, Options& options) {
   options.layout.staging_buffers = o.staging_buffers;
   options.layout.order = o.order;
   options.layout.copy_on_report = o.copy_on_report;
+  options.layout.read_gradients_in_update = o.read_in_update;
   options.max_grad_norm = o.max_grad_norm;
   options.gradient_predivide_factor = o.predivide;
   if (o.stochastic_rounding) options.value_rounding = zero::rounding::stochastic;

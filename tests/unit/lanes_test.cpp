@@ -185,9 +185,57 @@ void check_bf16_values() {
   check_every_rule<float, zero::bf16, zero::bf16>();
 }
 
+// The update's sum of squares over n elements cut into runs at `cuts` (element k numbered
+// first + k, as the engine numbers a shard's elements).
+double norm_with_cuts(const std::vector<float>& grads, const std::vector<std::size_t>& cuts, std::uint64_t first) {
+  const std::size_t n = grads.size();
+  std::vector<float> values(n, 0.5f), m(n, 0.0f), v(n, 0.0f);
+  const zero::adamw::hyperparameters h;
+  const auto c = zero::adamw::prepare(h, 1);
+  const zero::detail::value_rounding<float> round{};
+  zero::detail::square_lanes squares;
+  std::size_t at = 0;
+  for (std::size_t k = 0; k <= cuts.size(); ++k) {
+    const std::size_t cut = k < cuts.size() ? cuts[k] : n;
+    float* slots[2] = {m.data() + at, v.data() + at};
+    zero::detail::update_elements<zero::adamw>(c, values.data() + at, grads.data() + at, slots, 2, static_cast<float*>(nullptr), cut - at,
+                                               1.0f, round, first + at, &squares);
+    at = cut;
+  }
+  return squares.total();
+}
+
+void check_norm_cuts() {
+  constexpr std::size_t n = 3 * 1024 + 45;
+  std::vector<float> grads(n);
+  std::uint64_t x = 99;
+  for (auto& g : grads) {
+    x = x * 6364136223846793005ull + 1442695040888963407ull;
+    g = static_cast<float>(static_cast<std::int64_t>(x >> 40) - (1 << 23)) * 0x1.0p-20f;
+  }
+  double exact = 0;  // in lanes of the element numbers mod 8, each in order
+  for (std::uint64_t first : {0u, 3u, 13u}) {
+    double lanes[8] = {};
+    for (std::size_t i = 0; i < n; ++i) lanes[(first + i) % 8] += static_cast<double>(grads[i]) * grads[i];
+    exact = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+    CAPTURE(first);
+    CHECK(norm_with_cuts(grads, {}, first) == exact);
+    CHECK(norm_with_cuts(grads, {1, 2, 9, 1024, 1031, 2050}, first) == exact);
+    CHECK(norm_with_cuts(grads, {5, 777, 1500, 1501, 3000}, first) == exact);
+  }
+}
+
 }  // namespace
 
 TEST_SUITE("unit") {
+  TEST_CASE("host vectors (" ZERO_LANES_NAME "): the update's norm does not depend on where its runs are cut") {
+    use_isa(zero::detail::host_isa::baseline);
+    check_norm_cuts();
+    if (zero::detail::host_isa_available(zero::detail::host_isa::avx2)) {
+      use_isa(zero::detail::host_isa::avx2);
+      check_norm_cuts();
+    }
+  }
   TEST_CASE("host vectors (" ZERO_LANES_NAME ") give the element loop's bits: fp32 values") {
     use_isa(zero::detail::host_isa::baseline);
     MESSAGE(ZERO_LANES_NAME ": " << zero::lanes << " lanes");

@@ -136,6 +136,10 @@ TEST_SUITE("unit") {
           zero::layout_options deferred = layout;
           deferred.defer_reduction = true;
           check_accounting<zero::stage2, zero::bf16_mixed>(world, deferred);
+          zero::layout_options held = layout;  // (one rank: every gradient held until the step)
+          held.read_gradients_in_update = true;
+          check_accounting<zero::stage2, zero::bf16_mixed>(world, held);
+          check_accounting<zero::stage2, zero::fp32_precision, zero::bucketed_partitioner>(world, held);
           zero::layout_options learned = layout;
           learned.order = zero::gradient_order::learned;
           check_accounting<zero::stage2, zero::bf16_mixed>(world, learned);
@@ -151,10 +155,59 @@ TEST_SUITE("unit") {
     }
   }
 
+  TEST_CASE("memory: state slots of 1 MiB or more lie a page and a half apart and update as slots back to back do") {
+    // 700,001 elements: one rank updates them all and each of 2 ranks 350,008 (slots padded
+    // apart), each of 4 ranks 175,004 (back to back). Every rank reports the same bf16 gradients, whose sums over 2 and
+    // 4 ranks and averages are exact: every world must give the same bits.
+    const std::vector<std::size_t> sizes{400'000, 300'001};
+    using O = zero::optimizer<zero::stage2, zero::bf16_mixed, zero::adamw>;
+    auto train = [&](int world) {
+      std::vector<float> values;
+      zero::thread_group group(world);
+      group.run([&](zero::thread_communicator& comm) {
+        std::vector<std::vector<zero::bf16>> w(sizes.size()), g(sizes.size());
+        std::vector<zero::parameter<zero::bf16>> params;
+        for (std::size_t t = 0; t < sizes.size(); ++t) {
+          for (std::size_t i = 0; i < sizes[t]; ++i) {
+            w[t].push_back(zero::bf16(static_cast<float>(i % 97) * 0x1.0p-7f - 0.375f));
+            g[t].push_back(zero::bf16(static_cast<float>(i % 31) * 0x1.0p-9f - 0.03125f));
+          }
+          params.push_back({"", {w[t].data(), w[t].size()}});
+        }
+        typename O::options_type options;
+        options.threads = 1;
+        O opt(comm, params, options);
+        const std::size_t updated = opt.values().size(), stride = zero::state_stride(updated, 2);
+        CHECK(opt.memory() == zero::expected_memory<zero::bf16_mixed>(700'001, world, zero::stage2, 2, {}, 400'000));
+        CHECK(opt.memory().of(zero::memory_kind::optimizer_state) == 2 * stride * sizeof(float));
+        CHECK(static_cast<std::size_t>(opt.state(1).data() - opt.state(0).data()) == stride);
+        if (updated * sizeof(float) >= (std::size_t{1} << 20)) {
+          CHECK(stride * sizeof(float) % 4096 == 2048);
+        } else {
+          CHECK(stride == updated);
+        }
+        for (int step = 0; step < 3; ++step) {
+          for (std::size_t t = sizes.size(); t-- > 0;) opt.gradient_ready(t, {g[t].data(), g[t].size()});
+          opt.step();
+        }
+        if (comm.rank() == 0)
+          for (const auto& t : w)
+            for (zero::bf16 x : t) values.push_back(static_cast<float>(x));
+      });
+      return values;
+    };
+    const auto padded = train(2), back_to_back = train(4);
+    REQUIRE(padded.size() == 700'001u);
+    CHECK(padded == back_to_back);
+    CHECK(train(1) == padded);  // one rank: padded, and the update writes the parameters itself
+  }
+
   TEST_CASE("memory: stage 2 keeps (4 + 8 + 4 + 2) / N bytes per parameter for bf16 AdamW / as ZeRO's model says") {
     // Per rank, for psi parameters: stage 0 keeps fp32 master (4), Adam m and v (8), fp32
     // gradients (4); stage 1 divides master and state by N; stage 2 also the gradients, and adds
-    // the bf16 shard the all-gather sends (2). Buckets are constant: they do not grow with psi.
+    // the bf16 shard the all-gather sends (2) where there is more than one rank. Buckets are
+    // constant: they do not grow with psi. The state slots are padded apart (zero::state_stride)
+    // by less than 1536 elements each.
     const std::size_t psi = 1'000'000'000;
     const zero::layout_options layout{16, 1u << 24, false};
     for (int n : {1, 8, 64}) {
@@ -165,12 +218,16 @@ TEST_SUITE("unit") {
       const auto s2 = zero::expected_memory<zero::bf16_mixed>(psi, n, zero::stage2, 2, layout);
       const std::size_t padded = (psi + 16 * un - 1) / (16 * un) * 16 * un;
       CHECK(s0.of(zero::memory_kind::master_weights) == 4 * psi);
-      CHECK(s0.of(zero::memory_kind::optimizer_state) == 8 * psi);
+      const std::size_t pad0 = zero::state_stride(psi, 2) - psi, shard = padded / un;
+      const std::size_t pad = zero::state_stride(shard, 2) - shard;
+      CHECK(pad0 < 1536);
+      CHECK(pad < 1536);
+      CHECK(s0.of(zero::memory_kind::optimizer_state) == 8 * (psi + pad0));
       CHECK(s0.of(zero::memory_kind::gradients) == 4 * padded);
       CHECK(s1.of(zero::memory_kind::master_weights) == 4 * padded / un);
-      CHECK(s1.of(zero::memory_kind::optimizer_state) == 8 * padded / un);
+      CHECK(s1.of(zero::memory_kind::optimizer_state) == 8 * (shard + pad));
       CHECK(s1.of(zero::memory_kind::gradients) == 4 * padded);
-      CHECK(s2.total() - s2.of(zero::memory_kind::buckets) == 18 * padded / un);
+      CHECK(s2.total() - s2.of(zero::memory_kind::buckets) == (n == 1 ? 16 : 18) * shard + 8 * pad);
       CHECK(s2.of(zero::memory_kind::buckets) <= std::size_t{1 << 24} * 4 + 16 * 4 * un);
     }
   }

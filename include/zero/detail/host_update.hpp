@@ -25,22 +25,40 @@
 ZERO_VECTOR_ABI_QUIET_BEGIN
 namespace zero::detail {
 
-//! Sum of squares of grads[0, n) in double (each square is exact in double), over eight fixed
-//! lanes so that it vectorizes and its rounding does not depend on the instruction set.
+//! A sum of squares in eight lanes of double (each square is exact in double): element `i` of a
+//! numbering (the shard position) goes to lane i % 8, and each lane adds its elements in order.
+//! So the sum of a range does not depend on where the range is cut into runs or blocks, and its
+//! rounding does not depend on the instruction set.
+struct square_lanes {
+  double lane[8] = {};
+  double total() const noexcept {
+    return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+  }
+};
+
+//! Adds the squares of grads[0, n) to `s`, grads[i] being element `first + i` of the numbering.
+template <class Accum>
+void add_squares(square_lanes& s, const Accum* grads, std::size_t n, std::uint64_t first) noexcept {
+  auto square = [&](std::size_t i) {
+    const double g = static_cast<double>(static_cast<float>(grads[i]));
+    return g * g;
+  };
+  std::size_t i = 0;
+  for (; i < n && (first + i) % 8 != 0; ++i) s.lane[(first + i) % 8] += square(i);
+  double lanes[8];  // a local copy, so that the loop vectorizes
+  for (std::size_t l = 0; l < 8; ++l) lanes[l] = s.lane[l];
+  for (; i + 8 <= n; i += 8)
+    for (std::size_t l = 0; l < 8; ++l) lanes[l] += square(i + l);
+  for (std::size_t l = 0; i < n; ++i, ++l) lanes[l] += square(i);
+  for (std::size_t l = 0; l < 8; ++l) s.lane[l] = lanes[l];
+}
+
+//! Sum of squares of grads[0, n) in double, in lanes numbered from grads[0].
 template <class Accum>
 double sum_of_squares(const Accum* grads, std::size_t n) noexcept {
-  double lanes[8] = {};
-  std::size_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (std::size_t l = 0; l < 8; ++l) {
-      const double g = static_cast<double>(static_cast<float>(grads[i + l]));
-      lanes[l] += g * g;
-    }
-  for (std::size_t l = 0; i < n; ++i, ++l) {
-    const double g = static_cast<double>(static_cast<float>(grads[i]));
-    lanes[l] += g * g;
-  }
-  return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+  square_lanes s;
+  add_squares(s, grads, n, 0);
+  return s.total();
 }
 
 //! The instruction sets the host update runs on.
@@ -118,10 +136,9 @@ inline void store_lanes(T* to, const V& v) noexcept {
 
 //! `update_elements` with vectors V (a `float_lanes` type; `float`: element by element only).
 template <class V, elementwise_rule Rule, class Value, class Accum, class Param>
-double update_elements_on(const typename Rule::constants& constants, Value* __restrict values, const Accum* __restrict grads,
+void update_elements_on(const typename Rule::constants& constants, Value* __restrict values, const Accum* __restrict grads,
                           float* const* state, std::size_t state_count, Param* __restrict out, std::size_t n, float factor,
-                          const value_rounding<Value>& round, std::uint64_t first_id, bool with_norm) {
-  double norm = 0;
+                        const value_rounding<Value>& round, std::uint64_t first_id, square_lanes* squares) {
   float* slots[max_update_slots] = {};
   if (state_count > max_update_slots) state_count = max_update_slots;
   for (std::size_t k = 0; k < state_count; ++k) slots[k] = state[k];
@@ -168,7 +185,7 @@ double update_elements_on(const typename Rule::constants& constants, Value* __re
     // block is still in L1: simple loops vectorize where one fused loop does not
     for (std::size_t b = 0; b < n; b += block) {
       const std::size_t e = b + block < n ? b + block : n;
-      if (with_norm) norm += sum_of_squares(grads + b, e - b);
+      if (squares != nullptr) add_squares(*squares, grads + b, e - b, first_id + b);
       if (exact_store) update(b, e, values + b);
       else {
         update(b, e, fresh);
@@ -180,44 +197,54 @@ double update_elements_on(const typename Rule::constants& constants, Value* __re
   };
   if constexpr (requires { Rule::specialize(constants, loop); }) Rule::specialize(constants, loop);
   else loop(constants);
-  return norm;
 }
 
 #if defined(ZERO_HOST_AVX2_DISPATCH)
 //! `update_elements_on` with 8-lane vectors, compiled for AVX2 (no FMA: nothing is contracted),
 //! everything it calls inlined into it.
 template <elementwise_rule Rule, class Value, class Accum, class Param>
-[[gnu::target("avx2"), gnu::flatten]] double update_elements_avx2(const typename Rule::constants& constants, Value* __restrict values,
-                                                                  const Accum* __restrict grads, float* const* state,
-                                                                  std::size_t state_count, Param* __restrict out, std::size_t n,
-                                                                  float factor, const value_rounding<Value>& round,
-                                                                  std::uint64_t first_id, bool with_norm) {
-  return update_elements_on<float_lanes_avx2, Rule>(constants, values, grads, state, state_count, out, n, factor, round, first_id,
-                                                    with_norm);
+[[gnu::target("avx2"), gnu::flatten]] void update_elements_avx2(const typename Rule::constants& constants, Value* __restrict values,
+                                                                const Accum* __restrict grads, float* const* state,
+                                                                std::size_t state_count, Param* __restrict out, std::size_t n,
+                                                                float factor, const value_rounding<Value>& round,
+                                                                std::uint64_t first_id, square_lanes* squares) {
+  update_elements_on<float_lanes_avx2, Rule>(constants, values, grads, state, state_count, out, n, factor, round, first_id, squares);
 }
 #endif
 
 //! values[i], state[i] = Rule(values[i], factor * grads[i], state[i]) for i in [0, n); when
-//! `out` is not null, out[i] = Param(new value). Returns the sum of squares of grads[0, n) when
-//! `with_norm` (computed block by block while the block is in L1), else 0. A rule written over
-//! its number type runs on whole host vectors (`float_lanes`, or 8-lane AVX2 vectors where the
-//! CPU has them and the build dispatches: `current_host_isa()`), the rest of a run element by
-//! element: the same operations in the same order, so the same bits on every path.
+//! `out` is not null, out[i] = Param(new value). When `squares` is not null, adds the squares of
+//! grads[0, n) to it (element i numbered `first_id + i`; computed block by block while the block
+//! is in L1). A rule written over its number type runs on whole host vectors (`float_lanes`, or
+//! 8-lane AVX2 vectors where the CPU has them and the build dispatches: `current_host_isa()`), the
+//! rest of a run element by element: the same operations in the same order, so the same bits on
+//! every path.
 template <elementwise_rule Rule, class Value, class Accum, class Param>
-double update_elements(const typename Rule::constants& constants, Value* __restrict values, const Accum* __restrict grads,
-                       float* const* state, std::size_t state_count, Param* __restrict out, std::size_t n, float factor,
-                       const value_rounding<Value>& round, std::uint64_t first_id, bool with_norm = false) {
+void update_elements(const typename Rule::constants& constants, Value* __restrict values, const Accum* __restrict grads,
+                     float* const* state, std::size_t state_count, Param* __restrict out, std::size_t n, float factor,
+                     const value_rounding<Value>& round, std::uint64_t first_id, square_lanes* squares) {
 #if defined(ZERO_HOST_AVX2_DISPATCH)
   if constexpr (lane_rule<Rule, float_lanes_avx2>)
     if (current_host_isa() == host_isa::avx2)
-      return update_elements_avx2<Rule>(constants, values, grads, state, state_count, out, n, factor, round, first_id, with_norm);
+      return update_elements_avx2<Rule>(constants, values, grads, state, state_count, out, n, factor, round, first_id, squares);
 #endif
 #if defined(ZERO_HOST_LANES)
   using V = float_lanes;
 #else
   using V = float;
 #endif
-  return update_elements_on<V, Rule>(constants, values, grads, state, state_count, out, n, factor, round, first_id, with_norm);
+  update_elements_on<V, Rule>(constants, values, grads, state, state_count, out, n, factor, round, first_id, squares);
+}
+
+//! `update_elements` returning the sum of squares of grads[0, n) when `with_norm` (else 0).
+template <elementwise_rule Rule, class Value, class Accum, class Param>
+double update_elements(const typename Rule::constants& constants, Value* __restrict values, const Accum* __restrict grads,
+                       float* const* state, std::size_t state_count, Param* __restrict out, std::size_t n, float factor,
+                       const value_rounding<Value>& round, std::uint64_t first_id, bool with_norm = false) {
+  square_lanes squares;
+  update_elements<Rule>(constants, values, grads, state, state_count, out, n, factor, round, first_id,
+                        with_norm ? &squares : nullptr);
+  return squares.total();
 }
 
 //! Whether data[0, n) holds an infinity or a NaN (one vectorizable pass over the exponent bits).
