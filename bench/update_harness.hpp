@@ -176,7 +176,8 @@ void fused_adamw(benchmark::State& state) {
   report_update(state, n, sizeof(accum) + 2 * sizeof(value) + 2 * 8 + (Precision::has_master ? sizeof(param) : 0), seconds,
                 limit_bandwidth);
   state.SetLabel(std::string("update on ") +
-                 (zero::detail::current_host_isa() == zero::detail::host_isa::avx2 ? "avx2" : "the build target") +
+                 (zero::detail::current_host_isa() == zero::detail::host_isa::baseline ? "the build target"
+                                                                                        : zero::detail::to_string(zero::detail::current_host_isa())) +
                  ", limit on " + limit_kernel<std::conditional_t<Precision::has_master, param, void>>::isa());
 }
 

@@ -87,6 +87,24 @@ typedef std::int32_t mask_lanes_avx2 __attribute__((vector_size(32)));
   const mask_lanes_avx2 ones = (mask_lanes_avx2)(float_lanes_avx2{} + 1.0f);
   return (float_lanes_avx2)((x > 0.0f) & ones) - (float_lanes_avx2)((x < 0.0f) & ones);
 }
+// AVX-512 (F, BW, VL) the same way, on 16-lane vectors; its function also turns contraction off
+// (AVX-512F has fused multiply-adds of its own, which GCC would otherwise contract into).
+#define ZERO_HOST_AVX512_DISPATCH 1
+//! 16 floats, in the functions compiled for AVX-512 that the host update picks at run time.
+typedef float float_lanes_avx512 __attribute__((vector_size(64)));
+typedef std::int32_t mask_lanes_avx512 __attribute__((vector_size(64)));
+[[gnu::target("avx512f")]] inline float_lanes_avx512 sqrt_nonnegative(float_lanes_avx512 x) noexcept {
+  const float_lanes_avx512 a = (float_lanes_avx512)((mask_lanes_avx512)x & 0x7fffffff);
+  return __builtin_ia32_sqrtps512_mask(a, a, static_cast<unsigned short>(0xffff), 4);  // 4: the current rounding (nearest)
+}
+[[gnu::target("avx512f")]] inline float_lanes_avx512 max_of(float_lanes_avx512 a, float_lanes_avx512 b) noexcept {
+  const mask_lanes_avx512 greater = a > b;
+  return (float_lanes_avx512)((greater & (mask_lanes_avx512)a) | (~greater & (mask_lanes_avx512)b));
+}
+[[gnu::target("avx512f")]] inline float_lanes_avx512 sign_of(float_lanes_avx512 x) noexcept {
+  const mask_lanes_avx512 ones = (mask_lanes_avx512)(float_lanes_avx512{} + 1.0f);
+  return (float_lanes_avx512)((x > 0.0f) & ones) - (float_lanes_avx512)((x < 0.0f) & ones);
+}
 #endif
 #endif
 

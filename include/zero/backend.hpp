@@ -105,24 +105,24 @@ class host_backend {
     if constexpr (std::is_same_v<To, From>) {
       if (n != 0) std::memcpy(static_cast<void*>(to), static_cast<const void*>(from), n * sizeof(To));
     } else {
-      for (std::size_t i = 0; i < n; ++i) to[i] = zero::convert<To>(from[i]);
+      detail::run_pass<detail::convert_pass>(to, from, n);
     }
   }
   //! to[i] = To(float(to[i]) + float(from[i])): the engine's accumulation, rounded once.
   template <class To, class From>
   void add(To* to, const From* from, std::size_t n) noexcept {
-    for (std::size_t i = 0; i < n; ++i) to[i] = zero::convert<To>(static_cast<float>(to[i]) + static_cast<float>(from[i]));
+    detail::run_pass<detail::add_pass>(to, from, n);
   }
   //! data[i] = T(float(data[i]) * factor), rounded once.
   template <class T>
   void scale(T* data, std::size_t n, float factor) noexcept {
-    for (std::size_t i = 0; i < n; ++i) data[i] = zero::convert<T>(static_cast<float>(data[i]) * factor);
+    detail::run_pass<detail::scale_pass>(data, n, factor);
   }
 
   //! Notes `param` as the first non-finite input of the step unless one was noted already.
   template <class T>
   void check_finite(std::size_t param, const T* data, std::size_t n) noexcept {
-    if (first_nonfinite_ == none && detail::any_nonfinite(data, n)) first_nonfinite_ = param;
+    if (first_nonfinite_ == none && detail::run_pass<detail::nonfinite_pass>(data, n)) first_nonfinite_ = param;
   }
   std::size_t first_nonfinite() const noexcept { return first_nonfinite_; }
   void clear_nonfinite() noexcept { first_nonfinite_ = none; }
@@ -168,7 +168,7 @@ class host_backend {
   double sum_of_squares(std::span<const update_run<Value, Accum, Param>> runs) {
     auto job = [&](unsigned t, unsigned n) {
       for_each_block_piece(runs, t, n, [&](const auto& r, std::size_t begin, std::size_t end, std::size_t block) {
-        detail::add_squares(block_sums_[block], r.grads + begin, end - begin, r.state_offset + begin);
+        detail::run_pass<detail::squares_pass>(&block_sums_[block], r.grads + begin, end - begin, std::uint64_t{r.state_offset + begin});
       });
     };
     run_split(job);

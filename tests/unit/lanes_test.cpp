@@ -165,9 +165,9 @@ void use_isa(zero::detail::host_isa isa) {
   skip_without_avx();
   if (!zero::detail::set_host_isa(isa)) {
 #if defined(ZERO_HOST_AVX2_DISPATCH)
-    std::puts("skipped: this CPU has no AVX2");
+    std::printf("skipped: this CPU has no %s\n", isa == zero::detail::host_isa::avx2 ? "AVX2" : "AVX-512 F, BW and VL");
 #else
-    std::puts("skipped: this build does not choose AVX2 at run time (GCC, optimized, a target without AVX)");
+    std::puts("skipped: this build does not choose AVX2 or AVX-512 at run time (GCC, optimized, a target without AVX)");
 #endif
     std::exit(77);
   }
@@ -231,10 +231,11 @@ TEST_SUITE("unit") {
   TEST_CASE("host vectors (" ZERO_LANES_NAME "): the update's norm does not depend on where its runs are cut") {
     use_isa(zero::detail::host_isa::baseline);
     check_norm_cuts();
-    if (zero::detail::host_isa_available(zero::detail::host_isa::avx2)) {
-      use_isa(zero::detail::host_isa::avx2);
-      check_norm_cuts();
-    }
+    for (auto isa : {zero::detail::host_isa::avx2, zero::detail::host_isa::avx512})
+      if (zero::detail::host_isa_available(isa)) {
+        use_isa(isa);
+        check_norm_cuts();
+      }
   }
   TEST_CASE("host vectors (" ZERO_LANES_NAME ") give the element loop's bits: fp32 values") {
     use_isa(zero::detail::host_isa::baseline);
@@ -247,6 +248,11 @@ TEST_SUITE("unit") {
   }
   TEST_CASE("host vectors (" ZERO_LANES_NAME ") chosen at run time: AVX2 gives the element loop's bits") {
     use_isa(zero::detail::host_isa::avx2);
+    check_fp32_values();
+    check_bf16_values();
+  }
+  TEST_CASE("host vectors (" ZERO_LANES_NAME ") chosen at run time: AVX-512 gives the element loop's bits") {
+    use_isa(zero::detail::host_isa::avx512);
     check_fp32_values();
     check_bf16_values();
   }

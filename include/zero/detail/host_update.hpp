@@ -65,25 +65,36 @@ double sum_of_squares(const Accum* grads, std::size_t n) noexcept {
 enum class host_isa : std::uint8_t {
   baseline,  //!< the translation unit's own target (SSE2 on x86-64 unless the build says more)
   avx2,      //!< AVX2 (8-lane vectors, no FMA), chosen at run time (ZERO_HOST_AVX2_DISPATCH)
+  avx512,    //!< AVX-512 F, BW and VL (16-lane vectors, nothing contracted), chosen at run time
 };
+
+//! The instruction set's name, as ZERO_HOST_ISA spells it.
+inline const char* to_string(host_isa isa) noexcept {
+  return isa == host_isa::avx512 ? "avx512" : isa == host_isa::avx2 ? "avx2" : "baseline";
+}
 
 //! Whether this build has the AVX2 update and this CPU can run it.
 inline bool host_isa_available(host_isa isa) noexcept {
   if (isa == host_isa::baseline) return true;
 #if defined(ZERO_HOST_AVX2_DISPATCH)
-  return __builtin_cpu_supports("avx2");
+  if (isa == host_isa::avx2) return __builtin_cpu_supports("avx2");
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
 #else
   return false;
 #endif
 }
 
-//! The choice, made once: AVX2 where available, unless the environment says
-//! ZERO_HOST_ISA=baseline.
+//! The choice, made once: the best of AVX-512, AVX2 and the baseline this CPU has, or at most
+//! what the environment names (ZERO_HOST_ISA=baseline, avx2 or avx512).
 inline std::atomic<host_isa>& host_isa_choice() noexcept {
   static std::atomic<host_isa> choice = [] {
     const char* forced = std::getenv("ZERO_HOST_ISA");
-    if (forced != nullptr && std::strcmp(forced, "baseline") == 0) return host_isa::baseline;
-    return host_isa_available(host_isa::avx2) ? host_isa::avx2 : host_isa::baseline;
+    host_isa most = host_isa::avx512;
+    if (forced != nullptr && std::strcmp(forced, "baseline") == 0) most = host_isa::baseline;
+    if (forced != nullptr && std::strcmp(forced, "avx2") == 0) most = host_isa::avx2;
+    for (host_isa isa : {host_isa::avx512, host_isa::avx2})
+      if (isa <= most && host_isa_available(isa)) return isa;
+    return host_isa::baseline;
   }();
   return choice;
 }
@@ -210,22 +221,36 @@ template <elementwise_rule Rule, class Value, class Accum, class Param>
                                                                 std::uint64_t first_id, square_lanes* squares) {
   update_elements_on<float_lanes_avx2, Rule>(constants, values, grads, state, state_count, out, n, factor, round, first_id, squares);
 }
+
+//! `update_elements_on` with 16-lane vectors, compiled for AVX-512 with contraction off (its
+//! fused multiply-adds would change the bits), everything it calls inlined into it.
+template <elementwise_rule Rule, class Value, class Accum, class Param>
+[[gnu::target("avx512f,avx512bw,avx512vl,avx2"), gnu::optimize("fp-contract=off"), gnu::flatten]] void update_elements_avx512(
+    const typename Rule::constants& constants, Value* __restrict values, const Accum* __restrict grads, float* const* state,
+    std::size_t state_count, Param* __restrict out, std::size_t n, float factor, const value_rounding<Value>& round,
+    std::uint64_t first_id, square_lanes* squares) {
+  update_elements_on<float_lanes_avx512, Rule>(constants, values, grads, state, state_count, out, n, factor, round, first_id,
+                                               squares);
+}
 #endif
 
 //! values[i], state[i] = Rule(values[i], factor * grads[i], state[i]) for i in [0, n); when
 //! `out` is not null, out[i] = Param(new value). When `squares` is not null, adds the squares of
 //! grads[0, n) to it (element i numbered `first_id + i`; computed block by block while the block
 //! is in L1). A rule written over its number type runs on whole host vectors (`float_lanes`, or
-//! 8-lane AVX2 vectors where the CPU has them and the build dispatches: `current_host_isa()`), the
-//! rest of a run element by element: the same operations in the same order, so the same bits on
-//! every path.
+//! 8-lane AVX2 or 16-lane AVX-512 vectors where the CPU has them and the build dispatches:
+//! `current_host_isa()`), the rest of a run element by element: the same operations in the same
+//! order, so the same bits on every path.
 template <elementwise_rule Rule, class Value, class Accum, class Param>
 void update_elements(const typename Rule::constants& constants, Value* __restrict values, const Accum* __restrict grads,
                      float* const* state, std::size_t state_count, Param* __restrict out, std::size_t n, float factor,
                      const value_rounding<Value>& round, std::uint64_t first_id, square_lanes* squares) {
 #if defined(ZERO_HOST_AVX2_DISPATCH)
+  if constexpr (lane_rule<Rule, float_lanes_avx512>)
+    if (current_host_isa() == host_isa::avx512)
+      return update_elements_avx512<Rule>(constants, values, grads, state, state_count, out, n, factor, round, first_id, squares);
   if constexpr (lane_rule<Rule, float_lanes_avx2>)
-    if (current_host_isa() == host_isa::avx2)
+    if (current_host_isa() != host_isa::baseline)
       return update_elements_avx2<Rule>(constants, values, grads, state, state_count, out, n, factor, round, first_id, squares);
 #endif
 #if defined(ZERO_HOST_LANES)
@@ -254,6 +279,69 @@ bool any_nonfinite(const T* data, std::size_t n) noexcept {
   for (std::size_t i = 0; i < n; ++i)
     bad |= static_cast<std::uint32_t>((bit_cast<std::uint32_t>(static_cast<float>(data[i])) & 0x7f800000u) == 0x7f800000u);
   return bad != 0;
+}
+
+// ---- the host backend's other passes over elements, on the chosen instruction set ----------
+
+//! to[i] = convert<To>(from[i]).
+struct convert_pass {
+  template <class To, class From>
+  static void run(To* __restrict to, const From* __restrict from, std::size_t n) noexcept {
+    for (std::size_t i = 0; i < n; ++i) to[i] = convert<To>(from[i]);
+  }
+};
+//! to[i] = To(float(to[i]) + float(from[i])).
+struct add_pass {
+  template <class To, class From>
+  static void run(To* to, const From* from, std::size_t n) noexcept {
+    for (std::size_t i = 0; i < n; ++i) to[i] = convert<To>(static_cast<float>(to[i]) + static_cast<float>(from[i]));
+  }
+};
+//! data[i] = T(float(data[i]) * factor).
+struct scale_pass {
+  template <class T>
+  static void run(T* data, std::size_t n, float factor) noexcept {
+    for (std::size_t i = 0; i < n; ++i) data[i] = convert<T>(static_cast<float>(data[i]) * factor);
+  }
+};
+//! any_nonfinite(data, n).
+struct nonfinite_pass {
+  template <class T>
+  static bool run(const T* data, std::size_t n) noexcept {
+    return any_nonfinite(data, n);
+  }
+};
+//! add_squares(*s, grads, n, first).
+struct squares_pass {
+  template <class Accum>
+  static void run(square_lanes* s, const Accum* grads, std::size_t n, std::uint64_t first) noexcept {
+    add_squares(*s, grads, n, first);
+  }
+};
+
+#if defined(ZERO_HOST_AVX2_DISPATCH)
+template <class Pass, class... Args>
+[[gnu::target("avx2"), gnu::flatten]] auto run_pass_avx2(Args... args) noexcept {
+  return Pass::run(args...);
+}
+template <class Pass, class... Args>
+[[gnu::target("avx512f,avx512bw,avx512vl,avx2"), gnu::optimize("fp-contract=off"), gnu::flatten]] auto run_pass_avx512(
+    Args... args) noexcept {
+  return Pass::run(args...);
+}
+#endif
+
+//! `Pass::run(args...)` (pointers and counts in, no vector crosses the call) compiled for the
+//! instruction set the host update runs on (`current_host_isa()`): the same operations on every
+//! one, so the same bits.
+template <class Pass, class... Args>
+auto run_pass(Args... args) noexcept {
+#if defined(ZERO_HOST_AVX2_DISPATCH)
+  const host_isa isa = current_host_isa();
+  if (isa == host_isa::avx512) return run_pass_avx512<Pass>(args...);
+  if (isa == host_isa::avx2) return run_pass_avx2<Pass>(args...);
+#endif
+  return Pass::run(args...);
 }
 
 }  // namespace zero::detail
