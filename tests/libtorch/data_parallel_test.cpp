@@ -211,6 +211,24 @@ TEST_SUITE("libtorch") {
     CHECK(peak < tensors);
   }
 
+  // At one rank with layout.read_gradients_in_update, the update reads the .grad tensors torch
+  // left (held, all of them, until step() returns): bitwise the run that copies them during
+  // backward, and as near torch as the other runs.
+  TEST_CASE("libtorch.one_rank_update_reads_torch_gradients") {
+    using engine = fp32_engine<zero::stage2, zero::bucketed_partitioner>;
+    torch::set_num_threads(1);
+    const auto reference = train_with_torch({}, torch::kFloat);
+    std::size_t copied_peak = 0, read_peak = 0;
+    const auto copied = train_with_zero<engine>({}, 1, zero::libtorch::gradient_release::free, zero::unreported_gradients::zero, &copied_peak);
+    const auto read = train_with_zero<engine>({.read_in_update = true}, 1, zero::libtorch::gradient_release::free,
+                                              zero::unreported_gradients::zero, &read_peak);
+    const std::size_t tensors = Net(false)->parameters().size();
+    CHECK(bitwise_equal(read[0], copied[0]));
+    CHECK(worst_relative_error(read[0], reference) <= 1e-6);
+    CHECK(copied_peak < tensors);  // copied while backward runs, freed at once
+    CHECK(read_peak == tensors);   // held until the step
+  }
+
   // Saved at 2 ranks after 120 steps: resumed at 2 ranks it continues bitwise as if never
   // stopped; resumed at 3 ranks (the shards cut anew) it still ends within fp32 noise of torch.
   TEST_CASE("libtorch.checkpoint_resumed_at_another_world_size") {

@@ -72,6 +72,8 @@ struct recipe {
   // torch only: zero_grad() sets gradients to None (a parameter without one is skipped) or to
   // zeros (it is updated with a zero gradient, as DeepSpeed and zero's default treat it)
   bool grads_to_none = true;
+  // zero only: layout.read_gradients_in_update (at one rank the update reads torch's gradients)
+  bool read_in_update = false;
 };
 
 inline double learning_rate(int step) { return peak_lr * (step < 5 ? (step + 1) / 5.0 : 1.0 - 0.5 * (step - 5) / steps); }
@@ -159,6 +161,7 @@ std::pair<std::vector<torch::Tensor>, std::size_t> train_rank(typename Engine::c
   o.unreported = unreported;
   o.layout.bucket_elements = 512;  // several units: stage 2 reduces while backward runs
   o.layout.order = r.order;
+  o.layout.read_gradients_in_update = r.read_in_update;
   zero::libtorch::data_parallel<Engine> dp(*net, comm, o, groups, {.release = release});
   REQUIRE(dp.size() == net->parameters().size());
 
