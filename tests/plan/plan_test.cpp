@@ -23,12 +23,16 @@ constexpr auto fp16_adam = zero::plan_memory(psi, 64, zero::stage2, precision_ki
 static_assert(fp16_adam.parameters == 2 * psi);
 static_assert(fp16_adam.gradients == 4 * psi_padded / 64);
 static_assert(fp16_adam.master_weights == 4 * psi_padded / 64);
-static_assert(fp16_adam.optimizer_state == 8 * psi_padded / 64);
+// (the two state slots lie zero::state_stride apart: whole pages plus half a page)
+constexpr std::size_t state_stride = zero::state_stride(psi_padded / 64, 2);
+static_assert(state_stride > psi_padded / 64 && state_stride - psi_padded / 64 < 1536);
+static_assert(fp16_adam.optimizer_state == 2 * 4 * state_stride);
 static_assert(fp16_adam.buffers == 2 * psi_padded / 64 + 4 * (std::size_t{1} << 22));  // shard + one bucket of fp32
 // stage 2 with spans: the framework holds one bucket of fp16 gradients (plus the largest
 // parameter's, not given here)
 static_assert(fp16_adam.framework_gradients == 2 * (std::size_t{1} << 22));
-static_assert(fp16_adam.model_states_bytes() == 2 * psi + 16 * psi_padded / 64 + fp16_adam.framework_gradients);
+static_assert(fp16_adam.model_states_bytes() ==
+              2 * psi + 8 * psi_padded / 64 + 2 * 4 * state_stride + fp16_adam.framework_gradients);
 static_assert(zero::plan_memory(psi, 64, zero::stage2, precision_kind::fp16, optimizer_kind::adam, {},
                                 zero::partitioner_kind::contiguous, 200'000'000)
                   .framework_gradients == 2 * ((std::size_t{1} << 22) + 200'000'000));
