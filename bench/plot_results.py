@@ -40,6 +40,8 @@ def throughput(benchmarks, context, out):
         size, threads = args[0], args[1]
         per_element = b["bytes_per_element"]
         series[(kind, threads)].append((size, b["params_per_second"], b["limit_bytes_per_second"] / per_element))
+    if not series:
+        return
     fig, ax = plt.subplots(figsize=(8, 5))
     for (kind, threads), points in sorted(series.items()):
         points.sort()
@@ -63,12 +65,13 @@ def breakdown(benchmarks, out):
         kind, args = parse(b["name"])
         if kind != "stage2_step" or len(args) < 2:
             continue
-        rows.append((args[0], args[1], b["reduce_seconds"], b["update_seconds"], b["gather_seconds"], b["step_seconds"]))
+        read = args[2] if len(args) > 2 else 0  # layout.read_gradients_in_update
+        rows.append((args[0], args[1], b["reduce_seconds"], b["update_seconds"], b["gather_seconds"], b["step_seconds"], read))
     if not rows:
         return
-    rows.sort()
-    labels = [f"{r[0] >> 20}M params\n{r[1]} rank(s)" for r in rows]
-    fig, ax = plt.subplots(figsize=(8, 5))
+    rows.sort(key=lambda r: (r[0], r[6], r[1]))
+    labels = [f"{r[0] >> 20}M, {r[1]} rank(s)" + ("\nread in update" if r[6] else "") for r in rows]
+    fig, ax = plt.subplots(figsize=(10, 5))
     bottom = [0.0] * len(rows)
     for index, (name, color) in enumerate([("reduce", "#4c72b0"), ("update", "#dd8452"), ("all-gather", "#55a868")]):
         values = [r[2 + index] * 1e3 for r in rows]
