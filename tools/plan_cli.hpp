@@ -24,15 +24,17 @@ constexpr int max_world = 1 << 20;
 __extension__ typedef unsigned __int128 wide;  // exact arithmetic while parsing "7.5B"
 
 constexpr std::string_view usage_text =
-    "usage: zero-plan --params N --world W[,W...] [--stage 0|1|2] [--precision P] [--optimizer O]\n"
+    "usage: zero-plan --params N --world W[,W...] [--stage 0|1|2|3] [--precision P] [--optimizer O]\n"
     "                 [--partitioner contiguous|bucketed] [--largest-param N] [--json]\n"
+    "                 [--gather-buffers K] [--gather-elements N]\n"
     "                 [--checkpoint-bytes BYTES --layers L [--model-parallel M]]\n"
     "       zero-plan --fit BYTES --world W[,W...] [same options]\n"
     "       zero-plan --help\n";
 
 constexpr std::string_view help_text = R"(
 Per-rank memory of data-parallel training with zero's ZeRO engine (stages 0, 1, 2), computed by
-zero::plan_memory (include/zero/plan.hpp), which the engine's own accounting equals.
+zero::plan_memory (include/zero/plan.hpp), which the engine's own accounting equals; and of
+stage 3, which zero plans but has no engine for yet.
 
   --params N        the parameter count: a whole number or one with a suffix K (10^3), M (10^6),
                     B (10^9), T (10^12): 124000000, 350M, 7.5B, 1.2T
@@ -41,7 +43,8 @@ zero::plan_memory (include/zero/plan.hpp), which the engine's own accounting equ
                     BYTES, per world size. Units: B, KB, MB, GB, TB (powers of 1000), KiB, MiB,
                     GiB, TiB (powers of 1024): 80GB, 80GiB, 40000000000
   --stage S         0 (plain data parallelism), 1 (optimizer state and master weights
-                    partitioned), 2 (gradients too). Default 2
+                    partitioned), 2 (gradients too), 3 (parameters too: planned, no engine
+                    yet). Default 2
   --precision P     fp32        fp32 everywhere, no separate master copy
                     bf16        bf16 params and gradients; fp32 master, state, accumulation (default)
                     fp16        fp16 params and gradients; fp32 master, state, accumulation
@@ -58,6 +61,10 @@ zero::plan_memory (include/zero/plan.hpp), which the engine's own accounting equ
   --bucket N        elements per reduction bucket, all ranks together (default 4194304 = 4Mi;
                     suffixes as --params)
   --alignment N     elements every shard slice is a multiple of (default 16)
+  --gather-buffers K  stage 3: the buffers gathered parameter groups are handed over in
+                    (default 2: one gathers while the framework computes with the other)
+  --gather-elements N  stage 3: model-precision elements per gather buffer, all ranks' parts
+                    of a group together (default 16777216 = 16Mi; suffixes as --params)
   --gradient-slots  the framework writes its gradients into engine-owned slots
   --defer-reduction stage 2 with gradient accumulation: keep a full local gradient buffer and
                     reduce it once per step
@@ -73,14 +80,15 @@ zero::plan_memory (include/zero/plan.hpp), which the engine's own accounting equ
 What each kind counts, per rank, for P parameters over W ranks (P_pad: P rounded up to a
 multiple of alignment x W):
   parameters        the framework's model-precision parameters: P x 2 bytes (4 for fp32), whole
-                    on every rank (ZeRO-2 does not partition them)
+                    on every rank (ZeRO-2 does not partition them); stage 3: the engine's shard
+                    of them, P_pad / W x 2 bytes
   gradients         the gradients the engine holds for the update, in the accumulation type
                     (fp32; bf16 for bf16-accum): P_pad elements in stages 0 and 1, P_pad / W in
-                    stage 2; plus P x 2 bytes of slots with --gradient-slots
+                    stages 2 and 3; plus P x 2 bytes of slots with --gradient-slots
   master_weights    the fp32 master copy of the parameters this rank updates: P (stage 0) or
-                    P_pad / W (stages 1, 2) x 4 bytes; 0 for fp32 and bf16-pure
+                    P_pad / W (stages 1 to 3) x 4 bytes; 0 for fp32 and bf16-pure
   optimizer_state   the optimizer's fp32 state slots for the same elements
-  framework_gradients  the gradients the framework itself holds at their peak: stage 2 (spans,
+  framework_gradients  the gradients the framework itself holds at their peak: stages 2, 3 (spans,
                     reduced while backward runs) one reduction unit plus --largest-param
                     gradients, in the gradient type; 0 in stages 0 and 1, with
                     --defer-reduction and with --gradient-slots (the engine reads each
@@ -88,7 +96,8 @@ multiple of alignment x W):
   model_states_bytes  parameters + gradients + framework_gradients + master_weights +
                     optimizer_state
   buffers           the engine's model-precision shard for the all-gather (stages 1, 2) and its
-                    constant-size reduction buckets
+                    constant-size reduction buckets; stage 3: the buckets and the gather
+                    buffers, K x N x 2 bytes
   total             model_states_bytes + buffers; --fit compares this with BYTES
 Activation checkpoints per rank, with --checkpoint-bytes B and --layers L over M model-parallel
 ranks (zero::plan_activations, the engine's checkpointers' own expectation; S = B / M rounded up
@@ -222,8 +231,8 @@ inline settings parse(std::span<const std::string_view> args) {
       if (v == "0") s.stage = zero::stage0;
       else if (v == "1") s.stage = zero::stage1;
       else if (v == "2") s.stage = zero::stage2;
-      else if (v == "3") throw bad_argument{"--stage 3: zero implements stages 0, 1 and 2 (stage 3 partitions parameters too)"};
-      else throw bad_argument{"--stage '" + std::string(v) + "': 0, 1 or 2"};
+      else if (v == "3") s.stage = zero::stage3;
+      else throw bad_argument{"--stage '" + std::string(v) + "': 0, 1, 2 or 3"};
     } else if (arg == "--precision") {
       const std::string_view v = value();
       const auto p = zero::precision_from_string(v);
@@ -249,6 +258,12 @@ inline settings parse(std::span<const std::string_view> args) {
     } else if (arg == "--alignment") {
       s.layout.alignment = parse_scaled(arg, value(), count_units, 1u << 20);
       if (s.layout.alignment == 0) throw bad_argument{"--alignment: at least 1 element"};
+    } else if (arg == "--gather-buffers") {
+      s.layout.gather_buffers = parse_scaled(arg, value(), count_units, 1024);
+      if (s.layout.gather_buffers == 0) throw bad_argument{"--gather-buffers: at least 1 buffer"};
+    } else if (arg == "--gather-elements") {
+      s.layout.gather_buffer_elements = parse_scaled(arg, value(), count_units, max_params);
+      if (s.layout.gather_buffer_elements == 0) throw bad_argument{"--gather-elements: at least 1 element"};
     } else if (arg == "--gradient-slots") {
       s.layout.gradient_slots = true;
     } else if (arg == "--defer-reduction") {
@@ -316,7 +331,10 @@ inline std::string describe(const settings& s) {
   return "ZeRO stage " + std::to_string(static_cast<int>(s.stage)) + ", precision " +
          std::string(zero::to_string(s.precision)) + ", optimizer " + std::string(zero::to_string(s.optimizer)) + " (" +
          std::to_string(zero::state_count(s.optimizer)) + " fp32 state slots per parameter), " +
-         std::string(zero::to_string(s.partitioner)) + " partitioner";
+         std::string(zero::to_string(s.partitioner)) + " partitioner" +
+         (s.stage == zero::stage3 ? ", " + std::to_string(s.layout.gather_buffers) + " gather buffers of " +
+                                        grouped(s.layout.gather_buffer_elements) + " elements (stage 3: planned, no engine yet)"
+                                  : std::string());
 }
 
 struct row {
@@ -421,7 +439,7 @@ inline std::string render(const settings& s) {
     }
     out += s.layers != 0 ? "(activation checkpoints below; zero-plan --help says what each kind holds)\n"
                          : "(activations not counted; zero-plan --help says what each kind holds)\n";
-    if (s.stage == zero::stage2 && !s.layout.defer_reduction && !s.layout.gradient_slots && s.largest_param == 0)
+    if ((s.stage == zero::stage2 || s.stage == zero::stage3) && !s.layout.defer_reduction && !s.layout.gradient_slots && s.largest_param == 0)
       out += "(framework_gradients counts one reduction unit; --largest-param N adds the largest parameter's gradient)\n";
   }
   if (s.layers != 0 && !s.json) {

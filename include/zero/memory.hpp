@@ -95,6 +95,12 @@ struct layout_options {
   //! waits for a buffer's collective only before reusing the buffer. 1: every collective
   //! completes before the engine goes on. Each buffer adds its size to `buckets`.
   std::size_t staging_buffers = 1;
+  //! Stage 3 (planned; `plan_memory` counts them, the engine of stages 0 to 2 does not read
+  //! them): the buffers that gathered parameter groups are handed to the framework in, each
+  //! `gather_buffer_elements` model-precision elements (all ranks' parts of a group together).
+  //! Two let one group's all-gather run while the framework computes with the previous one.
+  std::size_t gather_buffers = 2;
+  std::size_t gather_buffer_elements = std::size_t{1} << 24;
   //! The order of the parameters in the flat buffer (see `gradient_order`).
   gradient_order order = gradient_order::reverse;
   //! With `order == gradient_order::given`: every parameter's index once, in the order their
@@ -131,7 +137,10 @@ constexpr std::size_t state_stride(std::size_t updated, std::size_t state_count)
 //! The engine's per-rank bytes, in closed form, for the shipped partitioners: `param_count`
 //! elements in total, `state_count` state slots per element (the rule's `state_count`), and for
 //! `framework_gradients` the largest parameter's elements times its reports per micro-step
-//! (`largest_parameter`; 0 leaves the parameter out of that bound).
+//! (`largest_parameter`; 0 leaves the parameter out of that bound). Stage 3 (planned, no engine
+//! yet) holds what stage 2 holds, its parameter shard at every world size (the only copy of the
+//! parameters), and in `buckets` also its gather buffers (`layout.gather_buffers` of
+//! `layout.gather_buffer_elements` model-precision elements).
 template <precision_bundle P, class Partitioner = contiguous_partitioner>
 constexpr memory_report expected_memory(std::size_t param_count, int world_size, stage s, std::size_t state_count,
                                         const layout_options& o = {}, std::size_t largest_parameter = 0) noexcept {
@@ -151,15 +160,18 @@ constexpr memory_report expected_memory(std::size_t param_count, int world_size,
   memory_report r;
   if constexpr (P::has_master) r[memory_kind::master_weights] = updated * sizeof(typename P::master_type);
   r[memory_kind::optimizer_state] = state_count * state_stride(updated, state_count) * sizeof(typename P::state_type);
-  const bool streaming = s == stage::stage2 && !o.defer_reduction;  // reduced while backward runs
+  const bool partitions_parameters = s == stage::stage3;
+  const bool streaming = (s == stage::stage2 || partitions_parameters) && !o.defer_reduction;  // reduced while backward runs
   r[memory_kind::gradients] = (streaming ? shard : padded) * sizeof(typename P::accum_type);
   r[memory_kind::gradient_slots] = o.gradient_slots ? param_count * sizeof(typename P::grad_type) : 0;
-  // at one rank with master weights the update writes the framework's parameters itself
-  const bool writes_parameters = P::has_master && n == 1;
+  // at one rank with master weights the update writes the framework's parameters itself (in
+  // stage 3 the shard is the parameters)
+  const bool writes_parameters = P::has_master && n == 1 && !partitions_parameters;
   r[memory_kind::parameter_shard] = sharded && !writes_parameters ? shard * sizeof(param) : 0;
   const std::size_t staging_element = sharded ? std::max(sizeof(comm), sizeof(param)) : sizeof(comm);
   r[memory_kind::buckets] = std::max<std::size_t>(o.staging_buffers, 1) * unit * staging_element;
-  const bool held = streaming && o.read_gradients_in_update && n == 1;  // read by the update
+  if (partitions_parameters) r[memory_kind::buckets] += o.gather_buffers * o.gather_buffer_elements * sizeof(param);
+  const bool held = s == stage::stage2 && streaming && o.read_gradients_in_update && n == 1;  // read by the update
   if (held && !o.gradient_slots) r.framework_gradients = param_count * sizeof(typename P::grad_type);
   else if (streaming && !o.gradient_slots && param_count != 0)
     r.framework_gradients = (unit + largest_parameter) * sizeof(typename P::grad_type);

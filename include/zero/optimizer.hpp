@@ -203,6 +203,9 @@ class optimizer {
   static_assert(check_partitioner<Partitioner>());
   static_assert(check_communicator<Comm>());
   static_assert(check_activation_checkpointer<Checkpointer>());
+  static_assert(Stage == stage::stage0 || Stage == stage::stage1 || Stage == stage::stage2,
+                "zero::optimizer: stage 3 (the parameters partitioned too) has a memory plan (zero::plan_memory, "
+                "zero-plan --stage 3) but no engine yet; use zero::stage2");
 
  public:
   using precision_type = Precision;
@@ -1239,7 +1242,10 @@ class optimizer {
     for (std::size_t q = 0; q < owned_.size(); ++q) by_shard_[q] = q;
     std::sort(by_shard_.begin(), by_shard_.end(), [&](std::size_t a, std::size_t b) { return owned_[a].shard_offset < owned_[b].shard_offset; });
     direct_runs_.clear();
-    direct_runs_.reserve(segments_.size() + 2 * owned_.size() + updated_count() / zero_chunk + 1);
+    // a run ends where a segment or an owned piece ends, where a piece starts, or a chunk into a
+    // stretch of zeros (one per gap, which ends where a piece starts or a segment ends, plus a
+    // run per chunk of the zeros in all)
+    direct_runs_.reserve(2 * segments_.size() + 3 * owned_.size() + updated_count() / zero_chunk + 1);
   }
 
   //! Notes the first non-finite gradient this rank saw this step (checked before reduction).

@@ -8,10 +8,13 @@
 //! run-time choices to the compile-time precision bundles and rules: the planner cannot
 //! disagree with the engine (tests/plan shows it equal to `optimizer::memory()`). On top of it
 //! the planner counts the framework's parameters, which ZeRO-2 leaves whole on every rank.
+//! Stage 3 (planned: `zero::optimizer` has no stage-3 engine yet) partitions them too; the
+//! planner gives its figures from the same closed form.
 //!
 //! The kinds, per rank, for Ψ parameters over N ranks (Ψ_p: Ψ padded to a multiple of
 //! alignment x N):
-//! * `parameters`: the framework's model-precision parameters, Ψ x sizeof(Param), on every rank.
+//! * `parameters`: the framework's model-precision parameters, Ψ x sizeof(Param), on every rank;
+//!   in stage 3 the engine's shard of them, Ψ_p / N x sizeof(Param), their only copy.
 //! * `gradients`: the gradients the engine holds for the update, in the accumulation type: the
 //!   whole padded buffer in stages 0 and 1 (and stage 2 with deferred reduction), one shard
 //!   Ψ_p / N in stage 2; plus the gradient slots (Ψ x sizeof(Grad)) when the framework writes
@@ -20,7 +23,9 @@
 //!   sharded); 0 without master weights.
 //! * `optimizer_state`: the rule's state slots for those elements (K slots of 4 bytes each).
 //! * `buffers`: the engine's model-precision shard that the all-gather sends (stages 1, 2) and
-//!   its constant-size reduction buckets.
+//!   its constant-size reduction buckets; in stage 3 the buckets and the gather buffers that
+//!   hold the parameter groups the framework computes with (`layout.gather_buffers` x
+//!   `layout.gather_buffer_elements` x sizeof(Param)).
 //! * `framework_gradients`: the most gradient bytes the framework itself must hold at once
 //!   (stage 2 reading spans: one reduction unit plus the largest parameter's gradient, as
 //!   `memory_report::framework_gradients`; 0 where the engine reads every span at once).
@@ -150,11 +155,11 @@ constexpr std::size_t state_count(optimizer_kind o) noexcept {
 
 //! Per-rank bytes of one configuration, by the kinds of the file comment.
 struct memory_plan {
-  std::size_t parameters = 0;       //!< the framework's model-precision parameters (whole, every rank)
+  std::size_t parameters = 0;       //!< the model-precision parameters: whole on every rank, a shard in stage 3
   std::size_t gradients = 0;        //!< the engine's gradients and gradient slots
   std::size_t master_weights = 0;   //!< the engine's master weights
   std::size_t optimizer_state = 0;  //!< the engine's optimizer state
-  std::size_t buffers = 0;          //!< the engine's parameter shard and reduction buckets
+  std::size_t buffers = 0;          //!< the engine's parameter shard (stages 1, 2) and its buckets (and gather buffers)
   std::size_t framework_gradients = 0;  //!< the framework's own gradients at their peak (see the file comment)
   memory_report engine;             //!< what the engine's `memory()` reports (`expected_memory`)
 
@@ -179,11 +184,13 @@ constexpr memory_plan plan_memory(std::size_t param_count, int world_size, stage
   memory_plan plan;
   plan.engine = expected_memory<P, Partitioner>(param_count, world_size, s, state_slots, layout, largest_parameter);
   plan.framework_gradients = plan.engine.framework_gradients;
-  plan.parameters = param_count * sizeof(typename P::param_type);
+  const std::size_t shard = plan.engine.of(memory_kind::parameter_shard);
+  const bool partitioned = s == stage::stage3;  // the shard is the parameters' only copy
+  plan.parameters = partitioned ? shard : param_count * sizeof(typename P::param_type);
   plan.gradients = plan.engine.of(memory_kind::gradients) + plan.engine.of(memory_kind::gradient_slots);
   plan.master_weights = plan.engine.of(memory_kind::master_weights);
   plan.optimizer_state = plan.engine.of(memory_kind::optimizer_state);
-  plan.buffers = plan.engine.of(memory_kind::parameter_shard) + plan.engine.of(memory_kind::buckets);
+  plan.buffers = (partitioned ? 0 : shard) + plan.engine.of(memory_kind::buckets);
   return plan;
 }
 
@@ -199,8 +206,8 @@ constexpr memory_plan plan_memory(std::size_t param_count, int world_size, stage
 }
 
 //! The largest parameter count whose `plan_memory(...).total()` is at most `budget_bytes` per
-//! rank (0 when not even one parameter fits). The total never decreases as the count grows, so
-//! a binary search finds it. @pre world_size >= 1; budget_bytes < 2^56 (64 PiB).
+//! rank (0 when not even one parameter fits), at most 2^58. The total never decreases as the
+//! count grows, so a binary search finds it. @pre world_size >= 1; budget_bytes < 2^56 (64 PiB).
 constexpr std::size_t largest_fitting(std::size_t budget_bytes, int world_size, stage s, precision_kind p,
                                       optimizer_kind o, const layout_options& layout = {},
                                       partitioner_kind partitioner = partitioner_kind::contiguous,
@@ -208,9 +215,13 @@ constexpr std::size_t largest_fitting(std::size_t budget_bytes, int world_size, 
   auto fits = [&](std::size_t count) {
     return plan_memory(count, world_size, s, p, o, layout, partitioner, largest_parameter).total() <= budget_bytes;
   };
-  // every parameter costs at least its own 2 bytes on every rank: budget / 2 + 1 never fits
-  std::size_t lo = 0, hi = budget_bytes / 2 + 1;
+  // every parameter costs at least its own 2 bytes on every rank (stages 0 to 2), or on one
+  // rank of the world (stage 3): hi never fits
+  constexpr std::size_t most = std::size_t{1} << 58;
+  const std::size_t per_rank = budget_bytes / 2 + 1, ranks = static_cast<std::size_t>(world_size);
+  std::size_t lo = 0, hi = s != stage::stage3 ? per_rank : (per_rank > most / ranks ? most : per_rank * ranks);
   if (!fits(1)) return 0;
+  if (fits(hi)) return hi;  // (stage 3 over many ranks: the count is capped)
   lo = 1;
   while (hi - lo > 1) {
     const std::size_t mid = lo + (hi - lo) / 2;

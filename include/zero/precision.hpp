@@ -69,9 +69,15 @@ enum class stage : int {
   stage0 = 0,  //!< nothing: plain data parallelism (gradients all-reduced, every rank updates all)
   stage1 = 1,  //!< optimizer state and master weights (P_os)
   stage2 = 2,  //!< optimizer state, master weights and gradients (P_os+g)
+  //! the parameters too (P_os+g+p): each rank keeps 1/N of everything and gathers a group of
+  //! parameters only while the framework computes with it. Planned: the memory planner
+  //! (`plan_memory`, `zero-plan --stage 3`) counts it; `zero::optimizer` refuses it, having no
+  //! stage-3 engine yet.
+  stage3 = 3,
 };
 inline constexpr stage stage0 = stage::stage0;
 inline constexpr stage stage1 = stage::stage1;
 inline constexpr stage stage2 = stage::stage2;
+inline constexpr stage stage3 = stage::stage3;
 
 }  // namespace zero

@@ -92,7 +92,7 @@ TEST_SUITE("unit") {
                          "--params 1B --world 8,,16",          // empty item
                          "--params 1B --world 8,",             // empty item
                          "--params 1B --world 8,x",            // not a number
-                         "--params 1B --world 8 --stage 3",    // not implemented
+                         "--params 1B --world 8 --stage 4",    // no such stage
                          "--params 1B --world 8 --stage two",  // not a stage
                          "--params 1B --world 8 --precision fp8",
                          "--params 1B --world 8 --optimizer rmsprop",
@@ -156,6 +156,10 @@ TEST_SUITE("unit") {
          precision_kind::bf16_pure, optimizer_kind::lion},
         {"--params 70B --world 512 --precision bf16-accum --optimizer adam-amsgrad", 70'000'000'000, 512, zero::stage2,
          precision_kind::bf16_bf16_accum, optimizer_kind::adam_amsgrad},
+        {"--params 70B --world 96 --stage 3 --precision bf16", 70'000'000'000, 96, zero::stage3, precision_kind::bf16,
+         optimizer_kind::adam},
+        {"--params 7.5B --world 1 --stage 3 --precision fp32 --optimizer sgd", 7'500'000'000, 1, zero::stage3,
+         precision_kind::fp32, optimizer_kind::sgd},
     };
     for (const auto& c : configs) {
       CAPTURE(c.args);
@@ -193,6 +197,28 @@ TEST_SUITE("unit") {
     CHECK(field(r.out, "gradient_slots") == 2'000'000'000);
     CHECK(field(r.out, "buckets") == p.engine.of(zero::memory_kind::buckets));
     CHECK(field(r.out, "total") == p.total());
+  }
+
+  TEST_CASE("zero-plan: stage 3 takes the gather buffers' count and size") {
+    zero::layout_options layout;
+    layout.gather_buffers = 3;
+    layout.gather_buffer_elements = 50'000'000;
+    const result r = plan("--params 70B --world 64 --stage 3 --gather-buffers 3 --gather-elements 50M --json");
+    REQUIRE(r.status == 0);
+    const auto p = zero::plan_memory(70'000'000'000, 64, zero::stage3, precision_kind::bf16, optimizer_kind::adam, layout);
+    CHECK(field(r.out, "parameters") == p.parameters);
+    CHECK(field(r.out, "buckets") == p.engine.of(zero::memory_kind::buckets));
+    CHECK(p.buffers == p.engine.of(zero::memory_kind::buckets));
+    CHECK(field(r.out, "total") == p.total());
+    // the three buffers of 50M bf16 elements are all that changed against the defaults (two of 16Mi)
+    CHECK(p.total() - zero::plan_memory(70'000'000'000, 64, zero::stage3, precision_kind::bf16, optimizer_kind::adam).total() ==
+          3 * 50'000'000 * 2 - 2 * (std::size_t{1} << 24) * 2);
+    const result t = plan("--params 70B --world 64 --stage 3");
+    REQUIRE(t.status == 0);
+    CHECK(t.out.find("ZeRO stage 3") != std::string::npos);
+    CHECK(t.out.find("2 gather buffers of 16,777,216 elements (stage 3: planned, no engine yet)") != std::string::npos);
+    CHECK(plan("--params 70B --world 64 --stage 3 --gather-buffers 0").status == 2);
+    CHECK(plan("--params 70B --world 64 --stage 3 --gather-elements 0").status == 2);
   }
 
   TEST_CASE("zero-plan: the partitioner and the largest parameter reach the plan / the framework's gradients counted") {
