@@ -20,6 +20,7 @@ namespace zero_plan {
 constexpr std::uint64_t max_params = 1'000'000'000'000'000;  // 1000T: far beyond any model
 constexpr std::uint64_t max_budget = 10'000'000'000'000'000;  // 10 PB: below plan.hpp's 2^56
 constexpr int max_world = 1 << 20;
+constexpr std::uint64_t max_gather_elements = std::uint64_t{1} << 40;  // x 1024 buffers x 4 bytes: far below 2^64
 
 __extension__ typedef unsigned __int128 wide;  // exact arithmetic while parsing "7.5B"
 
@@ -32,9 +33,8 @@ constexpr std::string_view usage_text =
     "       zero-plan --help\n";
 
 constexpr std::string_view help_text = R"(
-Per-rank memory of data-parallel training with zero's ZeRO engine (stages 0, 1, 2), computed by
-zero::plan_memory (include/zero/plan.hpp), which the engine's own accounting equals; and of
-stage 3, which zero plans but has no engine for yet.
+Per-rank memory of data-parallel training with zero's ZeRO engine (stages 0 to 3), computed by
+zero::plan_memory (include/zero/plan.hpp), which the engine's own accounting equals.
 
   --params N        the parameter count: a whole number or one with a suffix K (10^3), M (10^6),
                     B (10^9), T (10^12): 124000000, 350M, 7.5B, 1.2T
@@ -43,8 +43,7 @@ stage 3, which zero plans but has no engine for yet.
                     BYTES, per world size. Units: B, KB, MB, GB, TB (powers of 1000), KiB, MiB,
                     GiB, TiB (powers of 1024): 80GB, 80GiB, 40000000000
   --stage S         0 (plain data parallelism), 1 (optimizer state and master weights
-                    partitioned), 2 (gradients too), 3 (parameters too: planned, no engine
-                    yet). Default 2
+                    partitioned), 2 (gradients too), 3 (parameters too). Default 2
   --precision P     fp32        fp32 everywhere, no separate master copy
                     bf16        bf16 params and gradients; fp32 master, state, accumulation (default)
                     fp16        fp16 params and gradients; fp32 master, state, accumulation
@@ -262,7 +261,7 @@ inline settings parse(std::span<const std::string_view> args) {
       s.layout.gather_buffers = parse_scaled(arg, value(), count_units, 1024);
       if (s.layout.gather_buffers == 0) throw bad_argument{"--gather-buffers: at least 1 buffer"};
     } else if (arg == "--gather-elements") {
-      s.layout.gather_buffer_elements = parse_scaled(arg, value(), count_units, max_params);
+      s.layout.gather_buffer_elements = parse_scaled(arg, value(), count_units, max_gather_elements);
       if (s.layout.gather_buffer_elements == 0) throw bad_argument{"--gather-elements: at least 1 element"};
     } else if (arg == "--gradient-slots") {
       s.layout.gradient_slots = true;
@@ -333,7 +332,7 @@ inline std::string describe(const settings& s) {
          std::to_string(zero::state_count(s.optimizer)) + " fp32 state slots per parameter), " +
          std::string(zero::to_string(s.partitioner)) + " partitioner" +
          (s.stage == zero::stage3 ? ", " + std::to_string(s.layout.gather_buffers) + " gather buffers of " +
-                                        grouped(s.layout.gather_buffer_elements) + " elements (stage 3: planned, no engine yet)"
+                                        grouped(s.layout.gather_buffer_elements) + " elements"
                                   : std::string());
 }
 
@@ -405,6 +404,9 @@ inline std::string render(const settings& s) {
     const std::uint64_t n = s.fit ? zero::largest_fitting(*s.fit, w, s.stage, s.precision, s.optimizer, s.layout,
                                                           s.partitioner, s.largest_param)
                                   : *s.params;
+    if (s.fit && n >= zero::max_planned_parameters)
+      throw bad_argument{"--fit " + grouped(*s.fit) + " bytes at world " + std::to_string(w) + ": " +
+                         grouped(zero::max_planned_parameters) + " parameters or more fit, beyond what zero-plan counts"};
     counts.push_back(n);
     plans.push_back(zero::plan_memory(n, w, s.stage, s.precision, s.optimizer, s.layout, s.partitioner, s.largest_param));
   }

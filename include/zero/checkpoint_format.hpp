@@ -458,7 +458,7 @@ inline checkpoint_header parse_header(std::span<const std::byte> bytes, const st
   if (h.world_size < 1 || h.world_size > f::max_world_size) r.fail("world_size " + std::to_string(h.world_size) + " is out of range");
   if (h.rank >= h.world_size) r.fail("rank " + std::to_string(h.rank) + " is not below world_size " + std::to_string(h.world_size));
   h.stage = r.u32("stage");
-  if (h.stage > 2) r.fail("stage " + std::to_string(h.stage) + " is not 0, 1 or 2");
+  if (h.stage > 3) r.fail("stage " + std::to_string(h.stage) + " is not 0, 1, 2 or 3");
   h.step = r.u64("step");
   for (std::string* t : {&h.param_type, &h.grad_type, &h.master_type, &h.state_type, &h.accum_type, &h.comm_type, &h.value_type})
     *t = r.text("element type");

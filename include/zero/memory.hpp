@@ -95,10 +95,10 @@ struct layout_options {
   //! waits for a buffer's collective only before reusing the buffer. 1: every collective
   //! completes before the engine goes on. Each buffer adds its size to `buckets`.
   std::size_t staging_buffers = 1;
-  //! Stage 3 (planned; `plan_memory` counts them, the engine of stages 0 to 2 does not read
-  //! them): the buffers that gathered parameter groups are handed to the framework in, each
-  //! `gather_buffer_elements` model-precision elements (all ranks' parts of a group together).
-  //! Two let one group's all-gather run while the framework computes with the previous one.
+  //! Stage 3: the buffers that gathered parameter groups are handed to the framework in
+  //! (`optimizer::gather`), as many groups gathered at once, each buffer
+  //! `gather_buffer_elements` model-precision elements, at least the largest group's (all
+  //! ranks' parts of a group together). Counted in `buckets`; stages 0-2 ignore them.
   std::size_t gather_buffers = 2;
   std::size_t gather_buffer_elements = std::size_t{1} << 24;
   //! The order of the parameters in the flat buffer (see `gradient_order`).
@@ -137,8 +137,8 @@ constexpr std::size_t state_stride(std::size_t updated, std::size_t state_count)
 //! The engine's per-rank bytes, in closed form, for the shipped partitioners: `param_count`
 //! elements in total, `state_count` state slots per element (the rule's `state_count`), and for
 //! `framework_gradients` the largest parameter's elements times its reports per micro-step
-//! (`largest_parameter`; 0 leaves the parameter out of that bound). Stage 3 (planned, no engine
-//! yet) holds what stage 2 holds, its parameter shard at every world size (the only copy of the
+//! (`largest_parameter`; 0 leaves the parameter out of that bound). Stage 3
+//! holds what stage 2 holds, its parameter shard at every world size (the only copy of the
 //! parameters), and in `buckets` also its gather buffers (`layout.gather_buffers` of
 //! `layout.gather_buffer_elements` model-precision elements).
 template <precision_bundle P, class Partitioner = contiguous_partitioner>

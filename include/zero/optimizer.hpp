@@ -80,6 +80,9 @@ struct parameter {
   //! The parameter group whose hyperparameters update it (`optimizer_options::add_group`; 0:
   //! the first group, `optimizer_options::hyperparameters`).
   std::uint32_t group = 0;
+  //! Stage 3: the gather group it belongs to (a layer, a block), gathered and released together
+  //! (`optimizer::gather`); groups are numbered 0, 1, ... with none empty. Ignored by stages 0-2.
+  std::uint32_t gather_group = 0;
 };
 
 //! What to do when a gradient is not finite (inf or NaN) on some rank.
@@ -203,9 +206,6 @@ class optimizer {
   static_assert(check_partitioner<Partitioner>());
   static_assert(check_communicator<Comm>());
   static_assert(check_activation_checkpointer<Checkpointer>());
-  static_assert(Stage == stage::stage0 || Stage == stage::stage1 || Stage == stage::stage2,
-                "zero::optimizer: stage 3 (the parameters partitioned too) has a memory plan (zero::plan_memory, "
-                "zero-plan --stage 3) but no engine yet; use zero::stage2");
 
  public:
   using precision_type = Precision;
@@ -261,7 +261,8 @@ class optimizer {
 
   //! After a failed collective on a communicator that may still complete what it abandoned
   //! (MPI cannot cancel a collective: `abandoned_collectives()`), the buffers collectives were
-  //! given (staging buffers, gradient shard and slots, parameter shard, step words) are not
+  //! given (staging buffers, gradient shard and slots, parameter shard, step words, stage 3's
+  //! gather buffers and words) are not
   //! freed but kept until the process exits, so that a late write lands in memory nobody else
   //! uses. Everything else is freed as usual.
   ~optimizer() {
@@ -393,6 +394,9 @@ class optimizer {
   //! step overflows at the minimum loss scale (the step is skipped and the gradients cleared first).
   step_report step() {
     check_usable();
+    // stage 3: a group still gathered holds values the update is about to make stale; it is
+    // released, the step goes on (it is collective), and the error comes after it
+    const std::string held = partitions_parameters ? release_all_gathered() : std::string();
     step_report report;
     using clock = std::chrono::steady_clock;
     const bool direct = direct_step();
@@ -424,7 +428,7 @@ class optimizer {
         forget_reports();
       }
       auto t2 = clock::now();
-      if (!report.skipped && Stage != stage::stage0) gather_parameters();
+      if (!report.skipped && Stage != stage::stage0 && !partitions_parameters) gather_parameters();
       auto t3 = clock::now();
       report.reduce_seconds = reduce_seconds_ + std::chrono::duration<double>(t1 - t0).count();
       report.update_seconds = std::chrono::duration<double>(t2 - t1).count();
@@ -443,7 +447,78 @@ class optimizer {
           if (reported_anywhere(p)) ++param_steps_[p];
     }
     if (report.skipped) report.step = step_;
+    if (!held.empty())
+      throw usage_error("zero: step() on rank " + std::to_string(rank_) + " with gather group(s) " + held +
+                        " still gathered: release each group after its backward (the step ran, and released them)");
     return report;
+  }
+
+  // ---- stage 3: gathered parameter groups --------------------------------------------------
+
+  //! Stage 3: the gather groups (`parameter::gather_group`: 0 to count - 1).
+  std::size_t gather_group_count() const noexcept { return gather_runs_.size(); }
+  //! Stage 3: the gather group of parameter `param`.
+  std::uint32_t gather_group_of(std::size_t param) const {
+    check_index(param, "gather_group_of");
+    return gather_group_[param];
+  }
+  //! Stage 3: whether group `g` is gathered (between `gather(g)` and `release(g)`).
+  bool gathered(std::uint32_t g) const noexcept { return g < gather_slot_.size() && gather_slot_[g] != no_slot; }
+
+  //! Stage 3: gathers the full model-precision values of gather group `g` into one of the
+  //! engine's gather buffers; until `release(g)`, `parameter_values(p)` of each of its
+  //! parameters is a span over them. Collective: every rank gathers the same groups in the same
+  //! order (a rank that gathers another group makes every rank throw `mismatch_error` naming
+  //! it). The values are the parameters after the last step; writing into the span changes
+  //! nothing the engine keeps (the engine's shard is the parameters).
+  //! @throws usage_error for no such group, a group gathered already, or no free gather buffer
+  //!         (`layout.gather_buffers` groups are gathered: release one)
+  void gather(std::uint32_t g) {
+    check_usable();
+    if constexpr (!partitions_parameters) {
+      throw usage_error("zero: gather(" + std::to_string(g) + ") on rank " + std::to_string(rank_) +
+                        ": only stage 3 gathers parameters (stages 0-2 leave them whole in the framework)");
+    } else {
+      const std::string where = " on rank " + std::to_string(rank_);
+      if (g >= gather_runs_.size())
+        throw usage_error("zero: gather(" + std::to_string(g) + ")" + where + ": there are " +
+                          std::to_string(gather_runs_.size()) + " gather groups");
+      if (gathered(g)) throw usage_error("zero: gather(" + std::to_string(g) + ")" + where + ": the group is gathered already");
+      std::size_t slot = 0;
+      while (slot < gather_holder_.size() && gather_holder_[slot] != no_group) ++slot;
+      if (slot == gather_holder_.size())
+        throw usage_error("zero: gather(" + std::to_string(g) + ")" + where + ": all " + std::to_string(gather_holder_.size()) +
+                          " gather buffers hold groups (" + gathered_list() +
+                          "); release one first, or set layout.gather_buffers higher");
+      // every rank says which group it gathers before any of them sends a value (a rank out of
+      // turn is an error on every rank, and nothing is changed)
+      const std::uint64_t mine = g;
+      guarded([&] { backend_.all_gather_words(*comm_, &mine, gather_words_.data(), 1); });
+      for (int r = 0; r < world_; ++r)
+        if (gather_words_[static_cast<std::size_t>(r)] != mine)
+          throw mismatch_error("zero: ranks gather different groups: rank " + std::to_string(r) + " gathers group " +
+                               std::to_string(gather_words_[static_cast<std::size_t>(r)]) + ", rank " + std::to_string(rank_) +
+                               " gathers group " + std::to_string(g) + " (every rank gathers the same groups in the same order)");
+      guarded([&] {
+        param_type* buffer = gather_pool_.data() + slot * options_.layout.gather_buffer_elements;
+        for (const gather_run& run : gather_runs_[g]) {
+          if (run.owner == rank_) backend_.convert(buffer + run.at, param_shard_.data() + run.shard_offset, run.count);
+          if (world_ > 1) comm_->broadcast(buffer + run.at, run.count, run.owner);
+        }
+      });
+      gather_holder_[slot] = g;
+      gather_slot_[g] = slot;
+    }
+  }
+
+  //! Stage 3: gives group `g`'s gather buffer back; its parameters' spans are no longer valid.
+  //! Local (no collective). @throws usage_error for a group not gathered
+  void release(std::uint32_t g) {
+    if (!gathered(g))
+      throw usage_error("zero: release(" + std::to_string(g) + ") on rank " + std::to_string(rank_) +
+                        ": the group is not gathered" + (g >= gather_runs_.size() ? " (there is no such group)" : ""));
+    gather_holder_[gather_slot_[g]] = no_group;
+    gather_slot_[g] = no_slot;
   }
 
   // ---- hyperparameters and state -----------------------------------------------------------
@@ -590,8 +665,17 @@ class optimizer {
     return {state_.data() + k * state_stride(), updated_count()};
   }
   //! The framework's values of parameter `p`, as registered.
+  //! Stage 3: the span in its group's gather buffer while the group is gathered.
+  //! @throws usage_error at stage 3 for a parameter whose group is not gathered
   raw_span<param_type> parameter_values(std::size_t p) const {
     check_index(p, "parameter_values");
+    if constexpr (partitions_parameters) {
+      const std::uint32_t g = gather_group_[p];
+      if (!gathered(g))
+        throw usage_error("zero: parameter_values(" + name_of(p) + ") on rank " + std::to_string(rank_) + ": its gather group " +
+                          std::to_string(g) + " is not gathered (stage 3: gather(" + std::to_string(g) + ") first)");
+      return {gather_pool_.data() + gather_slot_[g] * options_.layout.gather_buffer_elements + gather_at_[p], sizes_[p]};
+    }
     return params_[p];
   }
   //! Sets the step count and the loss scaler's state (as saved by a checkpoint), and every
@@ -624,7 +708,7 @@ class optimizer {
     guarded([&] {
       for (const auto& s : segments_)
         if (s.out != nullptr) backend_.convert(s.out, s.values, s.count);
-      if constexpr (Stage != stage::stage0) gather_parameters();
+      if constexpr (Stage != stage::stage0 && !partitions_parameters) gather_parameters();
     });
     forget_reports();
     reset_step();
@@ -644,8 +728,8 @@ class optimizer {
     r[memory_kind::gradients] = gradients_.bytes();
     r[memory_kind::gradient_slots] = slots_.bytes();
     r[memory_kind::parameter_shard] = param_shard_.bytes();
-    r[memory_kind::buckets] = ring_.memory().bytes();
-    if (Stage == stage::stage2 && !local_accumulation_ && !options_.layout.gradient_slots)
+    r[memory_kind::buckets] = ring_.memory().bytes() + gather_pool_.bytes();
+    if ((Stage == stage::stage2 || partitions_parameters) && !local_accumulation_ && !options_.layout.gradient_slots)
       r.framework_gradients = reads_gradients_in_update() ? plan_.element_count * sizeof(grad_type)  // held until the step
                                                           : (plan_.max_unit_elements() + largest_gradient_) * sizeof(grad_type);
     if constexpr (measured_checkpointer<Checkpointer>) {
@@ -659,6 +743,7 @@ class optimizer {
 
  private:
   static constexpr bool sharded = Stage != stage::stage0;
+  static constexpr bool partitions_parameters = Stage == stage::stage3;  // the engine's shard is the parameters
   static constexpr std::size_t none = static_cast<std::size_t>(-1);
   using collectives = engine::unit_collectives<Comm>;
   using request_type = typename collectives::request;
@@ -708,6 +793,8 @@ class optimizer {
     agree_on_hyperparameters();
     register_parameters(params);
     allocate_and_initialize();
+    if constexpr (partitions_parameters)  // read for the initial values only: the framework may free them now
+      for (auto& p : params_) p.data = nullptr;
   }
 
   // Builds the checkpointer in place (it need not be movable): `optional::emplace` converts this.
@@ -759,8 +846,9 @@ class optimizer {
                         "; use unreported_gradients::zero or unreported_gradients::skip");
     skip_unreported_ = options_.unreported == unreported_gradients::skip;
     scaler_ = loss_scaler(options_.loss_scale, std::is_same_v<param_type, fp16>);
-    local_accumulation_ = Stage != stage::stage2 || options_.layout.defer_reduction;
+    local_accumulation_ = (Stage != stage::stage2 && !partitions_parameters) || options_.layout.defer_reduction;
     learning_ = options_.layout.order == gradient_order::learned;
+    if constexpr (partitions_parameters) validate_gather_groups(params);
     check_nonfinite_ = options_.on_nonfinite == nonfinite_policy::skip_step ||
                        (options_.on_nonfinite == nonfinite_policy::automatic && scaler_.active());
   }
@@ -796,6 +884,11 @@ class optimizer {
     d.word(static_cast<std::uint64_t>(options_.value_rounding));
     d.word(options_.seed);
     d.word(static_cast<std::uint64_t>(options_.unreported));
+    if constexpr (partitions_parameters) {
+      d.word(l.gather_buffers);
+      d.word(l.gather_buffer_elements);
+      for (const auto& p : params) d.word(p.gather_group);
+    }
     d.word(params.size());
     for (const auto& p : params) {
       d.word(p.values.size);
@@ -892,7 +985,7 @@ class optimizer {
   //! rank (the shard is the whole model), with master weights. No parameter shard is
   //! allocated then (`expected_memory` says so too).
   bool writes_parameters_directly() const noexcept {
-    return sharded && Precision::has_master && world_ == 1;
+    return sharded && Precision::has_master && world_ == 1 && !partitions_parameters;
   }
   //! Elements from one state slot to the next (`zero::state_stride`).
   std::size_t state_stride() const noexcept { return zero::state_stride(updated_count(), state_count_); }
@@ -912,6 +1005,12 @@ class optimizer {
     if (options_.layout.gradient_slots) slots_ = b.template allocate<grad_type>(plan_.element_count);
     if constexpr (sharded)
       if (!writes_parameters_directly()) param_shard_ = b.template allocate<param_type>(plan_.shard_size);
+    if constexpr (partitions_parameters) {
+      gather_pool_ = b.template allocate<param_type>(options_.layout.gather_buffers * options_.layout.gather_buffer_elements);
+      gather_holder_.assign(options_.layout.gather_buffers, no_group);
+      gather_slot_.assign(gather_runs_.size(), no_slot);
+      gather_words_.assign(static_cast<std::size_t>(world_), 0);
+    }
     const std::size_t staging_element = sharded ? std::max(sizeof(comm_type), sizeof(param_type)) : sizeof(comm_type);
     staging_capacity_ = plan_.max_unit_elements();
     const std::size_t bytes = staging_capacity_ * staging_element;
@@ -952,6 +1051,7 @@ class optimizer {
     const std::size_t updated = updated_count();
     build_segments();
     prepare_direct_runs();
+    if constexpr (partitions_parameters) build_gather_runs();
     for (std::size_t k = 0; k < state_count_; ++k) {  // each group's elements start at its value
       const float start = static_cast<float>(initial_state<Rule>(options_.hyperparameters, k));
       b.fill(state_.data() + k * state_stride(), updated, start);
@@ -1132,9 +1232,12 @@ class optimizer {
         decltype(slots_) slots;
         decltype(param_shard_) param_shard;
         decltype(statistics_) statistics;
+        decltype(gather_pool_) gather_pool;    // stage 3: the broadcasts' buffers
+        decltype(gather_words_) gather_words;  // and the gathers' all-gathered words
       };
       try {
-        new kept{std::move(ring_), std::move(gradients_), std::move(slots_), std::move(param_shard_), std::move(statistics_)};
+        new kept{std::move(ring_),       std::move(gradients_),   std::move(slots_),       std::move(param_shard_),
+                 std::move(statistics_), std::move(gather_pool_), std::move(gather_words_)};
       } catch (...) {  // out of memory while failing: nothing better to do than free them
       }
     }
@@ -1160,6 +1263,87 @@ class optimizer {
     if (param >= params_.size())
       throw usage_error(std::string("zero: ") + call + ": parameter index " + std::to_string(param) + " on rank " +
                         std::to_string(rank_) + " is out of range (" + std::to_string(params_.size()) + " registered)");
+  }
+
+  //! Stage 3's own checks of the registration: the gather groups (numbered from 0, none empty,
+  //! each fitting a gather buffer) and the layout options stage 3 supports.
+  void validate_gather_groups(std::span<const parameter<param_type>> params) {
+    const std::string where = " on rank " + std::to_string(rank_);
+    const auto& l = options_.layout;
+    if (l.gather_buffers < 1) throw usage_error("zero: layout.gather_buffers is 0" + where + "; stage 3 needs >= 1");
+    if (l.order == gradient_order::learned)
+      throw usage_error("zero: layout.order is gradient_order::learned" + where +
+                        "; stage 3 lays the parameters out at construction: use reverse, registration or given");
+    if (l.read_gradients_in_update)
+      throw usage_error("zero: layout.read_gradients_in_update" + where + " is for stage 2 at one rank, not stage 3");
+    std::size_t groups = 0;
+    for (const auto& p : params) groups = std::max<std::size_t>(groups, std::size_t{p.gather_group} + 1);
+    std::vector<std::size_t> elements(groups, 0);
+    for (const auto& p : params) elements[p.gather_group] += p.values.size;
+    for (std::size_t g = 0; g < groups; ++g) {
+      if (elements[g] == 0)
+        throw usage_error("zero: gather group " + std::to_string(g) + where + " has no parameters (groups " +
+                          std::to_string(groups) + " in all: number them 0, 1, ... with none empty)");
+      if (elements[g] > l.gather_buffer_elements)
+        throw usage_error("zero: gather group " + std::to_string(g) + where + " has " + std::to_string(elements[g]) +
+                          " elements, more than a gather buffer holds (layout.gather_buffer_elements = " +
+                          std::to_string(l.gather_buffer_elements) + ")");
+    }
+    gather_group_.clear();
+    for (const auto& p : params) gather_group_.push_back(p.gather_group);
+    gather_runs_.assign(groups, {});
+  }
+
+  //! Stage 3: where each parameter lies in its group's gather buffer (the group's parameters
+  //! back to back in layout order), and each group's runs: the pieces of its parameters, merged
+  //! where one rank's shard and the buffer both continue, so that a group contiguous in the
+  //! layout takes one broadcast per rank whose shard it crosses.
+  void build_gather_runs() {
+    const std::size_t groups = gather_runs_.size();
+    std::vector<std::size_t> filled(groups, 0);
+    gather_at_.assign(sizes_.size(), 0);
+    for (std::size_t p : plan_.order()) {
+      gather_at_[p] = filled[gather_group_[p]];
+      filled[gather_group_[p]] += sizes_[p];
+    }
+    std::vector<owned_piece> pieces(index_.pieces.begin(), index_.pieces.end());
+    std::sort(pieces.begin(), pieces.end(), [&](const owned_piece& a, const owned_piece& b) {
+      const std::size_t at_a = gather_at_[a.param] + a.param_offset, at_b = gather_at_[b.param] + b.param_offset;
+      return gather_group_[a.param] != gather_group_[b.param] ? gather_group_[a.param] < gather_group_[b.param] : at_a < at_b;
+    });
+    for (auto& runs : gather_runs_) runs.clear();
+    for (const owned_piece& piece : pieces) {
+      auto& runs = gather_runs_[gather_group_[piece.param]];
+      const std::size_t at = gather_at_[piece.param] + piece.param_offset;
+      if (!runs.empty() && runs.back().owner == piece.rank && runs.back().shard_offset + runs.back().count == piece.shard_offset &&
+          runs.back().at + runs.back().count == at)
+        runs.back().count += piece.count;
+      else
+        runs.push_back({piece.rank, piece.shard_offset, at, piece.count});
+    }
+  }
+
+  //! Stage 3: releases every gathered group; their numbers, or empty when none was gathered.
+  std::string release_all_gathered() noexcept {
+    std::string held;
+    try {
+      held = gathered_list();
+    } catch (...) {  // out of memory: the release goes on without the names
+    }
+    for (std::uint32_t& g : gather_holder_)
+      if (g != no_group) {
+        gather_slot_[g] = no_slot;
+        g = no_group;
+      }
+    return held;
+  }
+
+  //! The gathered groups, as "3, 5".
+  std::string gathered_list() const {
+    std::string list;
+    for (std::uint32_t g : gather_holder_)
+      if (g != no_group) list += (list.empty() ? "" : ", ") + std::to_string(g);
+    return list;
   }
 
   void count_report(std::size_t param) const {
@@ -1819,6 +2003,23 @@ class optimizer {
   std::vector<segment> reported_pieces_; // one run per active piece (tensor-wise rules), by key
   std::vector<update_batch> batches_;    // at most max_groups constants each
   std::vector<segment> prepared_runs_;   // what the backend was last prepared with
+  // stage 3: each gather group's runs (one broadcast each), the parameters' places in a gather
+  // buffer, the pool of buffers, which group each buffer holds and where each group is
+  static constexpr std::size_t no_slot = static_cast<std::size_t>(-1);
+  static constexpr std::uint32_t no_group = static_cast<std::uint32_t>(-1);
+  struct gather_run {
+    int owner = 0;                 // the rank whose shard holds the run
+    std::size_t shard_offset = 0;  // where, in that shard
+    std::size_t at = 0;            // where it goes in the gather buffer
+    std::size_t count = 0;
+  };
+  std::vector<std::uint32_t> gather_group_;  // per parameter
+  std::vector<std::vector<gather_run>> gather_runs_;
+  std::vector<std::size_t> gather_at_;  // per parameter: its first element in its group's buffer
+  typename backend_type::template buffer<param_type> gather_pool_;
+  std::vector<std::uint32_t> gather_holder_;  // per gather buffer: the group in it, or no_group
+  std::vector<std::size_t> gather_slot_;      // per group: its gather buffer, or no_slot
+  std::vector<std::uint64_t> gather_words_;   // every rank's group, exchanged by gather()
   std::vector<direct_segment> direct_runs_;   // a direct step's update (build_direct_runs)
   std::vector<const grad_type*> direct_grads_;  // each parameter's reported gradient (a direct step)
   std::vector<std::size_t> by_shard_;          // owned_ indices in shard order

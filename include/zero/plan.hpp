@@ -8,8 +8,7 @@
 //! run-time choices to the compile-time precision bundles and rules: the planner cannot
 //! disagree with the engine (tests/plan shows it equal to `optimizer::memory()`). On top of it
 //! the planner counts the framework's parameters, which ZeRO-2 leaves whole on every rank.
-//! Stage 3 (planned: `zero::optimizer` has no stage-3 engine yet) partitions them too; the
-//! planner gives its figures from the same closed form.
+//! Stage 3 partitions them too.
 //!
 //! The kinds, per rank, for Ψ parameters over N ranks (Ψ_p: Ψ padded to a multiple of
 //! alignment x N):
@@ -205,8 +204,12 @@ constexpr memory_plan plan_memory(std::size_t param_count, int world_size, stage
   });
 }
 
+//! The most parameters `largest_fitting` answers: 2^58, whose bytes of any kind fit in a size_t.
+inline constexpr std::size_t max_planned_parameters = std::size_t{1} << 58;
+
 //! The largest parameter count whose `plan_memory(...).total()` is at most `budget_bytes` per
-//! rank (0 when not even one parameter fits), at most 2^58. The total never decreases as the
+//! rank (0 when not even one parameter fits), at most `max_planned_parameters` (which stage 3
+//! over many ranks can reach: then more may fit). The total never decreases as the
 //! count grows, so a binary search finds it. @pre world_size >= 1; budget_bytes < 2^56 (64 PiB).
 constexpr std::size_t largest_fitting(std::size_t budget_bytes, int world_size, stage s, precision_kind p,
                                       optimizer_kind o, const layout_options& layout = {},
@@ -217,7 +220,7 @@ constexpr std::size_t largest_fitting(std::size_t budget_bytes, int world_size, 
   };
   // every parameter costs at least its own 2 bytes on every rank (stages 0 to 2), or on one
   // rank of the world (stage 3): hi never fits
-  constexpr std::size_t most = std::size_t{1} << 58;
+  constexpr std::size_t most = max_planned_parameters;
   const std::size_t per_rank = budget_bytes / 2 + 1, ranks = static_cast<std::size_t>(world_size);
   std::size_t lo = 0, hi = s != stage::stage3 ? per_rank : (per_rank > most / ranks ? most : per_rank * ranks);
   if (!fits(1)) return 0;

@@ -69,10 +69,8 @@ enum class stage : int {
   stage0 = 0,  //!< nothing: plain data parallelism (gradients all-reduced, every rank updates all)
   stage1 = 1,  //!< optimizer state and master weights (P_os)
   stage2 = 2,  //!< optimizer state, master weights and gradients (P_os+g)
-  //! the parameters too (P_os+g+p): each rank keeps 1/N of everything and gathers a group of
-  //! parameters only while the framework computes with it. Planned: the memory planner
-  //! (`plan_memory`, `zero-plan --stage 3`) counts it; `zero::optimizer` refuses it, having no
-  //! stage-3 engine yet.
+  //! the parameters too (P_os+g+p): each rank keeps 1/N of everything, and the framework has a
+  //! group of parameters gathered only while it computes with it (`optimizer::gather`)
   stage3 = 3,
 };
 inline constexpr stage stage0 = stage::stage0;

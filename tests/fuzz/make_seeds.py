@@ -33,6 +33,8 @@ write("plan_args", [
     args("--params", "0.5K", "--world", "3,", "--stage", "3"),
     args("--params", "7.5B", "--world", "64", "--partitioner", "bucketed", "--largest-param", "206M", "--json"),
     args("--fit", "80GB", "--world", "8", "--largest-param", "1T", "--partitioner", "contiguous"),
+    args("--fit", "9000TB", "--world", "1048576", "--stage", "3"),
+    args("--params", "70B", "--world", "64", "--stage", "3", "--gather-buffers", "3", "--gather-elements", "50M", "--json"),
 ])
 
 write("consolidate_args", [

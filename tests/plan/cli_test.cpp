@@ -93,6 +93,7 @@ TEST_SUITE("unit") {
                          "--params 1B --world 8,",             // empty item
                          "--params 1B --world 8,x",            // not a number
                          "--params 1B --world 8 --stage 4",    // no such stage
+                         "--fit 9000TB --world 1024 --stage 3",  // more than zero-plan counts fit
                          "--params 1B --world 8 --stage two",  // not a stage
                          "--params 1B --world 8 --precision fp8",
                          "--params 1B --world 8 --optimizer rmsprop",
@@ -216,7 +217,7 @@ TEST_SUITE("unit") {
     const result t = plan("--params 70B --world 64 --stage 3");
     REQUIRE(t.status == 0);
     CHECK(t.out.find("ZeRO stage 3") != std::string::npos);
-    CHECK(t.out.find("2 gather buffers of 16,777,216 elements (stage 3: planned, no engine yet)") != std::string::npos);
+    CHECK(t.out.find("2 gather buffers of 16,777,216 elements") != std::string::npos);
     CHECK(plan("--params 70B --world 64 --stage 3 --gather-buffers 0").status == 2);
     CHECK(plan("--params 70B --world 64 --stage 3 --gather-elements 0").status == 2);
   }

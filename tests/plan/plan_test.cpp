@@ -53,7 +53,7 @@ constexpr std::size_t fit = zero::largest_fitting(budget, 64, zero::stage2, prec
 static_assert(zero::plan_memory(fit, 64, zero::stage2, precision_kind::fp16, optimizer_kind::adam).total() <= budget);
 static_assert(zero::plan_memory(fit + 1, 64, zero::stage2, precision_kind::fp16, optimizer_kind::adam).total() > budget);
 
-// stage 3 (planned): the parameters are a shard too, the gather buffers join the buckets
+// stage 3: the parameters are a shard too, the gather buffers join the buckets
 constexpr auto stage3_fp16 = zero::plan_memory(psi, 64, zero::stage3, precision_kind::fp16, optimizer_kind::adam);
 static_assert(stage3_fp16.parameters == 2 * psi_padded / 64);
 static_assert(stage3_fp16.gradients == fp16_adam.gradients && stage3_fp16.master_weights == fp16_adam.master_weights &&
@@ -109,11 +109,20 @@ void check_engine(int world, precision_kind p, optimizer_kind o, const typename 
     CHECK(plan.gradients == m.of(zero::memory_kind::gradients) + m.of(zero::memory_kind::gradient_slots));
     CHECK(plan.master_weights == m.of(zero::memory_kind::master_weights));
     CHECK(plan.optimizer_state == m.of(zero::memory_kind::optimizer_state));
-    CHECK(plan.buffers == m.of(zero::memory_kind::parameter_shard) + m.of(zero::memory_kind::buckets));
     CHECK(plan.framework_gradients == m.framework_gradients);
+    if (S == zero::stage3) {  // the shard is the parameters; the gather buffers are buffers
+      CHECK(plan.parameters == m.of(zero::memory_kind::parameter_shard));
+      CHECK(plan.buffers == m.of(zero::memory_kind::buckets));
+    } else {
+      CHECK(plan.buffers == m.of(zero::memory_kind::parameter_shard) + m.of(zero::memory_kind::buckets));
+    }
   }
-  CHECK(plan.parameters == count * sizeof(T));
-  CHECK(plan.total() == plan.parameters + plan.engine.with_framework_gradients());
+  if (S == zero::stage3) {
+    CHECK(plan.total() == plan.engine.with_framework_gradients());
+  } else {
+    CHECK(plan.parameters == count * sizeof(T));
+    CHECK(plan.total() == plan.parameters + plan.engine.with_framework_gradients());
+  }
 }
 
 }  // namespace
@@ -133,6 +142,13 @@ TEST_SUITE("unit") {
                                                                                            optimizer_kind::adamw, h, small);
       check_engine<zero::stage2, zero::fp16_mixed, zero::adamw, zero::contiguous_partitioner>(world, precision_kind::fp16,
                                                                                              optimizer_kind::adamw, h, {});
+      zero::layout_options gathered = small;  // (every parameter in gather group 0)
+      gathered.gather_buffer_elements = 4000;
+      gathered.gather_buffers = 3;
+      check_engine<zero::stage3, zero::bf16_mixed, zero::adamw, zero::bucketed_partitioner>(world, precision_kind::bf16,
+                                                                                           optimizer_kind::adamw, h, gathered);
+      check_engine<zero::stage3, zero::fp32_precision, zero::adamw, zero::contiguous_partitioner>(world, precision_kind::fp32,
+                                                                                                 optimizer_kind::adamw, h, gathered);
       check_engine<zero::stage2, zero::fp32_precision, zero::adamw, zero::contiguous_partitioner>(
           world, precision_kind::fp32, optimizer_kind::adamw, h, small);
       check_engine<zero::stage1, zero::bf16_mixed_bf16_comm, zero::adamw, zero::bucketed_partitioner>(

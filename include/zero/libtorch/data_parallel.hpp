@@ -126,6 +126,9 @@ class data_parallel {
   static_assert(std::is_same_v<param_type, grad_type>,
                 "zero::libtorch::data_parallel: torch accumulates a gradient in its parameter's dtype, so the engine's "
                 "grad_type must be its param_type (e.g. zero::fp32_precision, zero::bf16_mixed, zero::fp16_mixed)");
+  static_assert(Engine::stage_value != stage::stage3,
+                "zero::libtorch::data_parallel: stage 3 keeps the parameters in the engine's shards, and torch's modules "
+                "would have to gather each one around its forward and backward (not done by this adapter); use stage 0, 1 or 2");
   static_assert(Engine::buffers_on_host,
                 "zero::libtorch::data_parallel: a host engine only (CPU tensors); a device engine would also need "
                 "torch's CUDA stream to wait for the engine's release_event() before a gradient is freed");

@@ -1,0 +1,209 @@
+#pragma once
+// The stage-3 test driver (tests/engine/stage3_test.cpp on thread ranks, tests/mpi/stage3_test.cpp
+// on MPI processes): a model of layers, each a gather group, trained the way a framework trains
+// it. `run_rank` is one rank's whole run, on any communicator: stage 3 gathers each layer for
+// forward and again for backward and computes the layer's gradients from the gathered values;
+// stage 2 computes them from the framework's own parameters. Each gradient buffer is poisoned
+// with NaN the moment the engine releases it.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <mutex>
+#include <numeric>
+#include <random>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "engine/mirror.hpp"
+#include "zero/zero.hpp"
+
+namespace stage3_driver {
+
+
+// The model: `layers` layers of a weight and a bias, sizes odd and unequal.
+struct model {
+  std::vector<std::size_t> sizes;
+  std::vector<std::uint32_t> layer_of;
+  std::uint32_t layers = 0;
+  explicit model(std::uint32_t n_layers) : layers(n_layers) {
+    for (std::uint32_t l = 0; l < n_layers; ++l) {
+      sizes.push_back(37 + 29 * l + (l % 3) * 101);  // weight
+      layer_of.push_back(l);
+      sizes.push_back(5 + 2 * l);  // bias
+      layer_of.push_back(l);
+    }
+  }
+  std::size_t elements() const { return std::accumulate(sizes.begin(), sizes.end(), std::size_t{0}); }
+  std::size_t largest() const { return *std::max_element(sizes.begin(), sizes.end()); }
+};
+
+inline float initial_value(std::size_t p, std::size_t i) { return 0.5f * std::sin(0.37f * static_cast<float>(p * 131 + i)) + 0.01f; }
+
+// The gradient backward computes from the parameter's current value: depends on the value, the
+// rank, the step and the element (an exact function, the same in every run).
+inline float gradient_of(float value, int rank, int step, std::size_t p, std::size_t i) {
+  const float noise = 0.05f * std::cos(0.11f * static_cast<float>(i * 7 + p * 13 + static_cast<std::size_t>(step) * 17 +
+                                                                   static_cast<std::size_t>(rank) * 29));
+  return 0.3f * value + noise;
+}
+
+struct run_options {
+  int world = 1;
+  int steps = 6;
+  std::size_t bucket_elements = 96;
+  std::size_t alignment = 8;
+  std::uint32_t layers = 5;
+  std::uint64_t seed = 1;
+  double max_grad_norm = 0;
+  double loss_scale = 0;  // a fixed loss scale (0: the precision's default)
+};
+
+template <class Optimizer>
+typename Optimizer::options_type options_for(const run_options& o, const typename Optimizer::hyperparameters_type& h) {
+  typename Optimizer::options_type options;
+  options.hyperparameters = h;
+  options.layout.bucket_elements = o.bucket_elements;
+  options.layout.alignment = o.alignment;
+  options.layout.gather_buffers = 2;
+  options.max_grad_norm = o.max_grad_norm;
+  if (o.loss_scale > 0) {
+    options.loss_scale.kind = zero::loss_scale_options::mode::fixed;
+    options.loss_scale.fixed_scale = o.loss_scale;
+  }
+  return options;
+}
+
+// One rank's values after each step ([step][param][element]) and what it measured.
+struct rank_result {
+  std::vector<std::vector<std::vector<float>>> values;
+  std::size_t poisoned_reads = 0;  // NaN in the values: a gradient read after its release
+  zero::memory_report memory;
+  zero::memory_report expected;
+  zero::traffic_counters step_traffic;  // the last step's, without the test's own gathers after it
+};
+
+// One rank's run over `comm`, the framework's parameters and gradients in `Memory` (host memory, or
+// the device memory of tests/cuda/engine_test.cu): stage 2
+// computes from the framework's parameters, stage 3 from gathered groups (and frees its own
+// parameters once the engine is built).
+template <class Optimizer, class Memory = mirror::host_memory, class Comm>
+rank_result run_rank(Comm& comm, const run_options& o, const typename Optimizer::hyperparameters_type& h,
+                     typename Memory::stream_type stream = {}) {
+  using P = typename Optimizer::param_type;
+  using G = typename Optimizer::grad_type;
+  constexpr bool stage3 = Optimizer::stage_value == zero::stage3;
+  const model m(o.layers);
+  const std::size_t n = m.sizes.size();
+  const int rank = comm.rank();
+  rank_result result;
+  std::vector<P*> storage(n, nullptr);
+  std::vector<G*> grads(n, nullptr);
+  std::vector<zero::parameter<P>> params;
+  for (std::size_t p = 0; p < n; ++p) {
+    std::vector<P> initial(m.sizes[p]);
+    for (std::size_t i = 0; i < m.sizes[p]; ++i) initial[i] = P(initial_value(p, i));
+    storage[p] = Memory::upload(initial, stream);
+    grads[p] = Memory::upload(std::vector<G>(m.sizes[p], G(0.0f)), stream);
+    zero::parameter<P> param{"layer" + std::to_string(m.layer_of[p]) + (p % 2 == 0 ? ".weight" : ".bias"),
+                             {storage[p], m.sizes[p]}};
+    param.gather_group = m.layer_of[p];
+    params.push_back(param);
+  }
+  auto options = options_for<Optimizer>(o, h);
+  options.layout.gather_buffer_elements = 0;  // the largest layer exactly
+  for (std::uint32_t l = 0; l < m.layers; ++l)
+    options.layout.gather_buffer_elements = std::max(options.layout.gather_buffer_elements, m.sizes[2 * l] + m.sizes[2 * l + 1]);
+  // each gradient in a buffer of its own, poisoned the moment the engine releases it
+  options.on_gradients_released = [&](std::span<const std::size_t> released) {
+    for (std::size_t p : released) Memory::write(grads[p], std::vector<G>(m.sizes[p], G(std::numeric_limits<float>::quiet_NaN())), stream);
+  };
+  {
+    Optimizer opt(comm, params, options);
+    if constexpr (stage3)  // the engine's shards are the parameters now: the framework frees its own
+      for (P*& s : storage) {
+        Memory::release(s);
+        s = nullptr;
+      }
+    std::mt19937_64 order(o.seed * 1000 + static_cast<std::uint64_t>(rank));
+    // parameter p's values as the framework sees them: gathered (stage 3) or its own
+    auto values_of = [&](std::size_t p) -> std::vector<float> {
+      if constexpr (stage3) return Memory::download(opt.parameter_values(p).data, m.sizes[p], stream);
+      else return Memory::download(storage[p], m.sizes[p], stream);
+    };
+    for (int step = 0; step < o.steps; ++step) {
+      const zero::traffic_counters before = comm.traffic();
+      // forward: every layer gathered, read, released
+      for (std::uint32_t l = 0; l < m.layers; ++l) {
+        if constexpr (stage3) opt.gather(l);
+        double sum = 0;
+        for (std::size_t p : {2 * l, 2 * l + 1})
+          for (float x : values_of(p)) sum += x;
+        if (!std::isfinite(sum)) ++result.poisoned_reads;
+        if constexpr (stage3) opt.release(l);
+      }
+      // backward: last layer first, its gradients from its values, in a random order
+      for (std::uint32_t l = m.layers; l-- > 0;) {
+        if constexpr (stage3) opt.gather(l);
+        std::vector<std::size_t> ps{2 * l, 2 * l + 1};
+        std::shuffle(ps.begin(), ps.end(), order);
+        for (std::size_t p : ps) {
+          const std::vector<float> v = values_of(p);
+          const float scale = static_cast<float>(opt.loss_scale());  // (the loss multiplied by it: fp16)
+          std::vector<G> g(m.sizes[p]);
+          for (std::size_t i = 0; i < m.sizes[p]; ++i) g[i] = G(scale * gradient_of(v[i], rank, step, p, i));
+          Memory::write(grads[p], g, stream);
+          opt.gradient_ready(p, zero::raw_span<const G>(grads[p], m.sizes[p]));
+        }
+        if constexpr (stage3) opt.release(l);
+      }
+      opt.step();
+      result.step_traffic = comm.traffic() - before;
+      // the values after the step (stage 3: gathered again, each layer)
+      std::vector<std::vector<float>> mine(n);
+      for (std::uint32_t l = 0; l < m.layers; ++l) {
+        if constexpr (stage3) opt.gather(l);
+        for (std::size_t p : {2 * l, 2 * l + 1}) {
+          mine[p] = values_of(p);
+          for (float x : mine[p])
+            if (std::isnan(x)) ++result.poisoned_reads;
+        }
+        if constexpr (stage3) opt.release(l);
+      }
+      result.values.push_back(std::move(mine));
+    }
+    result.memory = opt.memory();
+    result.expected = zero::expected_memory<typename Optimizer::precision_type, typename Optimizer::partitioner_type>(
+        m.elements(), comm.world_size(), Optimizer::stage_value, opt.state_count(), options.layout, m.largest());
+  }
+  for (P* s : storage)
+    if (s != nullptr) Memory::release(s);
+  for (G* g : grads) Memory::release(g);
+  return result;
+}
+
+//! Whether two runs' values are the same bits.
+inline bool same_bits(const std::vector<std::vector<std::vector<float>>>& a, const std::vector<std::vector<std::vector<float>>>& b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t s = 0; s < a.size(); ++s) {
+    if (a[s].size() != b[s].size()) return false;
+    for (std::size_t p = 0; p < a[s].size(); ++p) {
+      if (a[s][p].size() != b[s][p].size()) return false;
+      for (std::size_t i = 0; i < a[s][p].size(); ++i)
+        if (std::bit_cast<std::uint32_t>(a[s][p][i]) != std::bit_cast<std::uint32_t>(b[s][p][i])) return false;
+    }
+  }
+  return true;
+}
+
+inline zero::adamw::hyperparameters adamw_h() {
+  zero::adamw::hyperparameters h;
+  h.lr = 1e-2;
+  h.weight_decay = 0.1;
+  return h;
+}
+
+}  // namespace stage3_driver

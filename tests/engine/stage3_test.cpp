@@ -1,0 +1,238 @@
+// Stage 3 driven as a framework drives it: layers registered in model order, each layer a gather
+// group; every step gathers each layer for forward and again, in reverse, for backward, computes
+// each gradient from the gathered values (so a wrong gather changes every later step), reports
+// the layer's gradients in a random order per rank and releases the layer; each gradient buffer
+// is poisoned with NaN the moment the engine releases it. Against stage 2 run the same way on
+// the framework's own parameters: bitwise the same parameters after every step, every precision,
+// both partitioners, several rules, worlds 1 to 8, odd sizes and small buckets (parameters cut
+// across units and ranks). Also: memory() equals expected_memory, the bytes the communicator
+// moves (2 gathers of every parameter per step on top of stage 2's reductions), and the errors
+// of a framework that gathers out of turn, touches a group it did not gather or forgets a release.
+#include <doctest/doctest.h>
+
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "engine/stage3_driver.hpp"
+
+namespace {
+
+using namespace stage3_driver;
+
+// Every rank's run on thread ranks: rank 0's values, and how many ranks differ from them.
+struct run_result {
+  rank_result first;
+  std::size_t disagreements = 0;
+  std::size_t poisoned_reads = 0;
+};
+
+template <class Optimizer>
+run_result run(const run_options& o, const typename Optimizer::hyperparameters_type& h) {
+  run_result result;
+  std::vector<rank_result> ranks(static_cast<std::size_t>(o.world));
+  zero::thread_group group(o.world, {std::chrono::seconds(60)});
+  group.run([&](zero::thread_communicator& comm) {
+    ranks[static_cast<std::size_t>(comm.rank())] = run_rank<Optimizer>(comm, o, h);
+  });
+  for (const rank_result& r : ranks) {
+    if (!same_bits(r.values, ranks[0].values)) ++result.disagreements;
+    result.poisoned_reads += r.poisoned_reads;
+  }
+  result.first = std::move(ranks[0]);
+  return result;
+}
+
+// Stage 3 against stage 2 with the same precision, rule and partitioner, over worlds 1 to 8.
+template <class Precision, class Rule, class Partitioner>
+void check_against_stage2(const typename Rule::hyperparameters& h, double max_grad_norm = 0, double loss_scale = 0) {
+  using S2 = zero::optimizer<zero::stage2, Precision, Rule, Partitioner>;
+  using S3 = zero::optimizer<zero::stage3, Precision, Rule, Partitioner>;
+  for (int world : {1, 2, 3, 4, 5, 7, 8}) {
+    CAPTURE(world);
+    run_options o;
+    o.world = world;
+    o.seed = static_cast<std::uint64_t>(world);
+    o.max_grad_norm = max_grad_norm;
+    o.loss_scale = loss_scale;
+    const run_result two = run<S2>(o, h);
+    const run_result three = run<S3>(o, h);
+    CHECK(three.disagreements == 0);
+    CHECK(two.disagreements == 0);
+    CHECK(three.poisoned_reads == 0);
+    CHECK(same_bits(three.first.values, two.first.values));
+    // the parameters moved: the test would see a gather of stale values
+    CHECK(three.first.values.front() != three.first.values.back());
+    CHECK(three.first.memory == three.first.expected);
+    CHECK(three.first.memory.of(zero::memory_kind::parameter_shard) > 0);
+    if (world > 1) {
+      // forward and backward each broadcast every parameter element once; the reductions are
+      // stage 2's (the after-step gathers of the test come after the count)
+      const std::size_t psi = model(run_options{}.layers).elements();
+      using P = typename S3::param_type;
+      CHECK(three.first.step_traffic.bytes_of(zero::collective::broadcast) == 2 * psi * sizeof(P));
+      for (auto c : {zero::collective::reduce_scatter, zero::collective::reduce, zero::collective::all_reduce})
+        CHECK(three.first.step_traffic.bytes_of(c) == two.first.step_traffic.bytes_of(c));
+    }
+  }
+}
+
+
+}  // namespace
+
+TEST_SUITE("equivalence") {
+  TEST_CASE("stage 3: bitwise stage 2 / fp32 AdamW contiguous") {
+    check_against_stage2<zero::fp32_precision, zero::adamw, zero::contiguous_partitioner>(adamw_h());
+  }
+  TEST_CASE("stage 3: bitwise stage 2 / fp32 AdamW bucketed with clipping") {
+    check_against_stage2<zero::fp32_precision, zero::adamw, zero::bucketed_partitioner>(adamw_h(), 0.5);
+  }
+  TEST_CASE("stage 3: bitwise stage 2 / bf16 with fp32 master AdamW contiguous with clipping") {
+    check_against_stage2<zero::bf16_mixed, zero::adamw, zero::contiguous_partitioner>(adamw_h(), 0.5);
+  }
+  TEST_CASE("stage 3: bitwise stage 2 / bf16 with fp32 master AdamW bucketed") {
+    check_against_stage2<zero::bf16_mixed, zero::adamw, zero::bucketed_partitioner>(adamw_h());
+  }
+  TEST_CASE("stage 3: bitwise stage 2 / fp16 with fp32 master SGD momentum contiguous") {
+    zero::sgd::hyperparameters h;
+    h.lr = 1e-2;
+    h.momentum = 0.9;
+    check_against_stage2<zero::fp16_mixed, zero::sgd, zero::contiguous_partitioner>(h, 0, 1024);
+  }
+  TEST_CASE("stage 3: bitwise stage 2 / bf16 pure Lion bucketed") {
+    zero::lion::hyperparameters h;
+    h.lr = 1e-3;
+    check_against_stage2<zero::bf16_pure, zero::lion, zero::bucketed_partitioner>(h);
+  }
+  TEST_CASE("stage 3: bitwise stage 2 / bf16 with fp32 master LAMB contiguous") {
+    zero::lamb::hyperparameters h;
+    h.lr = 1e-2;
+    check_against_stage2<zero::bf16_mixed, zero::lamb, zero::contiguous_partitioner>(h);
+  }
+}
+
+namespace {
+
+// An engine of `world` thread ranks over the test model, each rank running `body(opt, rank)`;
+// the parameters' storage outlives the engine.
+template <class Optimizer, class Body>
+void on_ranks(int world, Body&& body, std::uint32_t gather_buffers = 2) {
+  using P = typename Optimizer::param_type;
+  const model m(5);
+  zero::thread_group group(world, {std::chrono::seconds(60)});
+  group.run([&](zero::thread_communicator& comm) {
+    std::vector<std::vector<P>> storage(m.sizes.size());
+    std::vector<zero::parameter<P>> params;
+    for (std::size_t p = 0; p < m.sizes.size(); ++p) {
+      storage[p].assign(m.sizes[p], P(initial_value(p, 0)));
+      zero::parameter<P> param{"p" + std::to_string(p), {storage[p].data(), storage[p].size()}};
+      param.gather_group = m.layer_of[p];
+      params.push_back(param);
+    }
+    typename Optimizer::options_type options;
+    options.layout.bucket_elements = 64;
+    options.layout.gather_buffers = gather_buffers;
+    options.layout.gather_buffer_elements = 1024;
+    Optimizer opt(comm, params, options);
+    body(opt, comm.rank(), m);
+  });
+}
+
+using S3 = zero::optimizer<zero::stage3, zero::bf16_mixed, zero::adamw, zero::contiguous_partitioner>;
+
+bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+
+}  // namespace
+
+TEST_SUITE("reliability") {
+  TEST_CASE("stage 3: a group not gathered, gathered twice, or one too many is a usage_error naming it") {
+    on_ranks<S3>(3, [](S3& opt, int rank, const model& m) {
+      CHECK(opt.gather_group_count() == m.layers);
+      CHECK(opt.gather_group_of(3) == 1);
+      try {
+        (void)opt.parameter_values(2);
+        FAIL("parameter_values of a group not gathered");
+      } catch (const zero::usage_error& e) {
+        CHECK(contains(e.what(), "parameter_values('p2' (#2)) on rank " + std::to_string(rank) + ": its gather group 1 is not gathered"));
+      }
+      CHECK_THROWS_WITH_AS(opt.gather(99), doctest::Contains("there are 5 gather groups"), zero::usage_error);
+      CHECK_THROWS_WITH_AS(opt.release(1), doctest::Contains("release(1) on rank"), zero::usage_error);
+      opt.gather(0);
+      CHECK(opt.gathered(0));
+      CHECK_THROWS_WITH_AS(opt.gather(0), doctest::Contains("the group is gathered already"), zero::usage_error);
+      opt.gather(1);
+      CHECK_THROWS_WITH_AS(opt.gather(2), doctest::Contains("all 2 gather buffers hold groups (0, 1)"), zero::usage_error);
+      // the spans: the registered values, back to back in one buffer per group
+      const auto w = opt.parameter_values(2), b = opt.parameter_values(3);
+      CHECK(w.size == m.sizes[2]);
+      CHECK(static_cast<float>(w.data[0]) == static_cast<float>(zero::bf16(initial_value(2, 0))));
+      CHECK(static_cast<float>(b.data[b.size - 1]) == static_cast<float>(zero::bf16(initial_value(3, 0))));
+      opt.release(0);
+      opt.release(1);
+      CHECK(!opt.gathered(0));
+      opt.gather(2);  // (a buffer is free again)
+      opt.release(2);
+    });
+  }
+
+  TEST_CASE("stage 3: a rank gathering out of turn makes every rank throw mismatch_error / no hang and nothing changed") {
+    on_ranks<S3>(3, [](S3& opt, int rank, const model&) {
+      const std::uint32_t g = rank == 1 ? 1 : 0;
+      try {
+        opt.gather(g);
+        FAIL("gathered out of turn");
+      } catch (const zero::mismatch_error& e) {
+        CHECK(contains(e.what(), "ranks gather different groups"));
+        CHECK(contains(e.what(), "gathers group 1"));
+      }
+      CHECK(!opt.gathered(g));
+      opt.gather(0);  // the engine goes on: the next gather in turn works
+      CHECK(static_cast<float>(opt.parameter_values(0).data[0]) == static_cast<float>(zero::bf16(initial_value(0, 0))));
+      opt.release(0);
+    });
+  }
+
+  TEST_CASE("stage 3: a step with a group still gathered is an error after the step / the group released") {
+    on_ranks<S3>(2, [](S3& opt, int, const model& m) {
+      std::vector<std::vector<zero::bf16>> grads(m.sizes.size());
+      for (std::size_t p = 0; p < m.sizes.size(); ++p) {
+        grads[p].assign(m.sizes[p], zero::bf16(0.25f));
+        opt.gradient_ready(p, zero::raw_span<const zero::bf16>(grads[p].data(), grads[p].size()));
+      }
+      opt.gather(4);
+      CHECK_THROWS_WITH_AS(opt.step(), doctest::Contains("with gather group(s) 4 still gathered"), zero::usage_error);
+      CHECK(!opt.gathered(4));
+      CHECK(opt.step_count() == 1);  // the step ran on every rank
+      opt.gather(0);
+      CHECK(static_cast<float>(opt.parameter_values(0).data[0]) != static_cast<float>(zero::bf16(initial_value(0, 0))));
+      opt.release(0);
+    });
+  }
+
+  TEST_CASE("stage 3: gather groups that skip a number or overflow a gather buffer are refused at construction") {
+    using P = zero::bf16;
+    zero::thread_group group(2, {std::chrono::seconds(60)});
+    group.run([&](zero::thread_communicator& comm) {
+      std::vector<P> a(100), b(50);
+      std::vector<zero::parameter<P>> params{{"a", {a.data(), a.size()}}, {"b", {b.data(), b.size()}}};
+      params[1].gather_group = 2;
+      S3::options_type options;
+      options.layout.gather_buffer_elements = 1000;
+      CHECK_THROWS_WITH_AS(S3(comm, params, options), doctest::Contains("gather group 1 on rank"), zero::usage_error);
+      params[1].gather_group = 1;
+      options.layout.gather_buffer_elements = 60;
+      CHECK_THROWS_WITH_AS(S3(comm, params, options),
+                           doctest::Contains("has 100 elements, more than a gather buffer holds (layout.gather_buffer_elements = 60)"),
+                           zero::usage_error);
+      options.layout.gather_buffer_elements = 100;
+      options.layout.order = zero::gradient_order::learned;
+      CHECK_THROWS_WITH_AS(S3(comm, params, options), doctest::Contains("gradient_order::learned"), zero::usage_error);
+      options.layout.order = zero::gradient_order::reverse;
+      S3 fine(comm, params, options);
+      CHECK(fine.gather_group_count() == 2);
+      // stage 2 has nothing to gather
+      zero::optimizer<zero::stage2, zero::bf16_mixed> two(comm, params);
+      CHECK_THROWS_WITH_AS(two.gather(0), doctest::Contains("only stage 3 gathers parameters"), zero::usage_error);
+    });
+  }
+}
