@@ -13,6 +13,7 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -176,6 +177,14 @@ void take_snapshot(Opt& opt, snapshot& into, std::mutex& lock) {
   using P = typename Opt::precision_type;
   constexpr bool sharded = Opt::stage_value != zero::stage0;
   const auto& plan = opt.plan();
+  // the parameters as this rank sees them (stage 3: each gathered, a collective, so before the lock)
+  std::vector<std::vector<float>> parameters(plan.param_size.size());
+  for (std::size_t p = 0; p < plan.param_size.size(); ++p) {
+    if constexpr (Opt::stage_value == zero::stage3) opt.gather(opt.gather_group_of(p));  // (each its own group)
+    const auto span = opt.parameter_values(p);
+    for (std::size_t i = 0; i < span.size; ++i) parameters[p].push_back(static_cast<float>(span[i]));
+    if constexpr (Opt::stage_value == zero::stage3) opt.release(opt.gather_group_of(p));
+  }
   std::lock_guard guard(lock);
   if (into.values.empty()) {
     into.values.resize(plan.param_size.size());
@@ -201,11 +210,7 @@ void take_snapshot(Opt& opt, snapshot& into, std::mutex& lock) {
   }
   into.params.resize(static_cast<std::size_t>(opt.world_size()));
   auto& mine = into.params[static_cast<std::size_t>(opt.rank())];
-  mine.assign(plan.param_size.size(), {});
-  for (std::size_t p = 0; p < plan.param_size.size(); ++p) {
-    const auto span = opt.parameter_values(p);
-    for (std::size_t i = 0; i < span.size; ++i) mine[p].push_back(static_cast<float>(span[i]));
-  }
+  mine = std::move(parameters);
 }
 
 template <class Opt>
@@ -233,7 +238,10 @@ session_result run(const session& s, typename Opt::options_type options = {}) {
       for (std::size_t i = 0; i < model_sizes[p]; ++i) storage[p].push_back(Param(initial_value(p, i)));
       params.push_back({"layer" + std::to_string(p), {storage[p].data(), storage[p].size()}, 1,
                         s.groups.empty() ? 0u : s.groups[p]});
+      params.back().gather_group = static_cast<std::uint32_t>(p);  // stage 3: each layer gathered alone
     }
+    if constexpr (Opt::stage_value == zero::stage3)
+      options.layout.gather_buffer_elements = *std::max_element(model_sizes.begin(), model_sizes.end());
     Opt opt(comm, params, options);
     if (s.load_from) result.load_info[static_cast<std::size_t>(rank)] = zero::load_checkpoint(opt, *s.load_from, s.load);
     take_snapshot(opt, result.loaded, lock);

@@ -1,5 +1,5 @@
 // Resharding: a checkpoint saved at N ranks loads at M ranks (any N, M; either partitioner;
-// stages 0, 1 and 2; other bucket sizes and alignments), holds exactly the saved state, and
+// stages 0 to 3; other bucket sizes and alignments), holds exactly the saved state, and
 // training on from it gives the same result as a run that never stopped: fp32 bitwise with
 // gradients whose global sum is exact (fixture.hpp), and within a stated tolerance with the
 // engine's own averaging, whose rounding depends on the world size.
@@ -71,6 +71,16 @@ TEST_SUITE("checkpoint") {
     check_resharding<adamw32<zero::stage0, contiguous>, adamw32<zero::stage2, bucketed>>(4, 3);
     check_resharding<adamw32<zero::stage2, bucketed>, adamw32<zero::stage0, contiguous>>(3, 2);
     check_resharding<adamw32<zero::stage1, bucketed>, adamw32<zero::stage0, bucketed>>(2, 1);
+  }
+
+  TEST_CASE("stage 3 checkpoints load at stages 0 1 and 2 and other world sizes and the reverse / continuing bitwise") {
+    check_resharding<adamw32<zero::stage3, contiguous>, adamw32<zero::stage2, bucketed>>(3, 4);
+    check_resharding<adamw32<zero::stage2, contiguous>, adamw32<zero::stage3, bucketed>>(4, 3);
+    check_resharding<adamw32<zero::stage3, bucketed>, adamw32<zero::stage3, contiguous>>(5, 2);
+    check_resharding<adamw32<zero::stage0, contiguous>, adamw32<zero::stage3, contiguous>>(2, 5);
+    check_resharding<adamw32<zero::stage3, contiguous>, adamw32<zero::stage1, contiguous>>(3, 1);
+    check_resharding<adamw32<zero::stage3, bucketed>, adamw32<zero::stage0, bucketed>>(1, 2);
+    check_resharding<adamw32<zero::stage3, contiguous>, adamw32<zero::stage3, contiguous>>(1, 1);
   }
 
   TEST_CASE("a checkpoint loads under another layout order and an order still to be learned takes the saved one") {
