@@ -26,6 +26,10 @@
 //  * NCCL with one rank: AdamW and LAMB, as above.
 //  * The release contract on a device: a framework stream that waits for the engine's release
 //    event before it overwrites released gradients leaves the result bitwise the host engine's.
+//  * Stage 3 (tests/engine/stage3_driver.hpp): layers gathered into device buffers for forward
+//    and backward, gradients computed from the gathered values, the framework's own parameters
+//    freed after construction: bitwise the host stage-3 engine (which equals stage 2), worlds 1
+//    to 3, fp32 contiguous and bf16 with fp32 master bucketed; memory() equals expected_memory.
 // Without a GPU the executable exits 77 (skipped) before running anything (device_main.cpp).
 #include <doctest/doctest.h>
 
@@ -43,6 +47,7 @@
 
 #include "engine/harness.hpp"
 #include "engine/mirror.hpp"
+#include "engine/stage3_driver.hpp"
 #include "zero/cuda/backend.cuh"
 #include "zero/cuda/device_thread_communicator.cuh"
 #if defined(ZERO_TEST_WITH_NCCL)
@@ -192,6 +197,35 @@ void check_lamb(double tolerance) {
     o.alignment = 1;
     o.bucket_elements = 64;  // tensors straddle ranks
     check_against_host<engines<S, Precision, zero::lamb>>(o, h, tolerance);
+  }
+}
+
+// Stage 3 on the device against stage 3 on the host, each rank's values after every step.
+template <class Precision, class Partitioner>
+void check_stage3() {
+  using host = zero::optimizer<zero::stage3, Precision, zero::adamw, Partitioner>;
+  using device = zero::optimizer<zero::stage3, Precision, zero::adamw, Partitioner, zero::device_thread_communicator>;
+  for (int world : {1, 2, 3}) {
+    CAPTURE(world);
+    stage3_driver::run_options o;
+    o.world = world;
+    o.steps = 4;
+    std::vector<stage3_driver::rank_result> on_host(static_cast<std::size_t>(world)), on_device(on_host.size());
+    zero::thread_group(world, {std::chrono::seconds(60)}).run([&](zero::thread_communicator& comm) {
+      on_host[static_cast<std::size_t>(comm.rank())] = stage3_driver::run_rank<host>(comm, o, stage3_driver::adamw_h());
+    });
+    zero::thread_group(world, {std::chrono::seconds(60)}).run([&](zero::thread_communicator& rendezvous) {
+      device_memory::with_rank(rendezvous, [&](zero::device_thread_communicator& comm, cudaStream_t stream) {
+        on_device[static_cast<std::size_t>(comm.rank())] =
+            stage3_driver::run_rank<device, device_memory>(comm, o, stage3_driver::adamw_h(), stream);
+      });
+    });
+    for (std::size_t r = 0; r < on_host.size(); ++r) {
+      CAPTURE(r);
+      CHECK(on_device[r].poisoned_reads == 0);
+      CHECK(stage3_driver::same_bits(on_device[r].values, on_host[r].values));
+      CHECK(on_device[r].memory == on_device[r].expected);
+    }
   }
 }
 
@@ -447,6 +481,11 @@ TEST_SUITE("cuda") {
       CHECK(releases[r] == 5 * layers);
       CHECK(device_result[r] == host_result[r]);
     }
+  }
+
+  TEST_CASE("engine on the device: stage 3 gathers layers on the device and equals the host stage-3 engine bitwise") {
+    check_stage3<zero::fp32_precision, zero::contiguous_partitioner>();
+    check_stage3<zero::bf16_mixed, zero::bucketed_partitioner>();
   }
 
   TEST_CASE("engine on the device: the communicator refuses a new stream while an engine built on it is alive") {
