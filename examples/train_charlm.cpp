@@ -8,11 +8,13 @@
 // backward runs, each rank keeping 1/N of the gradients, master weights and AdamW state);
 // bf16 parameters with fp32 master weights; global gradient-norm clipping; a warmup + cosine
 // learning-rate schedule; activation checkpointing (each hidden layer's input kept in one
-// contiguous arena, the layer recomputed in backward). It prints a progress bar, words sampled
-// from the trained model, and the per-rank memory of stages 0, 1 and 2 as the engine measures
-// it beside the closed form, with the bytes communicated per step.
+// contiguous arena, the layer recomputed in backward). With --stage 3 each rank keeps 1/N of the
+// parameters too: forward gathers each layer before it computes with it and releases it after,
+// backward gathers them again, last layer first. It prints a progress bar, words sampled from the
+// trained model, and the per-rank memory of stages 0 to 3 as the engine measures it beside the
+// closed form, with the bytes communicated per step.
 //
-//   zero_example_train [--world N] [--stage 0|1|2] [--steps S] [--seed X]
+//   zero_example_train [--world N] [--stage 0|1|2|3] [--steps S] [--seed X]
 //                      [--summary-json PATH] [--words PATH] [--samples K]
 
 #include <Eigen/Dense>
@@ -120,11 +122,33 @@ struct model {
     for (const auto& t : tensors) n += t.values.size();
     return n;
   }
-  matrix as_matrix(int k) const {
+  matrix as_matrix(int k) const { return as_matrix(k, tensors[static_cast<std::size_t>(k)].values.data()); }
+  // tensor k's shape over the bf16 values at `values`
+  matrix as_matrix(int k, const bf16* values) const {
     const auto& t = tensors[static_cast<std::size_t>(k)];
     matrix m(t.rows, t.cols);
-    for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = static_cast<float>(t.values[static_cast<std::size_t>(i)]);
+    for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = static_cast<float>(values[i]);
     return m;
+  }
+
+  // Stage 3's gather groups: the embedding, each hidden layer (weights and bias), the output layer.
+  static constexpr std::uint32_t gather_groups = layers + 2;
+  static std::uint32_t gather_group_of(int k) {
+    return k == embed ? 0u : k >= out_w ? static_cast<std::uint32_t>(layers + 1) : static_cast<std::uint32_t>(1 + (k - 1) / 2);
+  }
+  static std::vector<int> tensors_of(std::uint32_t g) {
+    if (g == 0) return {embed};
+    if (g == layers + 1) return {out_w, out_b};
+    return {hidden_w(static_cast<int>(g) - 1), hidden_b(static_cast<int>(g) - 1)};
+  }
+  std::size_t largest_gather_group() const {
+    std::size_t n = 0;
+    for (std::uint32_t g = 0; g < gather_groups; ++g) {
+      std::size_t elements = 0;
+      for (int k : tensors_of(g)) elements += tensors[static_cast<std::size_t>(k)].values.size();
+      n = std::max(n, elements);
+    }
+    return n;
   }
 };
 
@@ -133,12 +157,16 @@ struct weights {
   matrix out_w, out_b, embed;
   std::vector<matrix> w, b;
 
-  explicit weights(const model& m)
-      : out_w(m.as_matrix(model::out_w)), out_b(m.as_matrix(model::out_b)), embed(m.as_matrix(model::embed)) {
-    for (int l = 0; l < layers; ++l) {
-      w.push_back(m.as_matrix(model::hidden_w(l)));
-      b.push_back(m.as_matrix(model::hidden_b(l)));
-    }
+  weights() : w(layers), b(layers) {}
+  explicit weights(const model& m) : weights() {
+    for (int k = 0; k < static_cast<int>(m.tensors.size()); ++k) set(k, m.as_matrix(k));
+  }
+  // tensor k's float copy
+  void set(int k, matrix value) {
+    if (k == model::embed) embed = std::move(value);
+    else if (k == model::out_w) out_w = std::move(value);
+    else if (k == model::out_b) out_b = std::move(value);
+    else ((k - 1) % 2 == 0 ? w : b)[static_cast<std::size_t>((k - 1) / 2)] = std::move(value);
   }
 
   // The first layer's input: the embeddings of the context, stacked.
@@ -199,13 +227,27 @@ typename engine<S>::options_type engine_options() {
   o.hyperparameters.weight_decay = weight_decay;
   o.max_grad_norm = max_grad_norm;
   o.layout.bucket_elements = bucket_elements;
+  o.layout.gather_buffer_elements = model::make(0).largest_gather_group();  // (stage 3; the shapes do not depend on the seed)
   return o;
 }
 
 std::vector<zero::parameter<bf16>> registration(model& m) {
   std::vector<zero::parameter<bf16>> params;
   for (auto& t : m.tensors) params.push_back({t.name, {t.values.data(), t.values.size()}});
+  for (std::size_t k = 0; k < params.size(); ++k) params[k].gather_group = model::gather_group_of(static_cast<int>(k));
   return params;
+}
+
+// The float copies of gather group g's tensors: from the rank's own replica (stages 0-2), or
+// gathered from every rank's shard for the moment (stage 3).
+template <zero::stage S>
+void fetch(engine<S>& opt, const model& m, std::uint32_t g, weights& w) {
+  if constexpr (S == zero::stage3) opt.gather(g);
+  for (int k : model::tensors_of(g)) {
+    if constexpr (S == zero::stage3) w.set(k, m.as_matrix(k, opt.parameter_values(static_cast<std::size_t>(k)).data));
+    else w.set(k, m.as_matrix(k));
+  }
+  if constexpr (S == zero::stage3) opt.release(g);
 }
 
 double learning_rate(int step, int steps) { return zero_examples::warmup_cosine(step, steps, warmup_steps, peak_lr, final_lr); }
@@ -270,25 +312,31 @@ run_result train(const settings& s, const dataset& data) {
       opt.set_hyperparameters(h);
       for (std::size_t i = 0; i < count; ++i)
         ex[i] = data.train[batch_index(s.seed, step, static_cast<int>(first + i), data.train.size())];
-      const weights w(m);
+      weights w;
       const int n = static_cast<int>(count);
 
-      // forward: keep each hidden layer's input as a checkpoint, drop everything else
+      // forward: each layer's weights fetched as it runs (stage 3: gathered, then released);
+      // keep each hidden layer's input as a checkpoint, drop everything else
+      fetch(opt, m, 0, w);
       matrix x = w.embed_inputs(ex.data(), n);
       for (int l = 0; l < layers; ++l) {
+        fetch(opt, m, static_cast<std::uint32_t>(1 + l), w);
         checkpoints.save(static_cast<zero::checkpoint_id>(l), bytes_of(x));
         x = w.layer(l, x);
       }
+      fetch(opt, m, layers + 1, w);
       matrix p = w.logits(x);
       step_loss[static_cast<std::size_t>(step) * world + r] = softmax_loss(p, ex.data());
 
       // backward
       for (int j = 0; j < n; ++j) p(ex[static_cast<std::size_t>(j)].next, j) -= 1.0f;
       p *= scale;
+      if constexpr (S == zero::stage3) fetch(opt, m, layers + 1, w);  // backward gathers each layer again
       hand_over(model::out_w, p * x.transpose());
       hand_over(model::out_b, p.rowwise().sum());
       matrix dh = w.out_w.transpose() * p;
       for (int l = layers; l-- > 0;) {
+        if constexpr (S == zero::stage3) fetch(opt, m, static_cast<std::uint32_t>(1 + l), w);
         matrix input(model::width_in(l), n);
         checkpoints.restore(static_cast<zero::checkpoint_id>(l), bytes_of(input));
         const matrix out = w.layer(l, input);  // recomputed
@@ -313,6 +361,15 @@ run_result train(const settings& s, const dataset& data) {
       }
     }
     const auto traffic = comm.traffic() - traffic_before;
+    if constexpr (S == zero::stage3)  // the trained values live in the shards: gather them into the replica
+      for (std::uint32_t g = 0; g < model::gather_groups; ++g) {
+        opt.gather(g);
+        for (int k : model::tensors_of(g)) {
+          const auto v = opt.parameter_values(static_cast<std::size_t>(k));
+          std::copy(v.data, v.data + v.size, m.tensors[static_cast<std::size_t>(k)].values.begin());
+        }
+        opt.release(g);
+      }
     validation[world + r] = evaluate(m, data.validation.data() + val_first, val_count);
     if (rank == 0) {
       result.memory = opt.memory();
@@ -375,6 +432,10 @@ stage_measurement measure(const model& trained, int world) {
     std::vector<std::vector<bf16>> zeros;
     for (const auto& t : m.tensors) zeros.emplace_back(t.values.size(), bf16(0.0f));
     const auto before = comm.traffic();
+    weights w;
+    if constexpr (S == zero::stage3)  // forward gathers every layer, and backward again
+      for (int pass = 0; pass < 2; ++pass)
+        for (std::uint32_t g = 0; g < model::gather_groups; ++g) fetch(opt, m, g, w);
     for (std::size_t k = 0; k < zeros.size(); ++k) opt.gradient_ready(k, {zeros[k].data(), zeros[k].size()});
     opt.step();
     if (comm.rank() == 0) {
@@ -389,24 +450,25 @@ stage_measurement measure(const model& trained, int world) {
 }
 
 void print_memory_table(const model& trained, int world) {
-  const stage_measurement st[3] = {measure<zero::stage0>(trained, world), measure<zero::stage1>(trained, world),
-                                   measure<zero::stage2>(trained, world)};
+  constexpr int stages = 4;
+  const stage_measurement st[stages] = {measure<zero::stage0>(trained, world), measure<zero::stage1>(trained, world),
+                                        measure<zero::stage2>(trained, world), measure<zero::stage3>(trained, world)};
   const std::size_t psi = trained.parameter_count();
   const double n = world, k = 12, p = static_cast<double>(psi);
-  const double paper[3] = {(2 + 2 + k) * p, 4 * p + k * p / n, 2 * p + (2 + k) * p / n};
+  const double paper[stages] = {(2 + 2 + k) * p, 4 * p + k * p / n, 2 * p + (2 + k) * p / n, (2 + 2 + k) * p / n};
 
   std::printf("\nper-rank memory in bytes, %zu parameters (psi) over %d ranks; bf16 parameters, fp32 master weights,\n"
               "AdamW, fp32 gradient accumulation. engine = the engine's memory() after one step of each stage's engine\n"
               "built over the trained parameters; formula = zero::expected_memory\n\n",
               psi, world);
   std::printf("%-30s", "");
-  for (int s = 0; s < 3; ++s) std::printf("          stage %d     ", s);
+  for (int s = 0; s < stages; ++s) std::printf("          stage %d     ", s);
   std::printf("\n%-30s", "");
-  for (int s = 0; s < 3; ++s) std::printf("   %10s %10s", "engine", "formula");
+  for (int s = 0; s < stages; ++s) std::printf("   %10s %10s", "engine", "formula");
   std::printf("\n");
   auto line = [&](const char* name, auto value_of) {
     std::printf("%-30s", name);
-    for (int s = 0; s < 3; ++s) std::printf("   %10zu %10zu", value_of(st[s].measured), value_of(st[s].formula));
+    for (int s = 0; s < stages; ++s) std::printf("   %10zu %10zu", value_of(st[s].measured), value_of(st[s].formula));
     std::printf("\n");
   };
   for (std::size_t kind = 0; kind < zero::memory_kinds; ++kind) {
@@ -416,22 +478,27 @@ void print_memory_table(const model& trained, int world) {
   }
   line("engine total", [](const zero::memory_report& r) { return r.total(); });
   line("framework gradients (peak)", [](const zero::memory_report& r) { return r.framework_gradients; });
-  line("+ framework bf16 params (2psi)", [&](const zero::memory_report& r) { return r.with_framework_gradients() + 2 * psi; });
+  std::printf("%-30s", "+ framework bf16 params (2psi)");  // (none in stage 3: the shard is the parameters)
+  for (int s = 0; s < stages; ++s)
+    std::printf("   %10zu %10zu", st[s].measured.with_framework_gradients() + (s < 3 ? 2 * psi : 0),
+                st[s].formula.with_framework_gradients() + (s < 3 ? 2 * psi : 0));
+  std::printf("\n");
   std::printf("%-30s", "ZeRO paper's formula, K = 12");
-  for (int s = 0; s < 3; ++s) std::printf("   %10.0f %10s", paper[s], "");
+  for (int s = 0; s < stages; ++s) std::printf("   %10.0f %10s", paper[s], "");
   std::printf("\n%-30s", "");
-  const char* formulas[3] = {"(2 + 2 + K) psi", "4 psi + K psi / N", "2 psi + (2 + K) psi / N"};
-  for (int s = 0; s < 3; ++s) std::printf("   %-21s", formulas[s]);
+  const char* formulas[stages] = {"(2 + 2 + K) psi", "4 psi + K psi / N", "2 psi + (2 + K) psi / N", "(2 + 2 + K) psi / N"};
+  for (int s = 0; s < stages; ++s) std::printf("   %-21s", formulas[s]);
   std::printf("\n%-30s", "communicated per step");
-  for (int s = 0; s < 3; ++s) std::printf("   %10llu %10s", static_cast<unsigned long long>(st[s].bytes_per_step), "");
+  for (int s = 0; s < stages; ++s) std::printf("   %10llu %10s", static_cast<unsigned long long>(st[s].bytes_per_step), "");
   std::printf("\n\nThe paper counts 16-bit gradients (2 bytes per parameter); zero accumulates them in fp32 (4), pads psi\n"
               "to a multiple of 16 x N and adds constant reduction buckets. Communicated: stage 0 all-reduces fp32\n"
               "gradients (counted twice: a reduce-scatter and an all-gather); stages 1 and 2 reduce-scatter them and\n"
-              "all-gather bf16 parameters; all add one small all-gather of step statistics.\n"
+              "all-gather bf16 parameters; stage 3 reduce-scatters them and gathers each layer's bf16 parameters twice\n"
+              "(forward and backward); all add one small all-gather of step statistics.\n"
               "zero-plan --params %zu --world %d --precision bf16 --optimizer adamw --bucket %zu --partitioner bucketed\n"
               "  --largest-param %zu plans the same bytes.\n",
               psi, world, bucket_elements, trained.largest_tensor());
-  for (int s = 0; s < 3; ++s)
+  for (int s = 0; s < stages; ++s)
     if (st[s].measured != st[s].formula) std::printf("MISMATCH: stage %d's engine differs from expected_memory\n", s);
 }
 
@@ -447,11 +514,13 @@ void write_summary(const settings& s, const run_result& r, const std::size_t par
                r.initial_loss, r.final_loss, s.world, s.stage, s.steps);
   std::fprintf(f, " \"seed\": %u, \"parameters\": %zu, \"seconds\": %.3f, \"clipped_steps\": %d,\n \"bytes_per_rank\": {", s.seed,
                params, r.seconds, r.clipped_steps);
-  std::fprintf(f, "\"framework_parameters\": %zu", 2 * params);
+  const std::size_t framework_parameters = s.stage == 3 ? 0 : 2 * params;  // stage 3: the engine's shard is the parameters
+  std::fprintf(f, "\"framework_parameters\": %zu", framework_parameters);
   for (std::size_t k = 0; k < zero::memory_kinds; ++k)
     std::fprintf(f, ", \"%s\": %zu", std::string(zero::to_string(static_cast<zero::memory_kind>(k))).c_str(), r.memory.bytes[k]);
   std::fprintf(f, ", \"framework_gradients\": %zu, \"engine_total\": %zu, \"total\": %zu, \"activation_checkpoints_peak\": %zu},\n",
-               r.memory.framework_gradients, r.memory.total(), r.memory.with_framework_gradients() + 2 * params, r.activation_peak);
+               r.memory.framework_gradients, r.memory.total(), r.memory.with_framework_gradients() + framework_parameters,
+               r.activation_peak);
   std::fprintf(f, " \"bytes_communicated_per_step\": %.17g,\n \"train_losses\": [",
                static_cast<double>(r.traffic.total_bytes()) / s.steps);
   for (std::size_t i = 0; i < r.losses.size(); ++i) std::fprintf(f, "%s%.17g", i == 0 ? "" : ", ", r.losses[i]);
@@ -510,7 +579,7 @@ int usage(const char* argv0, const char* problem) {
   std::FILE* to = problem != nullptr ? stderr : stdout;
   if (problem != nullptr) std::fprintf(stderr, "%s: %s\n", argv0, problem);
   std::fprintf(to,
-               "usage: %s [--world N>=1] [--stage 0|1|2] [--steps S>=1] [--seed X] [--summary-json PATH]\n"
+               "usage: %s [--world N>=1] [--stage 0|1|2|3] [--steps S>=1] [--seed X] [--summary-json PATH]\n"
                "       [--words PATH] [--samples K]\n"
                "Trains a character-level language model on %s with ZeRO (defaults: --world 4 --stage 2\n"
                "--steps 5000 --seed 1). --summary-json writes the losses and per-rank bytes as JSON.\n",
@@ -531,7 +600,7 @@ int main(int argc, char** argv) {
     const long number = std::strtol(value.c_str(), &end, 10);
     const bool numeric = !value.empty() && *end == '\0';
     if (arg == "--world" && numeric && number >= 1 && number <= 64) s.world = static_cast<int>(number);
-    else if (arg == "--stage" && numeric && number >= 0 && number <= 2) s.stage = static_cast<int>(number);
+    else if (arg == "--stage" && numeric && number >= 0 && number <= 3) s.stage = static_cast<int>(number);
     else if (arg == "--steps" && numeric && number >= 1 && number <= 1'000'000) s.steps = static_cast<int>(number);
     else if (arg == "--seed" && numeric && number >= 0 && number <= 0xffffffffl) s.seed = static_cast<unsigned>(number);
     else if (arg == "--samples" && numeric && number >= 0 && number <= 1000) s.samples = static_cast<int>(number);
@@ -543,6 +612,7 @@ int main(int argc, char** argv) {
     switch (s.stage) {
       case 0: return run<zero::stage0>(s);
       case 1: return run<zero::stage1>(s);
+      case 3: return run<zero::stage3>(s);
       default: return run<zero::stage2>(s);
     }
   } catch (const zero::error& e) {
