@@ -1276,8 +1276,18 @@ class optimizer {
                         "; stage 3 lays the parameters out at construction: use reverse, registration or given");
     if (l.read_gradients_in_update)
       throw usage_error("zero: layout.read_gradients_in_update" + where + " is for stage 2 at one rank, not stage 3");
+    if (l.gather_buffer_elements > max_flat_elements / l.gather_buffers)
+      throw usage_error("zero: layout.gather_buffers x layout.gather_buffer_elements" + where + " is " +
+                        std::to_string(l.gather_buffers) + " x " + std::to_string(l.gather_buffer_elements) +
+                        ", more elements than a buffer may hold (2^56)");
     std::size_t groups = 0;
-    for (const auto& p : params) groups = std::max<std::size_t>(groups, std::size_t{p.gather_group} + 1);
+    for (std::size_t q = 0; q < params.size(); ++q) {
+      if (params[q].gather_group >= params.size())  // (groups are numbered from 0 with none empty)
+        throw usage_error("zero: parameter " + engine::describe_parameter(names_, q) + where + " is in gather group " +
+                          std::to_string(params[q].gather_group) + ", but there are " + std::to_string(params.size()) +
+                          " parameters: number the groups 0, 1, ... with none empty");
+      groups = std::max<std::size_t>(groups, std::size_t{params[q].gather_group} + 1);
+    }
     std::vector<std::size_t> elements(groups, 0);
     for (const auto& p : params) elements[p.gather_group] += p.values.size;
     for (std::size_t g = 0; g < groups; ++g) {

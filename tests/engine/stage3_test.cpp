@@ -213,13 +213,14 @@ TEST_SUITE("reliability") {
     using P = zero::bf16;
     zero::thread_group group(2, {std::chrono::seconds(60)});
     group.run([&](zero::thread_communicator& comm) {
-      std::vector<P> a(100), b(50);
-      std::vector<zero::parameter<P>> params{{"a", {a.data(), a.size()}}, {"b", {b.data(), b.size()}}};
-      params[1].gather_group = 2;
+      std::vector<P> a(100), b(50), c(10);
+      std::vector<zero::parameter<P>> params{{"a", {a.data(), a.size()}}, {"b", {b.data(), b.size()}}, {"c", {c.data(), c.size()}}};
+      params[1].gather_group = 2;  // (group 1 empty)
       S3::options_type options;
       options.layout.gather_buffer_elements = 1000;
       CHECK_THROWS_WITH_AS(S3(comm, params, options), doctest::Contains("gather group 1 on rank"), zero::usage_error);
       params[1].gather_group = 1;
+      params[2].gather_group = 1;
       options.layout.gather_buffer_elements = 60;
       CHECK_THROWS_WITH_AS(S3(comm, params, options),
                            doctest::Contains("has 100 elements, more than a gather buffer holds (layout.gather_buffer_elements = 60)"),
@@ -228,6 +229,14 @@ TEST_SUITE("reliability") {
       options.layout.order = zero::gradient_order::learned;
       CHECK_THROWS_WITH_AS(S3(comm, params, options), doctest::Contains("gradient_order::learned"), zero::usage_error);
       options.layout.order = zero::gradient_order::reverse;
+      params[1].gather_group = 4'000'000'000u;  // (not a vector of four billion groups)
+      CHECK_THROWS_WITH_AS(S3(comm, params, options), doctest::Contains("parameter 'b' (#1) on rank"), zero::usage_error);
+      params[1].gather_group = 1;
+      options.layout.gather_buffers = std::size_t{1} << 20;  // x 2^40 elements: past any buffer, and wrapping in 64 bits
+      options.layout.gather_buffer_elements = std::size_t{1} << 40;
+      CHECK_THROWS_WITH_AS(S3(comm, params, options), doctest::Contains("more elements than a buffer may hold"), zero::usage_error);
+      options.layout.gather_buffers = 2;
+      options.layout.gather_buffer_elements = 100;
       S3 fine(comm, params, options);
       CHECK(fine.gather_group_count() == 2);
       // stage 2 has nothing to gather
