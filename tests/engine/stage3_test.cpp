@@ -145,7 +145,7 @@ bool contains(const std::string& text, const std::string& part) { return text.fi
 }  // namespace
 
 TEST_SUITE("reliability") {
-  TEST_CASE("stage 3: a group not gathered, gathered twice, or one too many is a usage_error naming it") {
+  TEST_CASE("stage 3: a group not gathered or gathered twice or one too many is a usage_error naming it") {
     on_ranks<S3>(3, [](S3& opt, int rank, const model& m) {
       CHECK(opt.gather_group_count() == m.layers);
       CHECK(opt.gather_group_of(3) == 1);
