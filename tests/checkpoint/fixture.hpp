@@ -229,6 +229,8 @@ session_result run(const session& s, typename Opt::options_type options = {}) {
     options.loss_scale.kind = zero::loss_scale_options::mode::fixed;
     options.loss_scale.fixed_scale = 1.0 / s.world;
   }
+  if constexpr (Opt::stage_value == zero::stage3)  // set before the ranks start: they share `options`
+    options.layout.gather_buffer_elements = *std::max_element(model_sizes.begin(), model_sizes.end());
   zero::thread_group group(s.world, {std::chrono::seconds(60)});
   group.run([&](zero::thread_communicator& comm) {
     const int rank = comm.rank();
@@ -240,8 +242,6 @@ session_result run(const session& s, typename Opt::options_type options = {}) {
                         s.groups.empty() ? 0u : s.groups[p]});
       params.back().gather_group = static_cast<std::uint32_t>(p);  // stage 3: each layer gathered alone
     }
-    if constexpr (Opt::stage_value == zero::stage3)
-      options.layout.gather_buffer_elements = *std::max_element(model_sizes.begin(), model_sizes.end());
     Opt opt(comm, params, options);
     if (s.load_from) result.load_info[static_cast<std::size_t>(rank)] = zero::load_checkpoint(opt, *s.load_from, s.load);
     take_snapshot(opt, result.loaded, lock);
