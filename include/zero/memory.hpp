@@ -101,6 +101,19 @@ struct layout_options {
   //! ranks' parts of a group together). Counted in `buckets`; stages 0-2 ignore them.
   std::size_t gather_buffers = 2;
   std::size_t gather_buffer_elements = std::size_t{1} << 24;
+  //! Stage 3: how many groups ahead of the framework the engine gathers (prefetches) into free
+  //! gather buffers, following `gather_order`; 0: none (each group is gathered when asked for).
+  //! A gather is started, not waited for: with a communicator that has `ibroadcast`
+  //! (`nonblocking_rooted_communicator`) it moves while the framework computes, and `gather` of
+  //! a prefetched group waits for it. Needs a buffer the framework does not hold: with one
+  //! gather buffer nothing is prefetched.
+  std::size_t prefetch_groups = 1;
+  //! Stage 3: the order the framework gathers its groups in during a step (forward, then
+  //! backward; a group may appear more than once), which prefetching follows. Empty (the
+  //! default): the order of the previous step's gathers (nothing is prefetched before the first
+  //! step). A gather off the order drops what was prefetched and goes on from that group's next
+  //! place in the order.
+  std::vector<std::uint32_t> gather_order{};
   //! The order of the parameters in the flat buffer (see `gradient_order`).
   gradient_order order = gradient_order::reverse;
   //! With `order == gradient_order::given`: every parameter's index once, in the order their

@@ -180,8 +180,12 @@ struct step_report {
   std::size_t nonfinite_parameter = no_parameter;
   std::string_view nonfinite_parameter_name;  //!< valid while the optimizer lives
   //! Where this rank's time went since the previous step (seconds, steady clock): reductions
-  //! (during backward in stage 2, and at the step), the norm and update, the all-gather.
+  //! (during backward in stage 2, and at the step), the norm and update, the all-gather (stage
+  //! 3: the time spent in `gather()` since the previous step, the framework waiting for groups).
   double reduce_seconds = 0, update_seconds = 0, gather_seconds = 0;
+  //! Stage 3: the `gather()` calls since the previous step, and how many of them found their
+  //! group prefetched (`layout_options::prefetch_groups`).
+  std::uint32_t gathers = 0, prefetched_gathers = 0;
 };
 
 //! The ZeRO engine: stage, precision and policies fixed at compile time; sizes and
@@ -401,6 +405,7 @@ class optimizer {
     using clock = std::chrono::steady_clock;
     const bool direct = direct_step();
     guarded([&] {
+      if constexpr (partitions_parameters) end_gather_step();
       auto t0 = clock::now();
       if (direct) build_direct_runs();  // nothing to reduce: the update reads the gradients
       else finish_micro_step();
@@ -432,8 +437,11 @@ class optimizer {
       auto t3 = clock::now();
       report.reduce_seconds = reduce_seconds_ + std::chrono::duration<double>(t1 - t0).count();
       report.update_seconds = std::chrono::duration<double>(t2 - t1).count();
-      report.gather_seconds = std::chrono::duration<double>(t3 - t2).count();
-      reduce_seconds_ = 0;
+      report.gather_seconds = partitions_parameters ? gather_seconds_ : std::chrono::duration<double>(t3 - t2).count();
+      report.gathers = gathers_;
+      report.prefetched_gathers = prefetched_gathers_;
+      reduce_seconds_ = gather_seconds_ = 0;
+      gathers_ = prefetched_gathers_ = 0;
     });
     reset_step(!direct);  // a direct step left the gradient buffer as it found it: zero
     notify_released();
@@ -468,9 +476,13 @@ class optimizer {
   //! Stage 3: gathers the full model-precision values of gather group `g` into one of the
   //! engine's gather buffers; until `release(g)`, `parameter_values(p)` of each of its
   //! parameters is a span over them. Collective: every rank gathers the same groups in the same
-  //! order (a rank that gathers another group makes every rank throw `mismatch_error` naming
-  //! it). The values are the parameters after the last step; writing into the span changes
-  //! nothing the engine keeps (the engine's shard is the parameters).
+  //! order. A rank that gathers another group, or whose gather is refused, makes every rank
+  //! throw before any value moves (`mismatch_error` on the others, naming it), and nothing
+  //! changes. The values are the parameters after the last step; writing into the span changes
+  //! nothing the engine keeps (the engine's shard is the parameters). With
+  //! `layout.prefetch_groups`, the call also starts gathering the groups that follow `g` in
+  //! `layout.gather_order` (or the last step's order) into free buffers, and returns at once
+  //! for a group it prefetched, once that gather is complete.
   //! @throws usage_error for no such group, a group gathered already, or no free gather buffer
   //!         (`layout.gather_buffers` groups are gathered: release one)
   void gather(std::uint32_t g) {
@@ -479,35 +491,45 @@ class optimizer {
       throw usage_error("zero: gather(" + std::to_string(g) + ") on rank " + std::to_string(rank_) +
                         ": only stage 3 gathers parameters (stages 0-2 leave them whole in the framework)");
     } else {
-      const std::string where = " on rank " + std::to_string(rank_);
-      if (g >= gather_runs_.size())
-        throw usage_error("zero: gather(" + std::to_string(g) + ")" + where + ": there are " +
-                          std::to_string(gather_runs_.size()) + " gather groups");
-      if (gathered(g)) throw usage_error("zero: gather(" + std::to_string(g) + ")" + where + ": the group is gathered already");
-      std::size_t slot = 0;
-      while (slot < gather_holder_.size() && gather_holder_[slot] != no_group) ++slot;
-      if (slot == gather_holder_.size())
-        throw usage_error("zero: gather(" + std::to_string(g) + ")" + where + ": all " + std::to_string(gather_holder_.size()) +
-                          " gather buffers hold groups (" + gathered_list() +
-                          "); release one first, or set layout.gather_buffers higher");
-      // every rank says which group it gathers before any of them sends a value (a rank out of
-      // turn is an error on every rank, and nothing is changed)
-      const std::uint64_t mine = g;
+      // what this rank can do, decided before any rank moves a value: a refusal on one rank is
+      // an error on every rank (never a hang), and nothing is changed
+      const auto began = std::chrono::steady_clock::now();
+      const bool hit = !prefetch_.empty() && prefetch_.front().group == g;  // prefetched for this call
+      const std::string refusal = gather_refusal(g, hit);
+      const std::size_t cursor = refusal.empty() ? order_cursor_after(g) : 0;
+      const std::uint64_t ahead = refusal.empty() ? prefetchable(g, hit, cursor) : 0;
+      const std::uint64_t mine = std::uint64_t{g} | (ahead << 32) | (refusal.empty() ? 0 : refused_bit);
       guarded([&] { backend_.all_gather_words(*comm_, &mine, gather_words_.data(), 1); });
-      for (int r = 0; r < world_; ++r)
-        if (gather_words_[static_cast<std::size_t>(r)] != mine)
-          throw mismatch_error("zero: ranks gather different groups: rank " + std::to_string(r) + " gathers group " +
-                               std::to_string(gather_words_[static_cast<std::size_t>(r)]) + ", rank " + std::to_string(rank_) +
-                               " gathers group " + std::to_string(g) + " (every rank gathers the same groups in the same order)");
+      check_gather_agreement(g, refusal);
+      std::uint64_t agreed = ahead;  // groups every rank can prefetch now
+      for (std::uint64_t w : gather_words_) agreed = std::min(agreed, (w & ~refused_bit) >> 32);
       guarded([&] {
-        param_type* buffer = gather_pool_.data() + slot * options_.layout.gather_buffer_elements;
-        for (const gather_run& run : gather_runs_[g]) {
-          if (run.owner == rank_) backend_.convert(buffer + run.at, param_shard_.data() + run.shard_offset, run.count);
-          if (world_ > 1) comm_->broadcast(buffer + run.at, run.count, run.owner);
+        std::size_t slot = no_slot;
+        if (hit) {
+          slot = prefetch_.front().slot;
+          prefetch_.erase(prefetch_.begin());
+        } else {
+          drop_prefetched();  // off the order: what was prefetched is not what the framework asks for
+          slot = free_gather_buffer();
+          start_group_gather(g, slot);
         }
+        gather_holder_[slot] = g;
+        gather_slot_[g] = slot;
+        order_cursor_ = cursor;
+        for (std::uint64_t k = 0; k < agreed; ++k) {
+          const std::uint32_t next = gather_order_[order_cursor_ + prefetch_.size()];
+          const std::size_t into = free_gather_buffer();
+          gather_holder_[into] = prefetching;
+          prefetch_.push_back({next, into});
+          start_group_gather(next, into);
+        }
+        finish_group_gather(slot);  // the next groups' gathers stay in flight
       });
-      gather_holder_[slot] = g;
-      gather_slot_[g] = slot;
+      if (options_.layout.gather_order.empty() && gathers_seen_.size() < max_remembered_gathers())
+        gathers_seen_.push_back(g);
+      ++gathers_;
+      prefetched_gathers_ += hit ? 1 : 0;
+      gather_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count();
     }
   }
 
@@ -519,6 +541,8 @@ class optimizer {
                         ": the group is not gathered" + (g >= gather_runs_.size() ? " (there is no such group)" : ""));
     gather_holder_[gather_slot_[g]] = no_group;
     gather_slot_[g] = no_slot;
+    if constexpr (pipelined)
+      if (!prefetch_.empty() && !broken_) guarded([&] { comm_->progress(); });  // let a prefetch in flight move
   }
 
   // ---- hyperparameters and state -----------------------------------------------------------
@@ -706,6 +730,7 @@ class optimizer {
   void synchronize_parameters() {
     check_usable();
     guarded([&] {
+      if constexpr (partitions_parameters) drop_prefetched();  // they hold the values before these
       for (const auto& s : segments_)
         if (s.out != nullptr) backend_.convert(s.out, s.values, s.count);
       if constexpr (Stage != stage::stage0 && !partitions_parameters) gather_parameters();
@@ -887,6 +912,9 @@ class optimizer {
     if constexpr (partitions_parameters) {
       d.word(l.gather_buffers);
       d.word(l.gather_buffer_elements);
+      d.word(l.prefetch_groups);
+      d.word(l.gather_order.size());
+      for (std::uint32_t g : l.gather_order) d.word(g);
       for (const auto& p : params) d.word(p.gather_group);
     }
     d.word(params.size());
@@ -1010,6 +1038,11 @@ class optimizer {
       gather_holder_.assign(options_.layout.gather_buffers, no_group);
       gather_slot_.assign(gather_runs_.size(), no_slot);
       gather_words_.assign(static_cast<std::size_t>(world_), 0);
+      gather_requests_.resize(options_.layout.gather_buffers);
+      prefetch_.reserve(options_.layout.gather_buffers);
+      gather_order_ = options_.layout.gather_order;
+      gathers_seen_.reserve(options_.layout.gather_order.empty() ? 2 * gather_runs_.size() + 16 : 0);
+      gather_order_.reserve(options_.layout.gather_order.empty() ? 2 * gather_runs_.size() + 16 : 0);
     }
     const std::size_t staging_element = sharded ? std::max(sizeof(comm_type), sizeof(param_type)) : sizeof(comm_type);
     staging_capacity_ = plan_.max_unit_elements();
@@ -1234,10 +1267,11 @@ class optimizer {
         decltype(statistics_) statistics;
         decltype(gather_pool_) gather_pool;    // stage 3: the broadcasts' buffers
         decltype(gather_words_) gather_words;  // and the gathers' all-gathered words
+        decltype(gather_requests_) gather_requests;  // and their broadcasts in flight
       };
       try {
         new kept{std::move(ring_),       std::move(gradients_),   std::move(slots_),       std::move(param_shard_),
-                 std::move(statistics_), std::move(gather_pool_), std::move(gather_words_)};
+                 std::move(statistics_), std::move(gather_pool_), std::move(gather_words_), std::move(gather_requests_)};
       } catch (...) {  // out of memory while failing: nothing better to do than free them
       }
     }
@@ -1299,6 +1333,10 @@ class optimizer {
                           " elements, more than a gather buffer holds (layout.gather_buffer_elements = " +
                           std::to_string(l.gather_buffer_elements) + ")");
     }
+    for (std::size_t i = 0; i < l.gather_order.size(); ++i)
+      if (l.gather_order[i] >= groups)
+        throw usage_error("zero: layout.gather_order[" + std::to_string(i) + "]" + where + " is group " +
+                          std::to_string(l.gather_order[i]) + ", but there are " + std::to_string(groups) + " gather groups");
     gather_group_.clear();
     for (const auto& p : params) gather_group_.push_back(p.gather_group);
     gather_runs_.assign(groups, {});
@@ -1331,6 +1369,9 @@ class optimizer {
       else
         runs.push_back({piece.rank, piece.shard_offset, at, piece.count});
     }
+    std::size_t most = 0;  // the broadcasts of one group: what a buffer's requests may hold
+    for (const auto& runs : gather_runs_) most = std::max(most, runs.size());
+    for (auto& requests : gather_requests_) requests.reserve(most);
   }
 
   //! Stage 3: releases every gathered group; their numbers, or empty when none was gathered.
@@ -1341,7 +1382,7 @@ class optimizer {
     } catch (...) {  // out of memory: the release goes on without the names
     }
     for (std::uint32_t& g : gather_holder_)
-      if (g != no_group) {
+      if (g != no_group && g != prefetching) {
         gather_slot_[g] = no_slot;
         g = no_group;
       }
@@ -1352,9 +1393,116 @@ class optimizer {
   std::string gathered_list() const {
     std::string list;
     for (std::uint32_t g : gather_holder_)
-      if (g != no_group) list += (list.empty() ? "" : ", ") + std::to_string(g);
+      if (g != no_group && g != prefetching) list += (list.empty() ? "" : ", ") + std::to_string(g);
     return list;
   }
+
+  //! Why this rank cannot gather group `g` now (empty: it can). `hit`: g was prefetched.
+  std::string gather_refusal(std::uint32_t g, bool hit) const {
+    const auto call = [&] { return "zero: gather(" + std::to_string(g) + ") on rank " + std::to_string(rank_) + ": "; };
+    if (g >= gather_runs_.size()) return call() + "there are " + std::to_string(gather_runs_.size()) + " gather groups";
+    if (gathered(g)) return call() + "the group is gathered already (release it before gathering it again)";
+    if (hit || free_gather_buffers() + prefetch_.size() > 0) return {};  // a gather off the order frees the prefetched
+    return call() + "all " + std::to_string(gather_holder_.size()) + " gather buffers hold groups (" + gathered_list() +
+           "); release one first, or set layout.gather_buffers higher";
+  }
+
+  //! After every rank's word of `gather(g)` is in: a refusal anywhere, or another group
+  //! anywhere, is an error on every rank.
+  void check_gather_agreement(std::uint32_t g, const std::string& refusal) const {
+    if (!refusal.empty()) throw usage_error(refusal);
+    for (int r = 0; r < world_; ++r)
+      if (gather_words_[static_cast<std::size_t>(r)] & refused_bit)
+        throw mismatch_error("zero: gather(" + std::to_string(g) + ") on rank " + std::to_string(rank_) + ": rank " +
+                             std::to_string(r) + " could not gather group " +
+                             std::to_string(gather_words_[static_cast<std::size_t>(r)] & group_bits) +
+                             " (its usage_error says why); no rank gathered");
+    for (int r = 0; r < world_; ++r)
+      if ((gather_words_[static_cast<std::size_t>(r)] & group_bits) != g)
+        throw mismatch_error("zero: ranks gather different groups: rank " + std::to_string(r) + " gathers group " +
+                             std::to_string(gather_words_[static_cast<std::size_t>(r)] & group_bits) + ", rank " +
+                             std::to_string(rank_) + " gathers group " + std::to_string(g) +
+                             " (every rank gathers the same groups in the same order)");
+  }
+
+  std::size_t free_gather_buffers() const noexcept {
+    return static_cast<std::size_t>(std::count(gather_holder_.begin(), gather_holder_.end(), no_group));
+  }
+  //! The first free gather buffer. @pre there is one
+  std::size_t free_gather_buffer() const noexcept {
+    return static_cast<std::size_t>(std::find(gather_holder_.begin(), gather_holder_.end(), no_group) - gather_holder_.begin());
+  }
+
+  //! Where the gather order goes on after a gather of `g`: just past its next place in the
+  //! order (from the cursor on, else from the start); the order's end when g is not in it.
+  std::size_t order_cursor_after(std::uint32_t g) const noexcept {
+    const std::size_t n = gather_order_.size(), from = std::min(order_cursor_, n);
+    for (std::size_t i = from; i < n; ++i)
+      if (gather_order_[i] == g) return i + 1;
+    for (std::size_t i = 0; i < from; ++i)
+      if (gather_order_[i] == g) return i + 1;
+    return n;
+  }
+
+  //! How many of the groups after `g` in the order this rank can prefetch now (every rank
+  //! prefetches the least of the ranks' counts): each must be in no buffer, neither gathered
+  //! by the framework nor prefetched, and take a free buffer, up to `layout.prefetch_groups`
+  //! in flight. `hit`: g was prefetched; `cursor`: the order's place after g.
+  std::uint64_t prefetchable(std::uint32_t g, bool hit, std::size_t cursor) const noexcept {
+    const std::size_t depth = options_.layout.prefetch_groups;
+    const std::size_t kept = hit ? prefetch_.size() - 1 : 0;  // at order places cursor, cursor + 1, ...
+    // a hit takes its own buffer; a miss frees the prefetched ones and takes one
+    const std::size_t free = free_gather_buffers() + (hit ? 0 : prefetch_.size() - 1);
+    std::size_t count = 0;
+    for (std::size_t at = cursor + kept; at < gather_order_.size() && kept + count < depth && count < free; ++at, ++count) {
+      const std::uint32_t c = gather_order_[at];
+      if (c == g || gathered(c) || std::find(gather_order_.begin() + static_cast<std::ptrdiff_t>(cursor),
+                                             gather_order_.begin() + static_cast<std::ptrdiff_t>(at), c) !=
+                                       gather_order_.begin() + static_cast<std::ptrdiff_t>(at))
+        break;
+    }
+    return std::min<std::uint64_t>(count, 0x7fffffff);
+  }
+
+  //! Starts gathering group g into gather buffer `slot`: the owner of each run converts its
+  //! part of the shard into the buffer and broadcasts it (started where the communicator can).
+  void start_group_gather(std::uint32_t g, std::size_t slot) {
+    param_type* buffer = gather_pool_.data() + slot * options_.layout.gather_buffer_elements;
+    auto& requests = gather_requests_[slot];
+    for (const gather_run& run : gather_runs_[g]) {
+      if (run.owner == rank_) backend_.convert(buffer + run.at, param_shard_.data() + run.shard_offset, run.count);
+      if (world_ > 1) {
+        request_type request{};
+        if (collectives::broadcast(*comm_, buffer + run.at, run.count, run.owner, &request)) requests.push_back(std::move(request));
+      }
+    }
+  }
+  //! Waits for what `start_group_gather` left in flight into buffer `slot`.
+  void finish_group_gather(std::size_t slot) {
+    auto& requests = gather_requests_[slot];
+    for (auto& request : requests) request.wait();
+    requests.clear();
+  }
+  //! Completes and forgets every prefetched group (its buffer is free again).
+  void drop_prefetched() {
+    for (const auto& p : prefetch_) {
+      finish_group_gather(p.slot);
+      gather_holder_[p.slot] = no_group;
+    }
+    prefetch_.clear();
+  }
+  //! Stage 3 at the step: the prefetched groups are dropped (the update makes them stale), and
+  //! the gathers of this step become the order of the next (unless one is given).
+  void end_gather_step() {
+    drop_prefetched();
+    if (options_.layout.gather_order.empty()) {
+      gather_order_.swap(gathers_seen_);
+      gathers_seen_.clear();
+    }
+    order_cursor_ = 0;
+  }
+  //! The gathers of one step remembered as the next step's order, at most.
+  std::size_t max_remembered_gathers() const noexcept { return std::max<std::size_t>(4096, 64 * gather_runs_.size()); }
 
   void count_report(std::size_t param) const {
     if (!schedule_.accepts_report(param))
@@ -1680,7 +1828,7 @@ class optimizer {
       reduce_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     }
     if constexpr (pipelined)
-      if (ring_.buffers() > 1) comm_->progress();
+      if (ring_.buffers() > 1 || !prefetch_.empty()) comm_->progress();
   }
 
   //! Opens unit k (the next unit not yet opened): waits for its staging buffer, then packs into
@@ -2017,6 +2165,14 @@ class optimizer {
   // buffer, the pool of buffers, which group each buffer holds and where each group is
   static constexpr std::size_t no_slot = static_cast<std::size_t>(-1);
   static constexpr std::uint32_t no_group = static_cast<std::uint32_t>(-1);
+  static constexpr std::uint32_t prefetching = no_group - 1;  // a buffer a prefetched group is in
+  // a gather's word: the group (low 32 bits), how many groups the rank can prefetch, a refusal
+  static constexpr std::uint64_t group_bits = 0xffffffffu;
+  static constexpr std::uint64_t refused_bit = std::uint64_t{1} << 63;
+  struct prefetched {
+    std::uint32_t group;
+    std::size_t slot;
+  };
   struct gather_run {
     int owner = 0;                 // the rank whose shard holds the run
     std::size_t shard_offset = 0;  // where, in that shard
@@ -2030,6 +2186,13 @@ class optimizer {
   std::vector<std::uint32_t> gather_holder_;  // per gather buffer: the group in it, or no_group
   std::vector<std::size_t> gather_slot_;      // per group: its gather buffer, or no_slot
   std::vector<std::uint64_t> gather_words_;   // every rank's group, exchanged by gather()
+  std::vector<std::vector<request_type>> gather_requests_;  // per gather buffer: its broadcasts in flight
+  std::vector<prefetched> prefetch_;           // the groups prefetched, in order (places order_cursor_, + 1, ...)
+  std::vector<std::uint32_t> gather_order_;    // the order prefetching follows (given, or the last step's)
+  std::vector<std::uint32_t> gathers_seen_;    // this step's gathers (the next step's order)
+  std::size_t order_cursor_ = 0;               // the place in gather_order_ after the last gather
+  std::uint32_t gathers_ = 0, prefetched_gathers_ = 0;  // since the last step (step_report)
+  double gather_seconds_ = 0;                            // in gather() since the last step
   std::vector<direct_segment> direct_runs_;   // a direct step's update (build_direct_runs)
   std::vector<const grad_type*> direct_grads_;  // each parameter's reported gradient (a direct step)
   std::vector<std::size_t> by_shard_;          // owned_ indices in shard order

@@ -60,6 +60,15 @@ struct run_options {
   std::uint64_t seed = 1;
   double max_grad_norm = 0;
   double loss_scale = 0;  // a fixed loss scale (0: the precision's default)
+  // stage 3's gather buffers and prefetching (layout options), and the order it is given
+  std::size_t gather_buffers = 2;
+  std::size_t prefetch_groups = 1;
+  std::vector<std::uint32_t> gather_order{};
+  // forward visits the layers in an order drawn anew each step (the same on every rank), off
+  // any order the engine learned or was given
+  bool shuffle_forward = false;
+  std::size_t staging_buffers = 1;  // 2: reductions in flight during backward
+  int micro_steps = 1;              // forward and backward this many times per step
 };
 
 template <class Optimizer>
@@ -68,7 +77,10 @@ typename Optimizer::options_type options_for(const run_options& o, const typenam
   options.hyperparameters = h;
   options.layout.bucket_elements = o.bucket_elements;
   options.layout.alignment = o.alignment;
-  options.layout.gather_buffers = 2;
+  options.layout.gather_buffers = o.gather_buffers;
+  options.layout.prefetch_groups = o.prefetch_groups;
+  options.layout.gather_order = o.gather_order;
+  options.layout.staging_buffers = o.staging_buffers;
   options.max_grad_norm = o.max_grad_norm;
   if (o.loss_scale > 0) {
     options.loss_scale.kind = zero::loss_scale_options::mode::fixed;
@@ -84,7 +96,30 @@ struct rank_result {
   zero::memory_report memory;
   zero::memory_report expected;
   zero::traffic_counters step_traffic;  // the last step's, without the test's own gathers after it
+  std::vector<std::uint32_t> gathers, prefetched;  // each step's report: gathers, and those prefetched
+  // stage 3, the whole run: the bytes of the groups the framework gathered, and the bytes
+  // broadcast (once the engine is gone, with nothing left in flight)
+  std::size_t asked_bytes = 0, broadcast_bytes = 0;
 };
+
+// The layers in the order forward visits them in step `step`.
+inline std::vector<std::uint32_t> forward_order(const run_options& o, int step) {
+  std::vector<std::uint32_t> layers(o.layers);
+  std::iota(layers.begin(), layers.end(), 0u);
+  if (o.shuffle_forward) {
+    std::mt19937_64 draw(o.seed * 7919 + static_cast<std::uint64_t>(step));  // no rank in it: every rank alike
+    std::shuffle(layers.begin(), layers.end(), draw);
+  }
+  return layers;
+}
+
+// The order a step gathers in without shuffling: forward, then backward (last layer first).
+inline std::vector<std::uint32_t> step_order(std::uint32_t layers) {
+  std::vector<std::uint32_t> order;
+  for (std::uint32_t l = 0; l < layers; ++l) order.push_back(l);
+  for (std::uint32_t l = layers; l-- > 0;) order.push_back(l);
+  return order;
+}
 
 // One rank's run over `comm`, the framework's parameters and gradients in `Memory` (host memory, or
 // the device memory of tests/cuda/engine_test.cu): stage 2
@@ -121,6 +156,7 @@ rank_result run_rank(Comm& comm, const run_options& o, const typename Optimizer:
   options.on_gradients_released = [&](std::span<const std::size_t> released) {
     for (std::size_t p : released) Memory::write(grads[p], std::vector<G>(m.sizes[p], G(std::numeric_limits<float>::quiet_NaN())), stream);
   };
+  const zero::traffic_counters at_start = comm.traffic();
   {
     Optimizer opt(comm, params, options);
     if constexpr (stage3)  // the engine's shards are the parameters now: the framework frees its own
@@ -129,6 +165,10 @@ rank_result run_rank(Comm& comm, const run_options& o, const typename Optimizer:
         s = nullptr;
       }
     std::mt19937_64 order(o.seed * 1000 + static_cast<std::uint64_t>(rank));
+    auto gather = [&](std::uint32_t l) {
+      opt.gather(l);
+      result.asked_bytes += (m.sizes[2 * l] + m.sizes[2 * l + 1]) * sizeof(P);
+    };
     // parameter p's values as the framework sees them: gathered (stage 3) or its own
     auto values_of = [&](std::size_t p) -> std::vector<float> {
       if constexpr (stage3) return Memory::download(opt.parameter_values(p).data, m.sizes[p], stream);
@@ -136,9 +176,12 @@ rank_result run_rank(Comm& comm, const run_options& o, const typename Optimizer:
     };
     for (int step = 0; step < o.steps; ++step) {
       const zero::traffic_counters before = comm.traffic();
+      for (int micro = 0; micro < o.micro_steps; ++micro) {
+      if (micro > 0) opt.end_micro_step();
+      const int draw = step * o.micro_steps + micro;  // what the gradients depend on
       // forward: every layer gathered, read, released
-      for (std::uint32_t l = 0; l < m.layers; ++l) {
-        if constexpr (stage3) opt.gather(l);
+      for (std::uint32_t l : forward_order(o, draw)) {
+        if constexpr (stage3) gather(l);
         double sum = 0;
         for (std::size_t p : {2 * l, 2 * l + 1})
           for (float x : values_of(p)) sum += x;
@@ -147,25 +190,28 @@ rank_result run_rank(Comm& comm, const run_options& o, const typename Optimizer:
       }
       // backward: last layer first, its gradients from its values, in a random order
       for (std::uint32_t l = m.layers; l-- > 0;) {
-        if constexpr (stage3) opt.gather(l);
+        if constexpr (stage3) gather(l);
         std::vector<std::size_t> ps{2 * l, 2 * l + 1};
         std::shuffle(ps.begin(), ps.end(), order);
         for (std::size_t p : ps) {
           const std::vector<float> v = values_of(p);
           const float scale = static_cast<float>(opt.loss_scale());  // (the loss multiplied by it: fp16)
           std::vector<G> g(m.sizes[p]);
-          for (std::size_t i = 0; i < m.sizes[p]; ++i) g[i] = G(scale * gradient_of(v[i], rank, step, p, i));
+          for (std::size_t i = 0; i < m.sizes[p]; ++i) g[i] = G(scale * gradient_of(v[i], rank, draw, p, i));
           Memory::write(grads[p], g, stream);
           opt.gradient_ready(p, zero::raw_span<const G>(grads[p], m.sizes[p]));
         }
         if constexpr (stage3) opt.release(l);
       }
-      opt.step();
+      }
+      const zero::step_report report = opt.step();
       result.step_traffic = comm.traffic() - before;
+      result.gathers.push_back(report.gathers);
+      result.prefetched.push_back(report.prefetched_gathers);
       // the values after the step (stage 3: gathered again, each layer)
       std::vector<std::vector<float>> mine(n);
       for (std::uint32_t l = 0; l < m.layers; ++l) {
-        if constexpr (stage3) opt.gather(l);
+        if constexpr (stage3) gather(l);
         for (std::size_t p : {2 * l, 2 * l + 1}) {
           mine[p] = values_of(p);
           for (float x : mine[p])
@@ -179,6 +225,7 @@ rank_result run_rank(Comm& comm, const run_options& o, const typename Optimizer:
     result.expected = zero::expected_memory<typename Optimizer::precision_type, typename Optimizer::partitioner_type>(
         m.elements(), comm.world_size(), Optimizer::stage_value, opt.state_count(), options.layout, m.largest());
   }
+  result.broadcast_bytes = (comm.traffic() - at_start).bytes_of(zero::collective::broadcast);
   for (P* s : storage)
     if (s != nullptr) Memory::release(s);
   for (G* g : grads) Memory::release(g);

@@ -36,7 +36,8 @@ run_result run(const run_options& o, const typename Optimizer::hyperparameters_t
     ranks[static_cast<std::size_t>(comm.rank())] = run_rank<Optimizer>(comm, o, h);
   });
   for (const rank_result& r : ranks) {
-    if (!same_bits(r.values, ranks[0].values)) ++result.disagreements;
+    // every rank the same values, and the same gathers prefetched (the ranks agree on each)
+    if (!same_bits(r.values, ranks[0].values) || r.prefetched != ranks[0].prefetched) ++result.disagreements;
     result.poisoned_reads += r.poisoned_reads;
   }
   result.first = std::move(ranks[0]);
@@ -113,10 +114,134 @@ TEST_SUITE("equivalence") {
 
 namespace {
 
+// Stage 3 with prefetching set up as `o` says, against stage 2 run the same way (forward
+// order, micro-steps, staging buffers): the same bits after every step; returns stage 3's run.
+template <class Precision, class Partitioner>
+rank_result check_prefetching(const run_options& o) {
+  using S2 = zero::optimizer<zero::stage2, Precision, zero::adamw, Partitioner>;
+  using S3 = zero::optimizer<zero::stage3, Precision, zero::adamw, Partitioner>;
+  const run_result two = run<S2>(o, adamw_h());
+  const run_result three = run<S3>(o, adamw_h());
+  CHECK(three.disagreements == 0);
+  CHECK(three.poisoned_reads == 0);
+  CHECK(same_bits(three.first.values, two.first.values));
+  CHECK(three.first.values.front() != three.first.values.back());
+  CHECK(three.first.memory == three.first.expected);
+  if (o.world > 1) {
+    using P = typename S3::param_type;
+    const model m(o.layers);
+    // a step moves what its gathers ask for: every parameter twice a micro-step (forward and
+    // backward; prefetches may start before the step's first gather, so only without them)
+    if (o.prefetch_groups == 0 || o.gather_buffers == 1)
+      CHECK(three.first.step_traffic.bytes_of(zero::collective::broadcast) == 2 * static_cast<std::size_t>(o.micro_steps) * m.elements() * sizeof(P));
+    // over the whole run, prefetching moves no more than the gathers asked for, but for the groups
+    // still prefetched when the run ended (at most prefetch_groups) and, off the order, the
+    // groups dropped
+    std::size_t largest_group = 0;
+    for (std::uint32_t l = 0; l < o.layers; ++l) largest_group = std::max(largest_group, m.sizes[2 * l] + m.sizes[2 * l + 1]);
+    CHECK(three.first.broadcast_bytes >= three.first.asked_bytes);
+    if (!o.shuffle_forward) CHECK(three.first.broadcast_bytes <= three.first.asked_bytes + o.prefetch_groups * largest_group * sizeof(P));
+  }
+  REQUIRE(three.first.gathers.size() == static_cast<std::size_t>(o.steps));
+  return three.first;
+}
+
+// Each step gathers every layer three times (the test reading the values after the previous
+// step, forward, backward); the first step has no reads before it.
+std::uint32_t gathers_in_step(const run_options& o, int step) {
+  return (step == 0 ? 2 : 3) * o.layers * static_cast<std::uint32_t>(o.micro_steps) - (step == 0 ? 0 : o.layers * (o.micro_steps - 1));
+}
+
+}  // namespace
+
+TEST_SUITE("equivalence") {
+  TEST_CASE("stage 3 prefetching: the same bits with prefetching off and on / every gather but two per step prefetched") {
+    for (int world : {1, 2, 3, 5, 8}) {
+      CAPTURE(world);
+      run_options o;
+      o.world = world;
+      o.seed = static_cast<std::uint64_t>(world) + 40;
+      o.max_grad_norm = 0.5;
+      o.prefetch_groups = 0;  // off
+      rank_result off = check_prefetching<zero::bf16_mixed, zero::contiguous_partitioner>(o);
+      for (int t = 0; t < o.steps; ++t) {
+        CHECK(off.gathers[static_cast<std::size_t>(t)] == gathers_in_step(o, t));
+        CHECK(off.prefetched[static_cast<std::size_t>(t)] == 0);
+      }
+      o.prefetch_groups = 1;  // on (the default), in the order the last step gathered in
+      const rank_result on = check_prefetching<zero::bf16_mixed, zero::contiguous_partitioner>(o);
+      CHECK(on.prefetched[0] == 0);  // nothing learned before the first step
+      // from the third step on the order repeats: every gather is prefetched but the step's first
+      // and backward's first (the group forward just released: it cannot be in two buffers)
+      for (int t = 2; t < o.steps; ++t) CHECK(on.prefetched[static_cast<std::size_t>(t)] == on.gathers[static_cast<std::size_t>(t)] - 2);
+      o.gather_buffers = 1;  // no buffer free while the framework holds one: nothing prefetched
+      const rank_result one = check_prefetching<zero::bf16_mixed, zero::contiguous_partitioner>(o);
+      for (std::uint32_t n : one.prefetched) CHECK(n == 0);
+    }
+  }
+
+  TEST_CASE("stage 3 prefetching: a given order prefetches from the first step / deeper prefetching") {
+    for (int world : {2, 3, 7}) {
+      CAPTURE(world);
+      run_options o;
+      o.world = world;
+      o.seed = static_cast<std::uint64_t>(world) + 50;
+      o.gather_order = step_order(o.layers);  // forward, then backward
+      const rank_result given = check_prefetching<zero::fp32_precision, zero::bucketed_partitioner>(o);
+      CHECK(given.prefetched[0] == given.gathers[0] - 2);
+      o.gather_order.clear();
+      o.gather_buffers = 4;
+      o.prefetch_groups = 3;  // three groups ahead
+      const rank_result deep = check_prefetching<zero::fp32_precision, zero::bucketed_partitioner>(o);
+      for (int t = 2; t < o.steps; ++t) CHECK(deep.prefetched[static_cast<std::size_t>(t)] == deep.gathers[static_cast<std::size_t>(t)] - 2);
+    }
+  }
+
+  TEST_CASE("stage 3 prefetching: forward off the learned order every step / prefetched groups dropped and the same bits") {
+    for (int world : {1, 3, 4, 6}) {
+      CAPTURE(world);
+      run_options o;
+      o.world = world;
+      o.seed = static_cast<std::uint64_t>(world) + 60;
+      o.steps = 8;
+      o.shuffle_forward = true;
+      o.gather_buffers = 3;
+      o.prefetch_groups = 2;
+      const rank_result r = check_prefetching<zero::bf16_mixed, zero::bucketed_partitioner>(o);
+      std::uint32_t missed = 0;
+      for (int t = 1; t < o.steps; ++t) missed += r.gathers[static_cast<std::size_t>(t)] - r.prefetched[static_cast<std::size_t>(t)];
+      CHECK(missed > 2 * static_cast<std::uint32_t>(o.steps - 1));  // the shuffles cost prefetches
+      std::uint32_t hits = 0;
+      for (std::uint32_t n : r.prefetched) hits += n;
+      CHECK(hits > 0);
+    }
+  }
+
+  TEST_CASE("stage 3 prefetching: pipelined reductions and micro-steps / the same bits") {
+    for (int world : {2, 3, 5}) {
+      CAPTURE(world);
+      run_options o;
+      o.world = world;
+      o.seed = static_cast<std::uint64_t>(world) + 70;
+      o.staging_buffers = 2;
+      o.micro_steps = 3;
+      o.bucket_elements = 53;
+      const rank_result r = check_prefetching<zero::bf16_mixed, zero::contiguous_partitioner>(o);
+      for (int t = 0; t < o.steps; ++t) CHECK(r.gathers[static_cast<std::size_t>(t)] == gathers_in_step(o, t));
+      // not prefetched: each micro-step's first forward gather (but the first micro-step's, which
+      // follows the test's reads) and first backward gather, and the step's first
+      for (int t = 2; t < o.steps; ++t)
+        CHECK(r.prefetched[static_cast<std::size_t>(t)] == r.gathers[static_cast<std::size_t>(t)] - 2 * static_cast<std::uint32_t>(o.micro_steps));
+    }
+  }
+}
+
+namespace {
+
 // An engine of `world` thread ranks over the test model, each rank running `body(opt, rank)`;
 // the parameters' storage outlives the engine.
 template <class Optimizer, class Body>
-void on_ranks(int world, Body&& body, std::uint32_t gather_buffers = 2) {
+void on_ranks(int world, Body&& body, std::uint32_t gather_buffers = 2, std::vector<std::uint32_t> gather_order = {}) {
   using P = typename Optimizer::param_type;
   const model m(5);
   zero::thread_group group(world, {std::chrono::seconds(60)});
@@ -133,6 +258,7 @@ void on_ranks(int world, Body&& body, std::uint32_t gather_buffers = 2) {
     options.layout.bucket_elements = 64;
     options.layout.gather_buffers = gather_buffers;
     options.layout.gather_buffer_elements = 1024;
+    options.layout.gather_order = gather_order;
     Optimizer opt(comm, params, options);
     body(opt, comm.rank(), m);
   });
@@ -192,6 +318,63 @@ TEST_SUITE("reliability") {
     });
   }
 
+  TEST_CASE("stage 3: a gather refused on one rank is an error on every rank / no hang and nothing changed") {
+    on_ranks<S3>(3, [](S3& opt, int rank, const model&) {
+      opt.gather(0);
+      // rank 1 forgot to release group 0 and gathers it again while the others gather group 1
+      if (rank == 1) {
+        CHECK_THROWS_WITH_AS(opt.gather(0), doctest::Contains("the group is gathered already"), zero::usage_error);
+      } else {
+        CHECK_THROWS_WITH_AS(opt.gather(1), doctest::Contains("rank 1 could not gather group 0"), zero::mismatch_error);
+        CHECK(!opt.gathered(1));
+      }
+      opt.gather(1);  // every rank goes on
+      CHECK(static_cast<float>(opt.parameter_values(2).data[0]) == static_cast<float>(zero::bf16(initial_value(2, 0))));
+      // rank 0 keeps both buffers; the others free one: rank 0 cannot gather the next group
+      if (rank != 0) opt.release(1);
+      if (rank == 0) {
+        CHECK_THROWS_WITH_AS(opt.gather(2), doctest::Contains("all 2 gather buffers hold groups (0, 1)"), zero::usage_error);
+      } else {
+        CHECK_THROWS_WITH_AS(opt.gather(2), doctest::Contains("rank 0 could not gather group 2"), zero::mismatch_error);
+      }
+      if (rank == 0) opt.release(1);
+      opt.release(0);
+      opt.gather(2);
+      CHECK(static_cast<float>(opt.parameter_values(4).data[0]) == static_cast<float>(zero::bf16(initial_value(4, 0))));
+      opt.release(2);
+    });
+  }
+
+  TEST_CASE("stage 3 prefetching: a gather out of turn with a prefetch in flight changes nothing / the prefetch is used") {
+    on_ranks<S3>(
+        3,
+        [](S3& opt, int rank, const model& m) {
+          opt.gather(0);  // starts gathering group 1, next in the given order
+          opt.release(0);
+          CHECK(!opt.gathered(1));  // (prefetched is not gathered: the framework may not read it)
+          CHECK_THROWS_AS((void)opt.parameter_values(2), zero::usage_error);
+          CHECK_THROWS_WITH_AS(opt.gather(rank == 2 ? 3 : 1), doctest::Contains("ranks gather different groups"), zero::mismatch_error);
+          opt.gather(1);
+          CHECK(static_cast<float>(opt.parameter_values(3).data[0]) == static_cast<float>(zero::bf16(initial_value(3, 0))));
+          opt.release(1);
+          std::vector<std::vector<zero::bf16>> grads(m.sizes.size());
+          for (std::size_t p = 0; p < m.sizes.size(); ++p) {
+            grads[p].assign(m.sizes[p], zero::bf16(0.25f));
+            opt.gradient_ready(p, zero::raw_span<const zero::bf16>(grads[p].data(), grads[p].size()));
+          }
+          const zero::step_report report = opt.step();  // (drops group 2, prefetched by gather(1))
+          CHECK(report.gathers == 2);
+          CHECK(report.prefetched_gathers == 1);
+          opt.gather(0);  // the values after the step, not the prefetched ones before it
+          CHECK(static_cast<float>(opt.parameter_values(0).data[0]) != static_cast<float>(zero::bf16(initial_value(0, 0))));
+          opt.release(0);
+          opt.gather(1);  // (prefetched by gather(0) after the step)
+          CHECK(static_cast<float>(opt.parameter_values(2).data[0]) != static_cast<float>(zero::bf16(initial_value(2, 0))));
+          opt.release(1);
+        },
+        2, {0, 1, 2, 3, 4});
+  }
+
   TEST_CASE("stage 3: a step with a group still gathered is an error after the step / the group released") {
     on_ranks<S3>(2, [](S3& opt, int, const model& m) {
       std::vector<std::vector<zero::bf16>> grads(m.sizes.size());
@@ -209,7 +392,7 @@ TEST_SUITE("reliability") {
     });
   }
 
-  TEST_CASE("stage 3: gather groups that skip a number or overflow a gather buffer are refused at construction") {
+  TEST_CASE("stage 3: gather groups that skip a number or overflow a gather buffer or a gather order naming no group are refused at construction") {
     using P = zero::bf16;
     zero::thread_group group(2, {std::chrono::seconds(60)});
     group.run([&](zero::thread_communicator& comm) {
@@ -237,6 +420,10 @@ TEST_SUITE("reliability") {
       CHECK_THROWS_WITH_AS(S3(comm, params, options), doctest::Contains("more elements than a buffer may hold"), zero::usage_error);
       options.layout.gather_buffers = 2;
       options.layout.gather_buffer_elements = 100;
+      options.layout.gather_order = {0, 1, 7};
+      CHECK_THROWS_WITH_AS(S3(comm, params, options), doctest::Contains("layout.gather_order[2] on rank"), zero::usage_error);
+      CHECK_THROWS_WITH_AS(S3(comm, params, options), doctest::Contains("is group 7, but there are 2 gather groups"), zero::usage_error);
+      options.layout.gather_order = {0, 1, 1, 0};
       S3 fine(comm, params, options);
       CHECK(fine.gather_group_count() == 2);
       // stage 2 has nothing to gather

@@ -109,14 +109,20 @@ struct unit_collectives {
       comm.all_gather(static_cast<const T*>(mine), buffer, u.slice);
       return false;
     }
-    T* data = u.owner == rank ? mine : buffer;
+    return broadcast(comm, u.owner == rank ? mine : buffer, u.slice, u.owner, started);
+  }
+
+  //! Broadcasts `count` elements of `data` from rank `root`, in place; started into `*started`
+  //! (and true returned) where the communicator has `ibroadcast` and `started` is not null.
+  template <class T>
+  static bool broadcast(Comm& comm, T* data, std::size_t count, int root, request* started) {
     if constexpr (rooted_nonblocking) {
-      if (start) {
-        *started = comm.ibroadcast(data, u.slice, u.owner);
+      if (started != nullptr) {
+        *started = comm.ibroadcast(data, count, root);
         return true;
       }
     }
-    comm.broadcast(data, u.slice, u.owner);
+    comm.broadcast(data, count, root);
     return false;
   }
 
