@@ -32,6 +32,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "run_benchmarks.hpp"
 #include "zero/mpi/communicator.hpp"
 #include "zero/optimizer.hpp"
 
@@ -161,13 +162,6 @@ void overlap(benchmark::State& state) {
   run<Partitioner>(state, mode::overlap);
 }
 
-// A reporter for ranks other than 0: they run the same benchmarks and print nothing.
-class silent_reporter : public benchmark::BenchmarkReporter {
- public:
-  bool ReportContext(const Context&) override { return true; }
-  void ReportRuns(const std::vector<Run>&) override {}
-};
-
 }  // namespace
 
 namespace {
@@ -193,12 +187,7 @@ int main(int argc, char** argv) {
   register_benchmarks<zero::contiguous_partitioner>("contiguous");
   register_benchmarks<zero::bucketed_partitioner>("bucketed");
   benchmark::Initialize(&argc, argv);
-  if (rank == 0) {
-    benchmark::RunSpecifiedBenchmarks();
-  } else {
-    silent_reporter quiet;
-    benchmark::RunSpecifiedBenchmarks(&quiet);
-  }
+  zero_bench::run_benchmarks_on_every_rank(rank);
   benchmark::Shutdown();
   MPI_Finalize();
   return 0;
