@@ -3,8 +3,8 @@
 // each gradient from the gathered values (so a wrong gather changes every later step), reports
 // the layer's gradients in a random order per rank and releases the layer; each gradient buffer
 // is poisoned with NaN the moment the engine releases it. Against stage 2 run the same way on
-// the framework's own parameters: bitwise the same parameters after every step, every precision,
-// both partitioners, several rules, worlds 1 to 8, odd sizes and small buckets (parameters cut
+// the framework's own parameters: bitwise the same parameters after every step, every precision
+// bundle and every rule, both partitioners, worlds 1 to 8, odd sizes and small buckets (parameters cut
 // across units and ranks). Also: memory() equals expected_memory, the bytes the communicator
 // moves (2 gathers of every parameter per step on top of stage 2's reductions), and the errors
 // of a framework that gathers out of turn, touches a group it did not gather or forgets a release.
@@ -44,7 +44,8 @@ run_result run(const run_options& o, const typename Optimizer::hyperparameters_t
   return result;
 }
 
-// Stage 3 against stage 2 with the same precision, rule and partitioner, over worlds 1 to 8.
+// Stage 3 against stage 2 (and stages 0 and 1) with the same precision, rule and partitioner,
+// over worlds 1 to 8.
 template <class Precision, class Rule, class Partitioner>
 void check_against_stage2(const typename Rule::hyperparameters& h, double max_grad_norm = 0, double loss_scale = 0) {
   using S2 = zero::optimizer<zero::stage2, Precision, Rule, Partitioner>;
@@ -58,6 +59,9 @@ void check_against_stage2(const typename Rule::hyperparameters& h, double max_gr
     o.loss_scale = loss_scale;
     const run_result two = run<S2>(o, h);
     const run_result three = run<S3>(o, h);
+    // and stages 0 and 1 (stage 0 also keeps its gradients whole: the same sums, in rank order)
+    CHECK(same_bits(run<zero::optimizer<zero::stage0, Precision, Rule, Partitioner>>(o, h).first.values, two.first.values));
+    CHECK(same_bits(run<zero::optimizer<zero::stage1, Precision, Rule, Partitioner>>(o, h).first.values, two.first.values));
     CHECK(three.disagreements == 0);
     CHECK(two.disagreements == 0);
     CHECK(three.poisoned_reads == 0);
@@ -109,6 +113,20 @@ TEST_SUITE("equivalence") {
     zero::lamb::hyperparameters h;
     h.lr = 1e-2;
     check_against_stage2<zero::bf16_mixed, zero::lamb, zero::contiguous_partitioner>(h);
+  }
+  TEST_CASE("stage 3: bitwise stage 2 / bf16 with fp32 master and bf16 reductions Adam with AMSGrad bucketed with clipping") {
+    zero::adam::hyperparameters h;
+    h.lr = 1e-2;
+    h.weight_decay = 0.01;
+    h.amsgrad = true;
+    check_against_stage2<zero::bf16_mixed_bf16_comm, zero::adam, zero::bucketed_partitioner>(h, 0.5);
+  }
+  TEST_CASE("stage 3: bitwise stage 2 / bf16 with fp32 master and bf16 gradient shards Adagrad contiguous") {
+    zero::adagrad::hyperparameters h;
+    h.lr = 1e-2;
+    h.lr_decay = 0.01;
+    h.initial_accumulator_value = 0.1;
+    check_against_stage2<zero::bf16_mixed_bf16_accum, zero::adagrad, zero::contiguous_partitioner>(h);
   }
 }
 
