@@ -75,7 +75,9 @@ namespace zero {
 template <class T>
 struct parameter {
   std::string name;           //!< used in messages; empty means "#index"
-  raw_span<T> values;         //!< @pre non-null, non-empty, not overlapping another parameter
+  //! @pre non-empty, not overlapping another parameter; non-null, but at stage 3, where null
+  //! registers the size alone (the values start at 0: `optimizer::initialize_parameters`)
+  raw_span<T> values;
   std::uint32_t reports = 1;  //!< gradient reports per micro-step: the uses of a shared weight (>= 1)
   //! The parameter group whose hyperparameters update it (`optimizer_options::add_group`; 0:
   //! the first group, `optimizer_options::hyperparameters`).
@@ -533,6 +535,40 @@ class optimizer {
     }
   }
 
+  //! Stage 3, for a model no rank can hold whole: sets the values of the elements this rank's
+  //! shard holds, without any rank reading the whole model. For each piece of a parameter in
+  //! this rank's shard, `fill(param, offset, out)` writes the model-precision values of
+  //! parameter `param` (its registration index) from its element `offset` on into `out` (host
+  //! memory, `out.size()` elements); the engine takes them as construction takes the framework's
+  //! values (the master weights widened from them). Register the parameters without values (a
+  //! null `values.data`, the size alone), then call this on every rank before the first gather.
+  //! Local: nothing is exchanged. A prefetched group is dropped (its values change).
+  //! @throws usage_error before stage 3, or with a group gathered; what `fill` throws (the
+  //!         pieces before it are set)
+  template <class Fill>
+  void initialize_parameters(Fill&& fill) {
+    static_assert(std::invocable<Fill&, std::size_t, std::size_t, std::span<param_type>>,
+                  "zero: initialize_parameters(fill): fill(std::size_t param, std::size_t offset, std::span<param_type> out)");
+    check_usable();
+    if constexpr (!partitions_parameters) {
+      throw usage_error("zero: initialize_parameters on rank " + std::to_string(rank_) +
+                        ": only stage 3 (stages 0-2 take the values of the framework's parameters)");
+    } else {
+      if (const std::string held = gathered_list(); !held.empty())
+        throw usage_error("zero: initialize_parameters on rank " + std::to_string(rank_) + " with gather group(s) " + held +
+                          " gathered: release them first");
+      guarded([&] { drop_prefetched(); });
+      std::vector<param_type> host;
+      for (const auto& piece : owned_) {
+        host.assign(piece.count, param_type(0.0f));
+        fill(piece.param, piece.param_offset, std::span<param_type>(host));
+        param_type* shard = param_shard_.data() + piece.shard_offset;
+        backend_.from_host(shard, host.data(), piece.count);
+        if constexpr (Precision::has_master) backend_.convert(master_.data() + piece.shard_offset, shard, piece.count);
+      }
+    }
+  }
+
   //! Stage 3: gives group `g`'s gather buffer back; its parameters' spans are no longer valid.
   //! Local (no collective). @throws usage_error for a group not gathered
   void release(std::uint32_t g) {
@@ -836,7 +872,7 @@ class optimizer {
   //! that follow from the options.
   void validate_locally(std::span<const parameter<param_type>> params) {
     const std::string where = " on rank " + std::to_string(rank_);
-    names_ = engine::check_parameters(params, rank_);
+    names_ = engine::check_parameters(params, rank_, partitions_parameters);
     const std::size_t groups = options_.group_count();
     if (groups > max_groups)
       throw usage_error("zero: " + std::to_string(groups) + " parameter groups" + where + "; at most " +
@@ -1095,8 +1131,13 @@ class optimizer {
     }
     // initial values: the parameters this rank updates, widened to the value type
     for (const auto& piece : owned_) {
-      const param_type* from = params_[piece.param].data + piece.param_offset;
       const std::size_t at = sharded ? piece.shard_offset : piece.flat_offset;
+      if (params_[piece.param].data == nullptr) {  // stage 3, registered without values: 0
+        if constexpr (Precision::has_master) b.fill(master_.data() + at, piece.count, value_type(0.0f));
+        if constexpr (sharded) b.fill(param_shard_.data() + at, piece.count, param_type(0.0f));
+        continue;
+      }
+      const param_type* from = params_[piece.param].data + piece.param_offset;
       if constexpr (Precision::has_master) b.convert(master_.data() + at, from, piece.count);
       if constexpr (sharded)
         if (!writes_parameters_directly()) b.convert(param_shard_.data() + at, from, piece.count);

@@ -69,6 +69,9 @@ struct run_options {
   bool shuffle_forward = false;
   std::size_t staging_buffers = 1;  // 2: reductions in flight during backward
   int micro_steps = 1;              // forward and backward this many times per step
+  // stage 3: the framework registers sizes alone and each rank fills in its own pieces
+  // (`initialize_parameters`): no rank ever holds the whole model
+  bool without_values = false;
 };
 
 template <class Optimizer>
@@ -100,6 +103,7 @@ struct rank_result {
   // stage 3, the whole run: the bytes of the groups the framework gathered, and the bytes
   // broadcast (once the engine is gone, with nothing left in flight)
   std::size_t asked_bytes = 0, broadcast_bytes = 0;
+  std::size_t initialized_elements = 0;  // stage 3 without values: the elements this rank filled
 };
 
 // The layers in the order forward visits them in step `step`.
@@ -138,10 +142,11 @@ rank_result run_rank(Comm& comm, const run_options& o, const typename Optimizer:
   std::vector<P*> storage(n, nullptr);
   std::vector<G*> grads(n, nullptr);
   std::vector<zero::parameter<P>> params;
+  const bool without_values = stage3 && o.without_values;
   for (std::size_t p = 0; p < n; ++p) {
     std::vector<P> initial(m.sizes[p]);
     for (std::size_t i = 0; i < m.sizes[p]; ++i) initial[i] = P(initial_value(p, i));
-    storage[p] = Memory::upload(initial, stream);
+    if (!without_values) storage[p] = Memory::upload(initial, stream);
     grads[p] = Memory::upload(std::vector<G>(m.sizes[p], G(0.0f)), stream);
     zero::parameter<P> param{"layer" + std::to_string(m.layer_of[p]) + (p % 2 == 0 ? ".weight" : ".bias"),
                              {storage[p], m.sizes[p]}};
@@ -159,6 +164,12 @@ rank_result run_rank(Comm& comm, const run_options& o, const typename Optimizer:
   const zero::traffic_counters at_start = comm.traffic();
   {
     Optimizer opt(comm, params, options);
+    if constexpr (stage3)
+      if (without_values)  // each rank its own pieces, computed where they are needed
+        opt.initialize_parameters([&](std::size_t p, std::size_t offset, std::span<P> out) {
+          result.initialized_elements += out.size();
+          for (std::size_t i = 0; i < out.size(); ++i) out[i] = P(initial_value(p, offset + i));
+        });
     if constexpr (stage3)  // the engine's shards are the parameters now: the framework frees its own
       for (P*& s : storage) {
         Memory::release(s);

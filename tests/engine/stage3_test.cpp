@@ -25,6 +25,7 @@ struct run_result {
   rank_result first;
   std::size_t disagreements = 0;
   std::size_t poisoned_reads = 0;
+  std::size_t initialized_elements = 0;  // over every rank
 };
 
 template <class Optimizer>
@@ -39,6 +40,7 @@ run_result run(const run_options& o, const typename Optimizer::hyperparameters_t
     // every rank the same values, and the same gathers prefetched (the ranks agree on each)
     if (!same_bits(r.values, ranks[0].values) || r.prefetched != ranks[0].prefetched) ++result.disagreements;
     result.poisoned_reads += r.poisoned_reads;
+    result.initialized_elements += r.initialized_elements;
   }
   result.first = std::move(ranks[0]);
   return result;
@@ -140,6 +142,8 @@ rank_result check_prefetching(const run_options& o) {
   using S3 = zero::optimizer<zero::stage3, Precision, zero::adamw, Partitioner>;
   const run_result two = run<S2>(o, adamw_h());
   const run_result three = run<S3>(o, adamw_h());
+  // registered without values: every element filled once, by the rank holding it
+  CHECK(three.initialized_elements == (o.without_values ? model(o.layers).elements() : 0));
   CHECK(three.disagreements == 0);
   CHECK(three.poisoned_reads == 0);
   CHECK(same_bits(three.first.values, two.first.values));
@@ -232,6 +236,20 @@ TEST_SUITE("equivalence") {
       std::uint32_t hits = 0;
       for (std::uint32_t n : r.prefetched) hits += n;
       CHECK(hits > 0);
+    }
+  }
+
+  TEST_CASE("stage 3 registered without values: each rank fills in its own pieces / the same bits as stage 2") {
+    for (int world : {1, 2, 3, 5, 8}) {
+      CAPTURE(world);
+      run_options o;
+      o.world = world;
+      o.seed = static_cast<std::uint64_t>(world) + 80;
+      o.without_values = true;
+      o.max_grad_norm = 0.5;
+      check_prefetching<zero::bf16_mixed, zero::contiguous_partitioner>(o);
+      o.bucket_elements = 41;
+      check_prefetching<zero::fp32_precision, zero::bucketed_partitioner>(o);
     }
   }
 
@@ -444,9 +462,28 @@ TEST_SUITE("reliability") {
       options.layout.gather_order = {0, 1, 1, 0};
       S3 fine(comm, params, options);
       CHECK(fine.gather_group_count() == 2);
-      // stage 2 has nothing to gather
+      // stage 2 has nothing to gather, nor parameters without values
       zero::optimizer<zero::stage2, zero::bf16_mixed> two(comm, params);
       CHECK_THROWS_WITH_AS(two.gather(0), doctest::Contains("only stage 3 gathers parameters"), zero::usage_error);
+      auto fill = [](std::size_t, std::size_t, std::span<P> out) { std::fill(out.begin(), out.end(), P(1.0f)); };
+      CHECK_THROWS_WITH_AS(two.initialize_parameters(fill), doctest::Contains("initialize_parameters on rank"), zero::usage_error);
+      auto sized = params;
+      sized[0].values.data = nullptr;
+      CHECK_THROWS_WITH_AS((zero::optimizer<zero::stage2, zero::bf16_mixed>(comm, sized)),
+                           doctest::Contains("has a null values pointer (only stage 3 registers parameters without values)"),
+                           zero::usage_error);
+      // stage 3: 'a' by its size alone (it starts at 0), the others with values; then filled in
+      options.layout.gather_order = {};
+      S3 three(comm, sized, options);
+      three.gather(0);
+      CHECK(static_cast<float>(three.parameter_values(0).data[99]) == 0.0f);
+      CHECK_THROWS_WITH_AS(three.initialize_parameters(fill), doctest::Contains("with gather group(s) 0 gathered"), zero::usage_error);
+      three.release(0);
+      three.initialize_parameters(fill);
+      three.gather(0);
+      CHECK(static_cast<float>(three.parameter_values(0).data[0]) == 1.0f);
+      CHECK(static_cast<float>(three.parameter_values(0).data[99]) == 1.0f);
+      three.release(0);
     });
   }
 }

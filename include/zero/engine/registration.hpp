@@ -20,9 +20,10 @@ namespace zero::engine {
 
 //! Checks the parameters a rank registers (each a `zero::parameter`: a name, a non-null,
 //! non-empty span of values that overlaps no other parameter's, and at least one report a
-//! micro-step) and returns their names.
+//! micro-step) and returns their names. `values_optional` (stage 3): a parameter may come
+//! without values (a null pointer, its size alone).
 template <class Parameter>
-std::vector<std::string> check_parameters(std::span<const Parameter> params, int rank) {
+std::vector<std::string> check_parameters(std::span<const Parameter> params, int rank, bool values_optional = false) {
   const std::string where = " on rank " + std::to_string(rank);
   std::vector<std::string> names;
   names.reserve(params.size());
@@ -31,12 +32,14 @@ std::vector<std::string> check_parameters(std::span<const Parameter> params, int
   for (std::size_t i = 0; i < params.size(); ++i) {
     const auto& p = params[i];
     const std::string which = "zero: parameter " + describe_parameter(names, i) + where;
-    if (p.values.data == nullptr) throw usage_error(which + " has a null values pointer");
+    if (p.values.data == nullptr && !values_optional)
+      throw usage_error(which + " has a null values pointer (only stage 3 registers parameters without values)");
     if (p.values.size == 0) throw usage_error(which + " has zero elements");
     if (p.reports < 1) throw usage_error(which + " expects 0 gradient reports per step; use >= 1");
   }
-  std::vector<std::size_t> order(params.size());
-  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::vector<std::size_t> order;  // the parameters with values: none may overlap another
+  for (std::size_t i = 0; i < params.size(); ++i)
+    if (params[i].values.data != nullptr) order.push_back(i);
   auto begin_of = [&](std::size_t i) { return reinterpret_cast<std::uintptr_t>(params[i].values.data); };
   std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return begin_of(a) < begin_of(b); });
   for (std::size_t k = 1; k < order.size(); ++k) {
