@@ -445,7 +445,7 @@ class optimizer {
       reduce_seconds_ = gather_seconds_ = 0;
       gathers_ = prefetched_gathers_ = 0;
     });
-    reset_step(!direct);  // a direct step left the gradient buffer as it found it: zero
+    reset_step();
     notify_released();
     if (report.skipped) {
       scaler_.update(true);
@@ -1884,14 +1884,23 @@ class optimizer {
       for (int r = 0; r < world_; ++r)
         if (u.held_by(r)) backend_.convert(target + u.buffer_index(r, 0), gradients_.data() + u.flat_index(r, 0), u.slice);
     } else {
-      backend_.fill(target, u.elements(world_), comm_type(0.0f));
+      // a reported piece is converted over whatever the buffer held; only the rest (parameters
+      // not reported yet, padding) is filled with zeros. The pieces lie in buffer order (by
+      // rank, then offset), so the rest is the gaps between the reported ones.
+      std::size_t zero_from = 0;
       for (const auto& piece : index_.pieces_of_unit(k)) {
-        comm_type* to = target + u.buffer_index(piece.rank, piece.shard_offset - u.shard_begin);
+        const std::size_t at = u.buffer_index(piece.rank, piece.shard_offset - u.shard_begin);
+        bool reported = false;
         records_.for_each(piece.param, [&](const grad_type* data, bool first) {
-          if (first) backend_.convert(to, data + piece.param_offset, piece.count);
-          else backend_.add(to, data + piece.param_offset, piece.count);
+          if (first) backend_.convert(target + at, data + piece.param_offset, piece.count);
+          else backend_.add(target + at, data + piece.param_offset, piece.count);
+          reported = true;
         });
+        if (!reported) continue;
+        if (at > zero_from) backend_.fill(target + zero_from, at - zero_from, comm_type(0.0f));
+        zero_from = at + piece.count;
       }
+      if (u.elements(world_) > zero_from) backend_.fill(target + zero_from, u.elements(world_) - zero_from, comm_type(0.0f));
     }
     ring_.fill(b, k);
     schedule_.note_opened(released_);
@@ -2141,10 +2150,14 @@ class optimizer {
     }
   }
 
-  //! Clears what one step accumulated (after an update, and when a step is skipped).
-  void reset_step(bool clear_gradients = true) {
+  //! Clears what one step accumulated (after an update, and when a step is skipped). The
+  //! gradient buffer is cleared only where gradients accumulate in it (stages 0 and 1, deferred
+  //! reduction): streaming the first micro-step of a step writes every element of the shard
+  //! (each unit's pieces converted, the rest filled with zeros, or its reduction taken out over
+  //! it), so nothing of the previous step is read.
+  void reset_step() {
     std::fill(reported_mine_.begin(), reported_mine_.end(), std::uint64_t{0});
-    if (clear_gradients) gradients_.zero();
+    if (local_accumulation_) gradients_.zero();
     micro_steps_ = 1;
     backend_.clear_nonfinite();
   }

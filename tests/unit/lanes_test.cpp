@@ -225,6 +225,32 @@ void check_norm_cuts() {
   }
 }
 
+// A conversion into floats long enough to be streamed past the caches gives, bit for bit, the
+// element-by-element conversion: every bf16 or fp16 pattern (NaNs, infinities, subnormals),
+// into destinations at every float offset from a cache line, with a tail.
+template <class From>
+void check_streamed_conversion() {
+  const std::size_t n = zero::detail::streaming_threshold + 37;
+  std::vector<From> from(n);
+  for (std::size_t i = 0; i < n; ++i) from[i] = From::from_bits(static_cast<std::uint16_t>(i * 40503u + (i >> 16)));
+  std::vector<float> expected(n);
+  for (std::size_t i = 0; i < n; ++i) expected[i] = zero::convert<float>(from[i]);
+  std::vector<float> to(n + 16);
+  for (std::size_t offset : {0u, 1u, 5u, 15u}) {
+    CAPTURE(offset);
+    std::fill(to.begin(), to.end(), -7.0f);
+    zero::detail::run_pass<zero::detail::convert_pass>(to.data() + offset, from.data(), n);
+    CHECK(std::memcmp(to.data() + offset, expected.data(), n * sizeof(float)) == 0);
+    CHECK(to[offset + n] == -7.0f);  // nothing past the end
+    if (offset != 0) CHECK(to[offset - 1] == -7.0f);
+  }
+}
+
+void check_streamed_conversions() {
+  check_streamed_conversion<zero::bf16>();
+  check_streamed_conversion<zero::fp16>();
+}
+
 }  // namespace
 
 TEST_SUITE("unit") {
@@ -235,6 +261,15 @@ TEST_SUITE("unit") {
       if (zero::detail::host_isa_available(isa)) {
         use_isa(isa);
         check_norm_cuts();
+      }
+  }
+  TEST_CASE("host conversions (" ZERO_LANES_NAME "): streamed into floats they give the element loop's bits") {
+    use_isa(zero::detail::host_isa::baseline);
+    check_streamed_conversions();
+    for (auto isa : {zero::detail::host_isa::avx2, zero::detail::host_isa::avx512})
+      if (zero::detail::host_isa_available(isa)) {
+        use_isa(isa);
+        check_streamed_conversions();
       }
   }
   TEST_CASE("host vectors (" ZERO_LANES_NAME ") give the element loop's bits: fp32 values") {
