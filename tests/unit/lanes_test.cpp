@@ -251,26 +251,25 @@ void check_streamed_conversions() {
   check_streamed_conversion<zero::fp16>();
 }
 
+//! Runs `check` on the baseline, then on every instruction set the machine and build choose from.
+void on_every_isa(void (*check)()) {
+  use_isa(zero::detail::host_isa::baseline);
+  check();
+  for (auto isa : {zero::detail::host_isa::avx2, zero::detail::host_isa::avx512})
+    if (zero::detail::host_isa_available(isa)) {
+      use_isa(isa);
+      check();
+    }
+}
+
 }  // namespace
 
 TEST_SUITE("unit") {
   TEST_CASE("host vectors (" ZERO_LANES_NAME "): the update's norm does not depend on where its runs are cut") {
-    use_isa(zero::detail::host_isa::baseline);
-    check_norm_cuts();
-    for (auto isa : {zero::detail::host_isa::avx2, zero::detail::host_isa::avx512})
-      if (zero::detail::host_isa_available(isa)) {
-        use_isa(isa);
-        check_norm_cuts();
-      }
+    on_every_isa(check_norm_cuts);
   }
   TEST_CASE("host conversions (" ZERO_LANES_NAME "): streamed into floats they give the element loop's bits") {
-    use_isa(zero::detail::host_isa::baseline);
-    check_streamed_conversions();
-    for (auto isa : {zero::detail::host_isa::avx2, zero::detail::host_isa::avx512})
-      if (zero::detail::host_isa_available(isa)) {
-        use_isa(isa);
-        check_streamed_conversions();
-      }
+    on_every_isa(check_streamed_conversions);
   }
   TEST_CASE("host vectors (" ZERO_LANES_NAME ") give the element loop's bits: fp32 values") {
     use_isa(zero::detail::host_isa::baseline);
